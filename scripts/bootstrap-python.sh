@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Creates (once) and activates the project's virtualenv, cached outside the repo and keyed by the
+# dependency files, so a fresh clone on a warm machine reuses it. Prints the venv path.
+# Usage: source-free: `scripts/bootstrap-python.sh` then use "$(scripts/bootstrap-python.sh)/bin/python".
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache=${TUNEGUARD_CACHE:-$HOME/.cache/tuneguard}
+python=${PYTHON:-python3}
+key=$(cat "$root/pyproject.toml" "$root/constraints.txt" | sha256sum | cut -c1-16)
+venv="$cache/venv-$key"
+if [ ! -f "$venv/.complete" ]; then
+  echo ">> creating virtualenv $venv (first run on this machine: downloads torch, transformers, deepspeed)" >&2
+  rm -rf "$venv"
+  mkdir -p "$cache"
+  "$python" -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip >&2
+  # DeepSpeed's setup imports torch, so torch goes in first.
+  "$venv/bin/pip" install -q -c "$root/constraints.txt" torch >&2
+  "$venv/bin/pip" install -q -c "$root/constraints.txt" -e "$root[operator,trainer,test]" >&2
+  touch "$venv/.complete"
+fi
+# The venv is shared between clones: point its editable install at this checkout (seconds).
+if ! "$venv/bin/python" -c "import tuneguard, sys; sys.exit(0 if tuneguard.__file__.startswith('$root/') else 1)" 2>/dev/null; then
+  "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root" >&2
+fi
+ln -sfn "$venv" "$root/.venv"
+echo "$venv"

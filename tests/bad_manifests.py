@@ -1,0 +1,98 @@
+"""Bad FineTuneJob manifests: each must be rejected offline (tuneguard validate) and, where the CRD
+schema can express the rule, by the real API server. Shared by the unit and the cluster tests."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+def valid_job(name: str = "good") -> dict[str, Any]:
+    return {
+        "apiVersion": "tuneguard.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": "bundled://smollm2-135m-instruct"},
+            "datasets": {"train": "bundled://facts"},
+            "method": {"type": "sft"},
+            "resources": {"workers": 1, "gpusPerWorker": 1},
+        },
+    }
+
+
+@dataclass(frozen=True)
+class BadCase:
+    name: str
+    mutate: Callable[[dict], None]
+    field: str  # the field path the message must name
+    server: bool = True  # the API server's schema catches it too
+
+
+def _set(path: str, value: Any) -> Callable[[dict], None]:
+    def mutate(doc: dict) -> None:
+        *parents, leaf = path.split(".")
+        node = doc
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return mutate
+
+
+def _delete(path: str) -> Callable[[dict], None]:
+    def mutate(doc: dict) -> None:
+        *parents, leaf = path.split(".")
+        node = doc
+        for p in parents:
+            node = node[p]
+        del node[leaf]
+    return mutate
+
+
+BAD_CASES: list[BadCase] = [
+    BadCase("unknown-method", _set("spec.method.type", "lora"), "spec.method.type"),
+    BadCase("negative-learning-rate", _set("spec.training.learningRate", -0.001), "spec.training.learningRate"),
+    BadCase("zero-stage-5", _set("spec.deepspeed.zeroStage", 5), "spec.deepspeed.zeroStage"),
+    BadCase("self-distill-on-sft", _set("spec.method.selfDistill", {"lambda": 1.0}), "spec.method.selfDistill"),
+    BadCase("freeze-without-patterns",
+            _set("spec.method", {"type": "freeze", "freeze": {"trainablePatterns": []}}),
+            "spec.method.freeze.trainablePatterns"),
+    BadCase("freeze-without-block", _set("spec.method", {"type": "freeze"}), "spec.method.freeze"),
+    BadCase("zero-workers", _set("spec.resources.workers", 0), "spec.resources.workers"),
+    BadCase("unknown-field", _set("spec.training.learningRat", 1e-5), "spec.training.learningRat"),
+    BadCase("missing-model", _delete("spec.model"), "spec.model"),
+    BadCase("malformed-model-uri", _set("spec.model.uri", "huggingface:SmolLM2"), "spec.model.uri"),
+    BadCase("unknown-bundled-model", _set("spec.model.uri", "bundled://llama-70b"), "spec.model.uri"),
+    BadCase("negative-batch-size", _set("spec.training.batchSize", -8), "spec.training.batchSize"),
+    BadCase("unknown-precision", _set("spec.deepspeed.precision", "fp8"), "spec.deepspeed.precision"),
+    BadCase("unknown-unknown-policy", _set("spec.triage.unknownPolicy", "ignore"), "spec.triage.unknownPolicy"),
+    BadCase("unknown-guardrail-action", _set("spec.guardrails.action", "panic"), "spec.guardrails.action"),
+    BadCase("hallucination-budget-above-one", _set("spec.guardrails.maxHallucinationIncrease", 1.5),
+            "spec.guardrails.maxHallucinationIncrease"),
+    BadCase("zero-temperature", _set("spec.method", {"type": "self-distill", "selfDistill": {"temperature": 0}}),
+            "spec.method.selfDistill.temperature"),
+    BadCase("freeze-preset-and-patterns",
+            _set("spec.method", {"type": "freeze", "freeze": {"preset": "mlp-only", "trainablePatterns": ["attn"]}}),
+            "spec.method.freeze.preset"),
+    BadCase("top-layers-without-count",
+            _set("spec.method", {"type": "freeze", "freeze": {"preset": "top-layers"}}),
+            "spec.method.freeze.topLayers"),
+    BadCase("offload-with-zero-0", _set("spec.deepspeed", {"zeroStage": 0, "offloadOptimizer": True}),
+            "spec.deepspeed.offloadOptimizer"),
+    BadCase("credentials-on-bundled-model",
+            _set("spec.model.credentialsSecret", {"name": "hf-token"}), "spec.model.credentialsSecret"),
+    BadCase("too-many-gpus", _set("spec.resources.gpusPerWorker", 64), "spec.resources.gpusPerWorker"),
+    BadCase("unknown-dataset-format", _set("spec.datasets.format", "csv"), "spec.datasets.format"),
+    BadCase("negative-backoff-limit", _set("spec.runPolicy.backoffLimit", -1), "spec.runPolicy.backoffLimit"),
+    BadCase("string-epochs", _set("spec.training.epochs", "many"), "spec.training.epochs"),
+    # Offline only: the API server does not check regular-expression syntax.
+    BadCase("invalid-regex", _set("spec.method", {"type": "freeze", "freeze": {"trainablePatterns": ["(attn"]}}),
+            "spec.method.freeze", server=False),
+]
+
+
+def bad_job(case: BadCase, name: str | None = None) -> dict:
+    doc = copy.deepcopy(valid_job(name or f"bad-{case.name}"))
+    case.mutate(doc)
+    return doc

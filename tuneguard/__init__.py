@@ -1,0 +1,1 @@
+"""Tuneguard: hallucination-aware fine-tuning on Kubernetes. Shared core: API models, CRD, CLI."""
