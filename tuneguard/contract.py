@@ -1,0 +1,91 @@
+"""What the operator and the trainer agree on: pod environment, paths, ports, labels, metric names.
+
+One place for each name, imported by both components (and the chart's dashboard generator), so a
+rename cannot leave one side behind.
+"""
+
+from __future__ import annotations
+
+# --------------------------------------------------------------------------- worker pod contract
+CONFIG_DIR = "/etc/tuneguard"
+CONFIG_FILE = "job.yaml"  # the validated FineTuneJob manifest (metadata + spec) as YAML
+CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
+OUTPUT_DIR = "/output"  # checkpoints, report.json, plots; a PVC subPath or an emptyDir
+PVC_MOUNT_ROOT = "/mnt/pvc"  # pvc://claim/path is mounted at /mnt/pvc/claim, read as /mnt/pvc/claim/path
+SHM_DIR = "/dev/shm"
+METRICS_PORT = 9400
+METRICS_PORT_NAME = "metrics"
+MASTER_PORT = 29500
+
+ENV_JOB_NAME = "TUNEGUARD_JOB_NAME"
+ENV_JOB_NAMESPACE = "TUNEGUARD_JOB_NAMESPACE"
+ENV_CONFIG = "TUNEGUARD_CONFIG"
+ENV_OUTPUT_DIR = "TUNEGUARD_OUTPUT_DIR"
+ENV_METRICS_PORT = "TUNEGUARD_METRICS_PORT"
+ENV_STATUS_PATCH = "TUNEGUARD_STATUS_PATCH"  # "1": rank 0 patches FineTuneJob status.training
+ENV_RESTART_ATTEMPT = "TUNEGUARD_RESTART_ATTEMPT"  # group restart count, for logs and resume
+# The launch environment (Kubeflow's names), from which torch.distributed / DeepSpeed start:
+ENV_MASTER_ADDR = "MASTER_ADDR"
+ENV_MASTER_PORT = "MASTER_PORT"
+ENV_NNODES = "NNODES"
+ENV_NPROC_PER_NODE = "NPROC_PER_NODE"
+ENV_NODE_RANK = "NODE_RANK"  # from the Indexed Job's completion index
+ENV_WORLD_SIZE = "WORLD_SIZE"
+
+WORKER_COMMAND = ["tuneguard", "worker", "--config", CONFIG_PATH]
+
+# --------------------------------------------------------------------------------------- labels
+LABEL_JOB = "tuneguard.io/job"
+LABEL_ROLE = "tuneguard.io/role"  # "worker" on trainer pods: the PodMonitor selects on it
+LABEL_METHOD = "tuneguard.io/method"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "tuneguard-operator"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+# --------------------------------------------------------------------------------------- metrics
+# Evaluation figures, as in api.EvalFigures. The trainer exports tuneguard_<figure>{model="base"|"tuned"}
+# live; the operator mirrors the latest tuned figures from status as tuneguard_job_<figure>, so
+# dashboards keep a job's final figures after its pods are gone.
+FIGURES = (
+    "known_accuracy",
+    "hallucination_rate",
+    "new_fact_accuracy",
+    "abstention_rate",
+    "fabrication_rate",
+    "drift_kl",
+    "param_drift_l2",
+    "eval_loss",
+)
+JOB_LABELS = ("job", "namespace", "method")
+
+# Trainer (per worker rank 0, scraped through the PodMonitor):
+TRAIN_LOSS = "tuneguard_train_loss"
+TRAIN_STEP = "tuneguard_train_step"
+TRAIN_TOTAL_STEPS = "tuneguard_train_total_steps"
+TRAIN_TOKENS_PER_SECOND = "tuneguard_train_tokens_per_second"
+TRAIN_TOKENS = "tuneguard_train_tokens"  # counter: exported as tuneguard_train_tokens_total
+TRAIN_LAST_STEP_TIMESTAMP = "tuneguard_train_last_step_timestamp_seconds"
+TRIAGE_EXAMPLES = "tuneguard_triage_examples"  # gauge, extra label `category`
+GUARDRAIL_BREACHES = "tuneguard_guardrail_breaches"  # counter, extra label `guardrail`
+
+
+def figure_metric(figure: str) -> str:
+    """Trainer gauge for one evaluation figure; extra label model="base"|"tuned"."""
+    assert figure in FIGURES, figure
+    return f"tuneguard_{figure}"
+
+
+# Operator (scraped through the ServiceMonitor):
+OP_JOBS = "tuneguard_operator_jobs"  # gauge: labels phase, method
+OP_RECONCILE_SECONDS = "tuneguard_operator_reconcile_duration_seconds"  # histogram
+OP_RECONCILE_ERRORS = "tuneguard_operator_reconcile_errors"  # counter
+OP_GROUP_RESTARTS = "tuneguard_operator_group_restarts"  # counter: labels job, namespace
+OP_JOB_PHASE = "tuneguard_job_phase"  # gauge 1 for the current phase: labels job, namespace, method, phase
+OP_JOB_RESTARTS = "tuneguard_job_restarts"  # gauge: labels job, namespace, method
+OP_JOB_PROGRESS = "tuneguard_job_progress_ratio"  # gauge 0..1
+
+
+def job_figure_metric(figure: str) -> str:
+    """Operator gauge mirroring a job's latest tuned figure from status.training.metrics."""
+    assert figure in FIGURES, figure
+    return f"tuneguard_job_{figure}"
