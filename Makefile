@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 VENV = $(shell scripts/bootstrap-python.sh)
 PYTEST_ARGS ?=
+# This checkout's packages come first, whichever clone the shared venv was created from.
+export PYTHONPATH := $(CURDIR):$(CURDIR)/operator:$(CURDIR)/trainer_image
 
 .PHONY: quickstart test test-unit crd cluster-up cluster-down control-plane lint-chart
 

@@ -19,9 +19,7 @@ if [ ! -f "$venv/.complete" ]; then
   "$venv/bin/pip" install -q -c "$root/constraints.txt" -e "$root[operator,trainer,test]" >&2
   touch "$venv/.complete"
 fi
-# The venv is shared between clones: point its editable install at this checkout (seconds).
-if ! "$venv/bin/python" -c "import tuneguard, sys; sys.exit(0 if tuneguard.__file__.startswith('$root/') else 1)" 2>/dev/null; then
-  "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root" >&2
-fi
+# The venv is shared between clones; each checkout's code wins through PYTHONPATH (set by the
+# Makefile and pytest), so the editable install above only provides the `tuneguard` script.
 ln -sfn "$venv" "$root/.venv"
 echo "$venv"
