@@ -6,7 +6,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${TUNEGUARD_CACHE:-$HOME/.cache/tuneguard}
 python=${PYTHON:-python3}
-key=$(cat "$root/pyproject.toml" "$root/constraints.txt" | sha256sum | cut -c1-16)
+# Keyed by what decides the installed packages: the dependency lists and the pinned constraints.
+key=$( { sed -n '/^dependencies/,/^\[project.scripts\]/p' "$root/pyproject.toml"; cat "$root/constraints.txt"; } \
+      | sha256sum | cut -c1-16)
 venv="$cache/venv-$key"
 if [ ! -f "$venv/.complete" ]; then
   echo ">> creating virtualenv $venv (first run on this machine: downloads torch, transformers, deepspeed)" >&2
