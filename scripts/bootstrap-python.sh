@@ -10,10 +10,13 @@ python=${PYTHON:-python3}
 key=$( { sed -n '/^dependencies/,/^\[project.scripts\]/p' "$root/pyproject.toml"; cat "$root/constraints.txt"; } \
       | sha256sum | cut -c1-16)
 venv="$cache/venv-$key"
+mkdir -p "$cache"
+# One creator at a time: a second caller waits here, then finds the venv complete.
+exec 9>"$cache/.venv.lock"
+flock 9
 if [ ! -f "$venv/.complete" ]; then
   echo ">> creating virtualenv $venv (first run on this machine: downloads torch, transformers, deepspeed)" >&2
   rm -rf "$venv"
-  mkdir -p "$cache"
   "$python" -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip >&2
   # DeepSpeed's setup imports torch, so torch goes in first.
@@ -21,6 +24,7 @@ if [ ! -f "$venv/.complete" ]; then
   "$venv/bin/pip" install -q -c "$root/constraints.txt" -e "$root[operator,trainer,test]" >&2
   touch "$venv/.complete"
 fi
+flock -u 9
 # The venv is shared between clones; each checkout's code wins through PYTHONPATH (set by the
 # Makefile and pytest), so the editable install above only provides the `tuneguard` script.
 ln -sfn "$venv" "$root/.venv"
