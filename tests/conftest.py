@@ -16,6 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CRD_PATH = REPO / "crds" / "tuneguard.io_finetunejobs.yaml"
+STATE_PREFIX = "tuneguard-cluster-"
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +24,7 @@ def cluster():
     """A tests.cluster.Cluster: .kubeconfig, .kubectl(...), .helm(...), .api_client(), .env,
     .binary(name), .finish_pod(ns, pod, exit_code), .simulated."""
     from tests.cluster import Cluster, LocalControlPlane
+    from tests.cluster.control_plane import remove_stale_state_dirs
     from tests.cluster.binaries import control_plane_binaries, kubectl_binary
 
     if os.environ.get("KUBECONFIG"):
@@ -34,7 +36,8 @@ def cluster():
         yield Cluster.from_kubeconfig(Path(os.environ["KUBECONFIG"]), tools)
         return
 
-    state = Path(tempfile.mkdtemp(prefix="tuneguard-cluster-"))
+    remove_stale_state_dirs(Path(tempfile.gettempdir()), STATE_PREFIX)
+    state = Path(tempfile.mkdtemp(prefix=STATE_PREFIX))
     # die_with_parent: the kernel kills the control plane if pytest itself is killed (no leftovers).
     plane = LocalControlPlane(state, die_with_parent=True)
     # SIGTERM (CI cancelling a job) would skip fixture teardown; as KeyboardInterrupt it runs.

@@ -23,7 +23,7 @@ from .binaries import control_plane_binaries
 from .handle import SIMULATION_MARKER, Cluster
 from .nodes import KWOK_NODE_ANNOTATION, gpu_node
 from .pki import APISERVER_SANS, KeyPair, Pki, write_kubeconfig
-from .processes import ProcessGroup
+from .processes import PortTaken, ProcessGroup
 
 STAGES = Path(__file__).with_name("kwok-stages.yaml")
 SERVICE_CIDR = "10.96.0.0/16"
@@ -80,13 +80,18 @@ class LocalControlPlane:
         if (self.state_dir / "pids").exists():
             raise StartupError(f"{self.state_dir} already holds a running control plane (pids file present)")
         bins = control_plane_binaries()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.group = ProcessGroup(self.state_dir, die_with_parent=self.die_with_parent)
-        try:
-            return self._start(bins, time.monotonic() + timeout)
-        except BaseException:
-            self.stop(keep_state=True)
-            raise
+        for attempt in range(3):
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.group = ProcessGroup(self.state_dir, die_with_parent=self.die_with_parent)
+            try:
+                return self._start(bins, time.monotonic() + timeout)
+            except PortTaken:
+                self.stop()  # a free port we picked was taken meanwhile: start afresh on new ports
+                if attempt == 2:
+                    raise
+            except BaseException:
+                self.stop(keep_state=True)
+                raise
 
     def _start(self, bins: dict[str, Path], deadline: float) -> Cluster:
         s, g = self.state_dir, self.group
@@ -196,6 +201,21 @@ class LocalControlPlane:
 
     def running(self) -> bool:
         return any(p.alive() for p in ProcessGroup.adopt(self.state_dir).processes)
+
+
+def remove_stale_state_dirs(parent: Path, prefix: str) -> None:
+    """Removes the state dirs of control planes whose processes are all gone: what a SIGKILLed test
+    run leaves (its processes die with it, its files stay). A dir without a pid file is left alone
+    for an hour: its control plane may be starting."""
+    for state in parent.glob(prefix + "*"):
+        group = ProcessGroup.adopt(state)
+        recorded = group.pid_file.exists()
+        try:
+            old = time.time() - state.stat().st_mtime > 3600
+        except OSError:
+            continue
+        if (recorded and not any(p.alive() for p in group.processes)) or (not recorded and old):
+            shutil.rmtree(state, ignore_errors=True)
 
 
 def _http_ok(url: str) -> bool:

@@ -23,6 +23,10 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+class PortTaken(RuntimeError):
+    """A process could not bind a port we picked as free (someone else took it in between)."""
+
+
 @dataclass
 class Process:
     name: str
@@ -49,6 +53,8 @@ def _is_ours(pid: int, binary: str) -> bool:
         exe = os.readlink(f"/proc/{pid}/exe")
         with open(f"/proc/{pid}/stat") as f:
             state = f.read().rsplit(")", 1)[1].split()[0]
+    except PermissionError:
+        return True  # another user's process with that pid: cannot tell, so never treat it as gone
     except OSError:
         return False
     return exe.removesuffix(" (deleted)") == binary and state != "Z"
@@ -81,8 +87,11 @@ class ProcessGroup:
     def check_alive(self) -> None:
         for proc in self.processes:
             if not proc.alive():
-                raise RuntimeError(f"{proc.name} exited during start-up; last lines of {proc.log}:\n"
-                                   f"{proc.log_tail()}")
+                tail = proc.log_tail()
+                hint = ("\n(a port it was given is taken: another process bound it after we picked it; "
+                        "starting again picks new ports)" if "address already in use" in tail else "")
+                error = PortTaken if hint else RuntimeError
+                raise error(f"{proc.name} exited during start-up; last lines of {proc.log}:\n{tail}{hint}")
 
     @classmethod
     def adopt(cls, state_dir: Path) -> "ProcessGroup":
@@ -90,28 +99,35 @@ class ProcessGroup:
         group = cls(state_dir, die_with_parent=False)
         if group.pid_file.exists():
             for line in group.pid_file.read_text().splitlines():
-                name, pid, binary = line.split(" ", 2)
-                group.processes.append(Process(name, int(pid), binary, group.log_dir / f"{name}.log"))
+                fields = line.split(" ", 2)
+                if len(fields) == 3 and fields[1].isdigit():  # a line being written may be partial
+                    name, pid, binary = fields
+                    group.processes.append(Process(name, int(pid), binary, group.log_dir / f"{name}.log"))
         return group
 
-    def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM every process group (newest first), then SIGKILL what is left after `grace` s."""
-        live = [p for p in reversed(self.processes) if p.alive()]
-        for proc in live:
+    def stop(self, grace: float = 3.0) -> None:
+        """Stops the processes one by one, newest first (clients before the API server before etcd:
+        the API server's graceful shutdown waits for its clients), each with SIGTERM and, after
+        `grace` seconds, SIGKILL (the state is thrown away, a slow shutdown buys nothing)."""
+        for proc in reversed(self.processes):
+            if not proc.alive():
+                continue
             _signal_group(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(p.alive() for p in live):
-            for p in live:
-                if p.popen is not None:
-                    p.popen.poll()  # reap, so a finished child does not linger as a zombie
-            time.sleep(0.05)
-        for proc in live:
-            if proc.alive():
+            if not _wait_gone([proc], grace):
                 _signal_group(proc.pid, signal.SIGKILL)
-            if proc.popen is not None:
-                proc.popen.wait(timeout=5)
+                if not _wait_gone([proc], 10):
+                    raise RuntimeError(f"{proc.name} (pid {proc.pid}) still running after SIGKILL")
         self.processes.clear()
         self.pid_file.unlink(missing_ok=True)
+
+
+def _wait_gone(processes: list[Process], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(p.alive() for p in processes):  # alive() also reaps our own children
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _signal_group(pid: int, sig: int) -> None:
