@@ -1,6 +1,8 @@
 """Shared fixtures. Cluster tests (marked `cluster`) take `cluster`: the real local control plane
 from tests.cluster, started once per session in its own temporary state dir (so two test runs on one
-machine never collide) and stopped at the end; or, when KUBECONFIG is set, that cluster, untouched."""
+machine never collide) and stopped at the end; or, when KUBECONFIG is set, that cluster, untouched.
+Cluster tests set their timeouts with func_only=True: the fixture's set-up may include the first
+build of the binaries (about 25 minutes on a fresh 2-core machine)."""
 
 from __future__ import annotations
 
