@@ -46,7 +46,12 @@ def cluster():
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     keep = os.environ.get("TUNEGUARD_KEEP_CLUSTER_STATE") == "1"
     try:
-        yield plane.start()
+        started = plane.start()  # on failure it has stopped its processes and kept the logs it names
+    except BaseException:
+        signal.signal(signal.SIGTERM, previous)
+        raise
+    try:
+        yield started
     finally:
         plane.stop(keep_state=keep)
         signal.signal(signal.SIGTERM, previous)
