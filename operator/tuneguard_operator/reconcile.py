@@ -81,6 +81,9 @@ class Reconciler:
         self.component = component
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
         self._ensured: dict[tuple, float] = {}  # (ns, name, uid, generation) -> when
+        # resourceVersion of each job after the operator's own last status write: the watch event
+        # that write causes needs no reconcile (see handlers.Controller.on_ftj_event).
+        self.own_writes: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------- entry point
@@ -105,7 +108,8 @@ class Reconciler:
             # A job the operator never wrote status for has no children yet: create without a GET first.
             fresh = not (body.get("status") or {}).get("phase")
             self._ensure_children(ftj, uid, meta.get("generation"), fresh)
-            job = self.kube.get(path("Job", namespace, render.worker_job_name(name)))
+            # A fresh job has no worker Job (were one left by a crash, creating it answers 409).
+            job = None if fresh else self.kube.get(path("Job", namespace, render.worker_job_name(name)))
             if job is not None and not self._owned(job, uid):
                 raise Retry(f"Job {render.worker_job_name(name)} exists but belongs to another owner; "
                             "waiting for it to be garbage-collected")
@@ -115,6 +119,7 @@ class Reconciler:
 
     def forget(self, namespace: str, name: str) -> None:
         self.metrics.forget(namespace, name)
+        self.own_writes.pop((namespace, name), None)
         with self._lock:
             for key in [k for k in self._ensured if k[0] == namespace and k[1] == name]:
                 del self._ensured[key]
@@ -186,7 +191,10 @@ class Reconciler:
         old = body.get("status") or {}
         patch = plan.patch(old)
         if patch:
-            self.kube.patch(path(api.KIND, ns, name, "status"), {"status": patch})
+            written = self.kube.patch(path(api.KIND, ns, name, "status"), {"status": patch})
+            rv = ((written or {}).get("metadata") or {}).get("resourceVersion")
+            if rv:
+                self.own_writes[(ns, name)] = rv
             body = {**body, "status": {**old, **{k: v for k, v in patch.items()}}}
         new_restarts = plan.status["restarts"]
         if new_restarts > int(old.get("restarts") or 0):

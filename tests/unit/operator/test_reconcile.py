@@ -107,3 +107,17 @@ def test_deleted_job_is_forgotten():
     rec.reconcile("ml-team", "facts-sft")
     del kube.objects[FTJ]
     assert rec.reconcile("ml-team", "facts-sft") is None
+
+
+def test_the_echo_of_the_operators_own_status_write_is_not_reconciled():
+    from tuneguard_operator.handlers import Controller
+
+    kube, rec, metrics = setup()
+    ctl = Controller(rec, metrics)
+    rec.reconcile("ml-team", "facts-sft")
+    ours = kube.get(FTJ)
+    ctl.on_ftj_event({"type": "MODIFIED", "object": ours})
+    assert len(ctl.queue) == 0
+    kube.patch(FTJ + "/status", {"status": {"training": {"step": 1}}})  # the trainer writes
+    ctl.on_ftj_event({"type": "MODIFIED", "object": kube.get(FTJ)})
+    assert len(ctl.queue) == 1
