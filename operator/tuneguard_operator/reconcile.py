@@ -16,13 +16,13 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
-from tuneguard import api
+from tuneguard import api, contract
 from tuneguard.validation import InvalidManifest, parse_job
 
 from . import render
 from .kube import ApiError, path
 from .metrics import Metrics
-from .status import Plan, decide, rfc3339
+from .status import Plan, decide, pod_issues, rfc3339
 
 log = logging.getLogger("tuneguard.operator")
 
@@ -113,9 +113,22 @@ class Reconciler:
             if job is not None and not self._owned(job, uid):
                 raise Retry(f"Job {render.worker_job_name(name)} exists but belongs to another owner; "
                             "waiting for it to be garbage-collected")
-        plan = decide(body, ftj, job, self.clock(), invalid=invalid)
+        issues = self._pod_issues(ftj, job) if ftj is not None else None
+        plan = decide(body, ftj, job, self.clock(), invalid=invalid, issues=issues)
         self._apply(body, ftj, job, plan)
         return plan.requeue_after
+
+    def _pod_issues(self, ftj: api.FineTuneJob, job: dict | None) -> list[str] | None:
+        """Only for a running, unsuspended Job whose workers are not all ready: one pod list."""
+        if job is None or (job.get("spec") or {}).get("suspend") or (job.get("metadata") or {}).get("deletionTimestamp"):
+            return None
+        st = job.get("status") or {}
+        if int(st.get("ready") or 0) >= ftj.spec.resources.workers or any(
+                c.get("status") == "True" for c in st.get("conditions") or []):
+            return None
+        pods = self.kube.list(path("Pod", ftj.metadata.namespace),
+                              f"{contract.LABEL_JOB}={ftj.metadata.name},{contract.LABEL_ROLE}=worker")
+        return pod_issues(pods)
 
     def forget(self, namespace: str, name: str) -> None:
         self.metrics.forget(namespace, name)

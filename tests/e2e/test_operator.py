@@ -141,6 +141,20 @@ def test_multinode_example_runs_on_gpu_nodes(operator, kc, ml_team):
     assert not [a for a in ftj["metadata"].get("annotations") or {} if "kopf" in a]
 
 
+def test_pending_job_says_why(operator, kc, namespace):
+    """Pods stuck Pending are the most asked-about training-operator problem: the status says why."""
+    ns = namespace
+    doc = cpu_job("toobig", workers=2)
+    doc["spec"]["resources"]["gpusPerWorker"] = 16  # the simulated nodes have 8 each
+    kc.apply(doc, ns)
+    st = wait_for("the scheduler's reason in status.message",
+                  lambda: (s := kc.status("toobig", ns)).get("message", "").count("Insufficient nvidia.com/gpu") == 2
+                  and s, 60, describe=lambda: kc.status("toobig", ns).get("message"))
+    assert st["phase"] == "Pending" and st["workers"]["ready"] == 0
+    assert "toobig-worker-0: Unschedulable" in st["message"]
+    kc("delete", "ftj", "toobig", "-n", ns)
+
+
 # ------------------------------------------------------------------- 2. failures and success
 
 
