@@ -11,7 +11,7 @@ import yaml
 
 from tests.bad_manifests import valid_job
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180, func_only=True)]
 
 
 def get_json(cluster, *args: str) -> dict:

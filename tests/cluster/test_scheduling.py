@@ -10,7 +10,7 @@ import yaml
 
 from tests.cluster import GPU_PRODUCT, GPU_RESOURCE, GPUS_PER_NODE
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180, func_only=True)]
 
 
 def gpu_pod(name: str, gpus: int) -> dict:
