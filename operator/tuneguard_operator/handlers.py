@@ -30,7 +30,7 @@ from .workqueue import WorkQueue
 
 log = logging.getLogger("tuneguard.operator")
 
-RESYNC_SECONDS = 60.0  # re-look at every known job even without events (clock-driven changes)
+RESYNC_SECONDS = 300.0  # re-look at every known job even without events (a safety net; clocks use delayed re-adds)
 
 
 class Controller:

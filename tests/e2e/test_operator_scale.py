@@ -164,8 +164,9 @@ def test_hundred_jobs_reach_running(cluster, kc, scale_operator, module_namespac
         "operator_reconcile_errors": errors,
         "operator_reconciles": n_reconciles,
         "operator_reconcile_mean_seconds": round(reconcile_sum / n_reconciles, 4) if n_reconciles else None,
-        "operator_workers": int(os.environ.get("TUNEGUARD_OPERATOR_WORKERS", "4")),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "operator_workers": int(os.environ.get("TUNEGUARD_OPERATOR_WORKERS", "8")),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "note": "local control plane (kube-apiserver, controller-manager, scheduler, etcd) and kwok share "
                 "the machine with the operator and this test; figures are wall-clock seconds",
