@@ -329,8 +329,13 @@ def test_immutable_fields_are_refused_and_mutable_ones_take_effect(operator, kc,
         assert out.returncode != 0, f"{field} change was accepted"
         assert f"{field} is immutable once the job exists" in out.stderr, out.stderr
 
+    out = kc("patch", "ftj", "edit", "-n", ns, "--type=merge", "-p",
+             '{"spec":{"resources":{"env":[{"name":"MASTER_ADDR","value":"elsewhere"}]}}}', check=False)
+    assert out.returncode != 0 and "env may not set the launch variables" in out.stderr, out.stderr
+
     kc("patch", "ftj", "edit", "-n", ns, "--type=merge", "-p",
-       '{"spec":{"guardrails":{"maxDriftKL":0.25,"action":"stop"},"runPolicy":{"backoffLimit":5}}}')
+       '{"spec":{"guardrails":{"maxDriftKL":0.25,"action":"stop"},"runPolicy":{"backoffLimit":5},'
+       '"resources":{"env":[{"name":"NCCL_SOCKET_IFNAME","value":"eth0"}]}}}')
 
     def config():
         cm = kc.get("configmap", "edit-config", "-n", ns)
@@ -340,6 +345,7 @@ def test_immutable_fields_are_refused_and_mutable_ones_take_effect(operator, kc,
                     lambda: (s := config())["guardrails"].get("maxDriftKL") == 0.25 and s, 30,
                     describe=lambda: str(config()["guardrails"]))
     assert spec["guardrails"]["action"] == "stop" and spec["runPolicy"]["backoffLimit"] == 5
+    assert spec["resources"]["env"] == [{"name": "NCCL_SOCKET_IFNAME", "value": "eth0"}]
     gen = kc.ftj("edit", ns)["metadata"]["generation"]
     wait_for("observedGeneration to follow", lambda: kc.status("edit", ns).get("observedGeneration") == gen)
     assert kc.status("edit", ns)["phase"] == "Running"  # the workers keep running; the trainer re-reads
