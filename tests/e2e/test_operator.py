@@ -155,6 +155,19 @@ def test_pending_job_says_why(operator, kc, namespace):
     kc("delete", "ftj", "toobig", "-n", ns)
 
 
+def test_spec_the_server_accepts_but_the_models_refuse_fails_clearly(operator, kc, namespace):
+    """A regular expression is checked by the shared models only (CEL cannot compile it): the operator
+    runs nothing and says which field is wrong."""
+    ns = namespace
+    doc = cpu_job("badregex", workers=1)
+    doc["spec"]["method"] = {"type": "freeze", "freeze": {"trainablePatterns": ["self_attn("]}}
+    kc.apply(doc, ns)
+    st = kc.wait_phase("badregex", ns, "Failed", 30)
+    cond = condition(st, "Failed")
+    assert cond["reason"] == "InvalidSpec" and "trainablePatterns" in cond["message"], cond
+    assert not children(kc, "badregex", ns)
+
+
 # ------------------------------------------------------------------- 2. failures and success
 
 
