@@ -107,7 +107,13 @@ class Reconciler:
         if ftj is not None:
             # A job the operator never wrote status for has no children yet: create without a GET first.
             fresh = not (body.get("status") or {}).get("phase")
-            self._ensure_children(ftj, uid, meta.get("generation"), fresh)
+            try:
+                self._ensure_children(ftj, uid, meta.get("generation"), fresh)
+            except Retry as e:
+                if fresh:  # say what it waits for instead of showing no phase at all
+                    self.kube.patch(path(api.KIND, namespace, name, "status"), {"status": {
+                        "phase": "Pending", "message": str(e), "observedGeneration": meta.get("generation")}})
+                raise
             # A fresh job has no worker Job (were one left by a crash, creating it answers 409).
             job = None if fresh else self.kube.get(path("Job", namespace, render.worker_job_name(name)))
             if job is not None and not self._owned(job, uid):

@@ -254,6 +254,25 @@ def test_delete_removes_children(operator, kc, namespace):
     assert f'job="gone"' not in operator.metrics()
 
 
+def test_recreated_under_the_same_name_gets_fresh_children(operator, kc, namespace):
+    """Delete and re-apply at once: the old children (owned by the old uid) are left to the garbage
+    collector and the new job gets its own, never the old ones."""
+    ns = namespace
+    old_uid = start(kc, ns, cpu_job("again"))["metadata"]["uid"]
+    kc("delete", "ftj", "again", "-n", ns, "--wait=true")
+    kc.apply(cpu_job("again"), ns)
+    waiting = wait_for("a Pending status while the old children go", lambda: kc.status("again", ns).get("phase"))
+    assert waiting in ("Pending", "Running")
+    kc.wait_phase("again", ns, "Running", 90)
+    new_uid = kc.ftj("again", ns)["metadata"]["uid"]
+    assert new_uid != old_uid
+    assert children(kc, "again", ns) == expected_children("again")
+    for kind in ("configmap", "service", "serviceaccount", "role", "rolebinding", "job"):
+        for obj in kc.get(kind, "-n", ns, "-l", "tuneguard.io/job=again")["items"]:
+            assert [r["uid"] for r in obj["metadata"]["ownerReferences"]] == [new_uid], (kind, obj["metadata"])
+    assert all(p["metadata"]["labels"]["tuneguard.io/restart-attempt"] == "0" for p in kc.pods("again", ns))
+
+
 # ---------------------------------------------------------------------- 4. operator restart
 
 
