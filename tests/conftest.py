@@ -31,6 +31,8 @@ def cluster():
 
     if os.environ.get("KUBECONFIG"):
         # Someone else's cluster (or one from `make cluster-up`): start nothing, stop nothing.
+        if os.pathsep in os.environ["KUBECONFIG"]:
+            pytest.fail("KUBECONFIG must name a single file for the tests (they hand it to other tools)")
         try:
             tools = control_plane_binaries(["helm"])
         except RuntimeError:
