@@ -84,6 +84,7 @@ class Reconciler:
         # resourceVersion of each job after the operator's own last status write: the watch event
         # that write causes needs no reconcile (see handlers.Controller.on_ftj_event).
         self.own_writes: dict[tuple[str, str], str] = {}
+        self._warned_pods = False
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------- entry point
@@ -132,8 +133,18 @@ class Reconciler:
         if int(st.get("ready") or 0) >= ftj.spec.resources.workers or any(
                 c.get("status") == "True" for c in st.get("conditions") or []):
             return None
-        pods = self.kube.list(path("Pod", ftj.metadata.namespace),
-                              f"{contract.LABEL_JOB}={ftj.metadata.name},{contract.LABEL_ROLE}=worker")
+        try:
+            pods = self.kube.list(path("Pod", ftj.metadata.namespace),
+                                  f"{contract.LABEL_JOB}={ftj.metadata.name},{contract.LABEL_ROLE}=worker")
+        except ApiError as e:
+            if e.status != 403:
+                raise
+            # Diagnostics only: without `list pods` the job still runs, the status just says less.
+            if not self._warned_pods:
+                self._warned_pods = True
+                log.warning("cannot list pods (%s): status messages will not say why workers are stuck; "
+                            "grant `list` on pods to the operator", e)
+            return None
         return pod_issues(pods)
 
     def forget(self, namespace: str, name: str) -> None:
