@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .binaries import control_plane_binaries
-from .handle import SIMULATION_MARKER, Cluster
+from .handle import SIMULATE_EXIT_ANNOTATION, SIMULATION_MARKER, Cluster
 from .nodes import KWOK_NODE_ANNOTATION, gpu_node
 from .pki import APISERVER_SANS, KeyPair, Pki, write_kubeconfig
 from .processes import PortTaken, ProcessGroup
@@ -165,7 +165,7 @@ class LocalControlPlane:
         _created(rest.call("POST", "/api/v1/namespaces/kube-public/configmaps", {
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": SIMULATION_MARKER},
-            "data": {"nodes": ",".join(node_names), "finishPodAnnotation": "tuneguard.io/simulate-exit"},
+            "data": {"nodes": ",".join(node_names), "finishPodAnnotation": SIMULATE_EXIT_ANNOTATION},
         }), "simulation marker")
 
         self._wait(f"nodes {', '.join(node_names)} to become Ready (kwok)", deadline,
