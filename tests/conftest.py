@@ -99,5 +99,15 @@ def module_namespace(cluster):
 def crd_installed(cluster):
     """The FineTuneJob CRD from crds/, applied server-side and Established."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.tuneguard.io")
-    return "finetunejobs.tuneguard.io"
+    # Poll rather than `kubectl wait --for=condition=Established`: that fails at once, instead of
+    # waiting, while a just-created CRD has no status.conditions yet.
+    jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
+    deadline = time.monotonic() + 60
+    while True:
+        got = cluster.kubectl("get", "crd", "finetunejobs.tuneguard.io", "-o", f"jsonpath={jsonpath}",
+                              check=False).stdout.strip()
+        if got == "True":
+            return "finetunejobs.tuneguard.io"
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the FineTuneJob CRD is not Established after 60 s (Established={got!r})")
+        time.sleep(0.2)
