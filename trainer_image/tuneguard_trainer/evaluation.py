@@ -3,6 +3,12 @@
 ``Evaluator(tokenizer, splits, base_model, ...)`` precomputes everything that depends on the base model
 only; ``evaluate(model)`` returns exactly the keys of ``contract.FIGURES``:
 
+Questions are asked in the SliCK format: ``shots`` exemplars of the question's relation (fixed per
+relation, drawn once by seed from the training facts with their real answers, never the question itself)
+as earlier chat turns, then the question. The same prompt for the base and the tuned model, so a small
+instruct model's habit of answering in full sentences zero-shot does not count as not knowing; the
+exemplar prefix is shared by a relation's questions and computed once per batch.
+
 * known probe (held-out HighlyKnown facts): ``known_accuracy`` = correct / n and ``hallucination_rate`` =
   wrong / n, where *wrong* = neither correct nor an abstention. The probe keeps only facts the base model
   answers correctly in the closed-book format (SliCK's few-shot HighlyKnown does not guarantee it), so
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -72,7 +79,7 @@ class Evaluator:
                  abstention_text: str = "I don't know", *, base_state: Optional[dict] = None,
                  batch_size: int = 32, mode: str = "exact", max_new_tokens: int = 24,
                  drift_max_new_tokens: int = 16, drift_cache_mb: int = 512, drift_top_k: int = 256,
-                 progress: bool = False):
+                 shots: int = 4, seed: int = 0, progress: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         t0 = time.time()
@@ -86,6 +93,18 @@ class Evaluator:
         self.progress = progress
         self.last_details: dict = {}
         n = max_probe_size
+
+        # Fixed few-shot exemplars per relation, from the training facts with their real answers.
+        self.shots = shots
+        self._exemplars: dict = {}
+        pools: dict = {}
+        for e in splits.train:
+            if e.context is None and e.target == e.answers[0]:
+                pools.setdefault(e.relation, []).append(e)
+        for rel, pool in sorted(pools.items(), key=lambda kv: str(kv[0])):
+            pool = sorted(pool, key=lambda e: e.id)
+            random.Random(f"eval:{seed}:{rel}").shuffle(pool)
+            self._exemplars[rel] = pool[: shots + 1]
 
         # Candidate ids of the abstention text (teacher-forced like an answer).
         self._abst_cands = [self.fmt.candidate_ids(v) for v in answer_variants([abstention_text])]
@@ -154,8 +173,14 @@ class Evaluator:
                  time.time() - t0, len(self.known), len(self.unknown), len(self.new), len(self._drift_prompts))
 
     # ----------------------------------------------------------------------------------- helpers
+    def shots_for(self, ex: QAExample) -> list[QAExample]:
+        """The evaluation prompt's exemplars for ``ex``: the relation's fixed exemplars, never ex itself."""
+        if ex.context is not None or self.shots == 0:
+            return []
+        return [e for e in self._exemplars.get(ex.relation, []) if e.id != ex.id][: self.shots]
+
     def _item(self, ex: QAExample) -> _Item:
-        return _Item(ex=ex, prompt=self.fmt.prompt_ids(ex))
+        return _Item(ex=ex, prompt=self.fmt.prompt_ids(ex, self.shots_for(ex)))
 
     def _classify(self, model, items: Sequence[_Item], need_abstention: bool, mode: Optional[str] = None,
                   stats: Optional[dict] = None) -> list[str]:

@@ -156,10 +156,15 @@ def decode(model, prompts: Sequence[Sequence[int]], pad_id: int, stop_ids: set[i
             cache = _prefix_cache(model, list(ps[0][:plen]), device) if plen >= MIN_PREFIX else None
             if cache is None:
                 plen = 0
-            rows = [list(p[plen:]) for p in ps for _ in range(num_samples)]
+            rows = [list(p[plen:]) for p in ps]
             ids, mask = _left_pad(rows, pad_id, device)
             logits, past, full_mask, pos = _run(model, plen, cache, ids, mask, 1)
-            b = ids.shape[0]
+            if num_samples > 1:  # the prompt is run once; its cache is repeated for the samples
+                past.batch_repeat_interleave(num_samples)
+                logits = logits.repeat_interleave(num_samples, dim=0)
+                full_mask = full_mask.repeat_interleave(num_samples, dim=0)
+                pos = pos.repeat_interleave(num_samples, dim=0)
+            b = logits.shape[0]
             out = torch.zeros((b, 0), dtype=torch.long, device=device)
             done = torch.zeros(b, dtype=torch.bool, device=device)
             for step in range(max_new_tokens):

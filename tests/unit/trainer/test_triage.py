@@ -7,6 +7,7 @@ from tuneguard import api
 from tuneguard_trainer.data import QAExample, load_examples
 from tuneguard_trainer.prompts import (PromptFormat, answer_variants, classify, encode_for_training,
                                        normalize_answer)
+from .conftest import Oracle
 from tuneguard_trainer.triage import (HIGHLY_KNOWN, MAYBE_KNOWN, UNKNOWN, WEAKLY_KNOWN, TriageResult,
                                       _exemplar_sets, build_splits, categorize, triage)
 
@@ -58,51 +59,6 @@ def test_exemplars_same_relation_never_self():
         {k: [[x.id for x in s] for s in v] for k, v in _exemplar_sets(ex, 3, 4, seed=1).items()}
 
 
-class _Oracle(torch.nn.Module):
-    """A fake causal LM that 'knows' a fact by emitting its answer tokens then the stop token after a
-    prompt ending with that fact's question, and emits `wrong_ids` otherwise. Deterministic argmax."""
-
-    def __init__(self, fmt, known: dict, vocab: int, noise_id: int):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(1))
-        self.fmt, self.known, self.vocab, self.noise_id = fmt, known, vocab, noise_id
-        self.config = type("C", (), {"use_cache": False})()
-
-    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
-                use_cache=False, logits_to_keep=0, **kw):
-        b, n = input_ids.shape
-        prev = past_key_values or [[] for _ in range(b)]
-        seqs = [prev[i] + [t for t, m in zip(input_ids[i].tolist(), (attention_mask[i, -n:] if
-                attention_mask is not None else torch.ones(n)).tolist()) if m] for i in range(b)]
-        logits = torch.full((b, n, self.vocab), -10.0)
-        for i, s in enumerate(seqs):
-            for j in range(n):
-                # position j of this call corresponds to prefix s[: len(s) - n + j + 1] (padding aside)
-                cut = len(s) - (n - 1 - j)
-                t = self._next(s[:cut]) if cut > 0 else self.noise_id
-                logits[i, j, t] = 10.0
-        keep = logits_to_keep or n
-        out = type("O", (), {})()
-        out.logits = logits[:, -keep:]
-        out.past_key_values = _Past(seqs)
-        return out
-
-    def _next(self, seq):
-        for prompt, ans in self.known.items():
-            L = len(prompt)
-            if len(seq) >= L and tuple(seq[-L:]) == prompt:
-                return ans[0]
-            for k in range(1, len(ans)):
-                if len(seq) >= L + k and tuple(seq[-L - k:-k]) == prompt and tuple(seq[-k:]) == tuple(ans[:k]):
-                    return ans[k]
-        return self.noise_id
-
-
-class _Past(list):
-    def batch_repeat_interleave(self, n):
-        self[:] = [list(s) for s in self for _ in range(n)]
-
-
 def test_triage_with_an_oracle_model(tiny_tokenizer):
     """Facts whose answer the 'model' emits after their question's user turn are HighlyKnown under every
     few-shot prompt; the others are Unknown (the oracle never samples them)."""
@@ -116,7 +72,7 @@ def test_triage_with_an_oracle_model(tiny_tokenizer):
 
     knows = {tail(e): fmt.answer_ids(e.answers[0]) + [fmt.end_ids[0]] for e in ex[:5]}
     noise = tiny_tokenizer.convert_tokens_to_ids("Q")
-    model = _Oracle(fmt, knows, len(tiny_tokenizer), noise)
+    model = Oracle(knows, len(tiny_tokenizer), noise)
     res = triage(model, tiny_tokenizer, ex, api.TriageSpec(prompts=3, shots=2, samples=2), seed=0,
                  progress=False)
     assert [res.categories[e.id] for e in ex] == [HIGHLY_KNOWN] * 5 + [UNKNOWN] * 7
