@@ -50,10 +50,39 @@ def _lcp(seqs: Sequence[Sequence[int]]) -> int:
     return n
 
 
+def _pair_lcp(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 def _batches(prompts: Sequence[Sequence[int]], batch_size: int) -> Iterator[list[int]]:
-    order = sorted(range(len(prompts)), key=lambda i: (tuple(prompts[i]),))
-    for k in range(0, len(order), batch_size):
-        yield order[k:k + batch_size]
+    """Row indices in batches of at most batch_size. Rows are sorted by prompt and cut into groups
+    wherever two neighbours share less than half of the shorter prompt; a group fills batches of its own
+    (one long shared prefix each, computed once), prompts alike to no other are packed together."""
+    order = sorted(range(len(prompts)), key=lambda i: tuple(prompts[i]))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups:
+            prev = prompts[groups[-1][-1]]
+            if _pair_lcp(prev, prompts[i]) * 2 >= min(len(prev), len(prompts[i])):
+                groups[-1].append(i)
+                continue
+        groups.append([i])
+    mixed: list[int] = []
+    for g in groups:
+        if len(g) > 1:
+            for k in range(0, len(g), batch_size):
+                yield g[k:k + batch_size]
+        else:
+            if len(mixed) + len(g) > batch_size:
+                yield mixed
+                mixed = []
+            mixed.extend(g)
+    if mixed:
+        yield mixed
 
 
 def _prefix_cache(model, prefix: list[int], device):

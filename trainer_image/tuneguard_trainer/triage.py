@@ -76,30 +76,38 @@ class TriageResult:
         return out
 
 
-def _exemplar_sets(examples: Sequence[QAExample], n_prompts: int, shots: int, seed: int):
-    """For each example id, ``n_prompts`` exemplar lists of its relation (never containing itself)."""
+def _exemplar_sets(examples: Sequence[QAExample], n_prompts: int, shots: int, seed: int,
+                   pool_examples: Optional[Sequence[QAExample]] = None):
+    """For each example id, ``n_prompts`` exemplar lists of its relation (never containing itself), drawn
+    from ``pool_examples`` (default: the examples themselves)."""
     by_rel: dict[Optional[str], list[QAExample]] = {}
-    for ex in examples:
+    for ex in (pool_examples if pool_examples is not None else examples):
         by_rel.setdefault(ex.relation, []).append(ex)
+    wanted = {ex.relation for ex in examples}
+    for ex in examples:  # an example whose relation has no pool forms its own
+        if ex.relation not in by_rel:
+            by_rel[ex.relation] = [ex]
     chosen: dict[str, list[list[QAExample]]] = {}
     for rel, pool in sorted(by_rel.items(), key=lambda kv: str(kv[0])):
+        if rel not in wanted:
+            continue
         rng = random.Random(f"slick:{seed}:{rel}")
         k = min(shots, len(pool) - 1)
         sets: list[list[QAExample]] = []
 
         def new_set(exclude: Optional[QAExample] = None):
-            cands = [e for e in pool if e is not exclude]
+            cands = [e for e in pool if e is not exclude and e.id != getattr(exclude, "id", None)]
             s = rng.sample(cands, k) if k > 0 else []
             sets.append(s)
             return s
 
         for _ in range(n_prompts + 1):
             new_set()
-        for ex in pool:
+        for ex in [e for e in examples if e.relation == rel]:
             if k == 0:
                 chosen[ex.id] = [[] for _ in range(n_prompts)]
                 continue
-            mine = [s for s in sets if all(e is not ex for e in s)][:n_prompts]
+            mine = [s for s in sets if all(e.id != ex.id for e in s)][:n_prompts]
             while len(mine) < n_prompts:
                 mine.append(new_set(exclude=ex))
             chosen[ex.id] = mine
@@ -108,16 +116,18 @@ def _exemplar_sets(examples: Sequence[QAExample], n_prompts: int, shots: int, se
 
 def triage(model, tokenizer, examples: Sequence[QAExample], spec: api.TriageSpec, seed: int = 0,
            device=None, batch_size: int = 32, progress: bool = True,
-           fmt: Optional[PromptFormat] = None) -> TriageResult:
-    """Categorise every example by what the (base) model knows. ``device`` is taken from the model;
-    the argument is accepted for symmetry with the rest of the trainer."""
+           fmt: Optional[PromptFormat] = None,
+           exemplars: Optional[Sequence[QAExample]] = None) -> TriageResult:
+    """Categorise every example by what the (base) model knows. Few-shot exemplars come from
+    ``exemplars`` (default: the examples themselves). ``device`` is taken from the model; the argument is
+    accepted for symmetry with the rest of the trainer."""
     from tqdm.auto import tqdm
     import torch
 
     t0 = time.time()
     fmt = fmt or PromptFormat(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    sets = _exemplar_sets(examples, spec.prompts, spec.shots, seed)
+    sets = _exemplar_sets(examples, spec.prompts, spec.shots, seed, exemplars)
 
     # --- P(T=0): one teacher-forced pass over (fact, prompt, surface form) rows.
     prompt_ids: dict[tuple[int, int], list[int]] = {}

@@ -143,3 +143,11 @@ class Oracle(_torch.nn.Module):
 class _Past(list):
     def batch_repeat_interleave(self, n):
         self[:] = [list(s) for s in self for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct (bundled; converted once into the cache), fp32 on CPU."""
+    from tuneguard_trainer.models import load_model, resolve_model
+
+    return load_model(resolve_model("bundled://smollm2-135m-instruct"), "cpu")

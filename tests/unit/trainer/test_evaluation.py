@@ -175,3 +175,29 @@ def test_eval_mode_restored_and_loss(tiny_model, tiny_tokenizer):
     assert tiny_model.training
     assert f["eval_loss"] > 0 and f["new_fact_accuracy"] == 0.0
     assert f["known_accuracy"] is None and f["abstention_rate"] is None  # empty probes -> None
+
+
+@pytest.mark.slow
+def test_real_smollm2_teacher_forced_equals_generate(smollm2):
+    """On ~30 real and fictional probes, SmolLM2's teacher-forced classes equal transformers.generate()'s."""
+    model, tok = smollm2
+    facts = load_examples("bundled://facts")
+    train = [e for e in facts if e.id.startswith("real-")][1::3]
+    probes = [e for e in facts if e.id.startswith("real-")][::12][:20] + \
+        [e for e in facts if e.id.startswith("fict-")][::16][:10]
+    ev = Evaluator(tok, splits_of(train), model, max_probe_size=8)
+    items = [ev._item(e) for e in probes]
+    t0 = time.time()
+    ref = hf_generate_classes(model, tok, ev.fmt, items, ev.abstention_text)
+    t1 = time.time()
+    tf_only = ev._classify(model, items, True, "tf-only")
+    t2 = time.time()
+    exact = ev._classify(model, items, True, "exact")
+    t3 = time.time()
+    gen = ev._classify(model, items, True, "generate")
+    t4 = time.time()
+    print(f"\n{len(items)} probes: transformers.generate {t1 - t0:.1f}s, tf-only {t2 - t1:.1f}s, "
+          f"exact {t3 - t2:.1f}s, batched greedy decoding {t4 - t3:.1f}s; "
+          f"correct {sum(c == 'correct' for c in ref)}, abstained {sum(c == 'abstain' for c in ref)}")
+    assert exact == ref and gen == ref
+    assert [c == "correct" for c in tf_only] == [c == "correct" for c in ref]

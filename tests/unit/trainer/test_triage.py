@@ -1,5 +1,7 @@
 """SliCK triage: categories, the teacher-forced greedy check, sampling only where it matters, splits."""
 
+from collections import Counter
+
 import pytest
 import torch
 
@@ -141,3 +143,23 @@ def test_splits_with_probe_files():
     assert [x.id for x in s.unknown_probe] == [up[i].id for i in (0, 2, 4, 6, 8)]
     assert s.drift_prompts == ["hello"] and not s.drift_are_questions
     assert s.counts["highly_known"] == 40  # counts are of the training file
+
+
+@pytest.mark.slow
+def test_real_smollm2_triage(smollm2):
+    """SmolLM2-135M knows some real facts and (almost) none of the fictional ones."""
+    import time
+
+    model, tok = smollm2
+    facts = load_examples("bundled://facts")
+    real = [e for e in facts if e.id.startswith("real-")][::12][:20]
+    fict = [e for e in facts if e.id.startswith("fict-")][::8][:20]
+    t0 = time.time()
+    res = triage(model, tok, real + fict, api.TriageSpec(prompts=2, samples=4), seed=0, progress=False,
+                 exemplars=facts)  # exemplars from the whole relation pool, as in a real run
+    dt = time.time() - t0
+    cr = Counter(res.categories[e.id] for e in real)
+    cf = Counter(res.categories[e.id] for e in fict)
+    print(f"\ntriage of 40 facts (prompts=2, shots=4, samples=4): {dt:.1f}s; real {dict(cr)}; fictional {dict(cf)}")
+    assert cr[HIGHLY_KNOWN] >= 3
+    assert cf[UNKNOWN] >= 14 and cf[HIGHLY_KNOWN] <= 1
