@@ -318,7 +318,8 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
         from .evaluation import Evaluator
 
         evaluator = Evaluator(tok, splits, base, str(dev), max_probe_size=spec.evaluation.max_probe_size,
-                              abstention_text=spec.triage.abstention_text)
+                              abstention_text=spec.triage.abstention_text, shots=spec.triage.shots,
+                              seed=spec.training.seed)
         base_figures = dict(evaluator.base_figures)
     base_figures = broadcast_object(base_figures)
     tele.figures(base_figures, "base")
