@@ -54,7 +54,7 @@ import torch
 from tuneguard import contract
 
 from .data import QAExample
-from .prompts import PromptFormat, answer_variants, classify, is_correct, normalize_answer
+from .prompts import PromptFormat, answer_variants, classify, could_become
 from .scoring import decode, eval_mode, greedy_emits, model_device, teacher_forced
 
 log = logging.getLogger(__name__)
@@ -222,8 +222,11 @@ class Evaluator:
             else:
                 todo.append(i)
         if todo:
+            alive = None
+            if not need_abstention and mode == "exact":  # only correctness matters: stop hopeless rows
+                alive = lambda k, toks: could_become(self.tok.decode(toks), items[todo[k]].ex.answers)
             outs = decode(model, [items[i].prompt for i in todo], self.pad_id, self.fmt.stop_ids,
-                          max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+                          max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, alive=alive)
             for i, o in zip(todo, outs):
                 text = self.fmt.decode_answer(o[0])
                 result[i] = classify(text, items[i].ex.answers, self.abstention_text)
@@ -237,13 +240,7 @@ class Evaluator:
             return False
         if tok_id in self.fmt.stop_ids:
             return True  # empty answer
-        piece = self.tok.decode([tok_id])
-        if "\ufffd" in piece:
-            return False  # a partial UTF-8 sequence: cannot tell
-        head = normalize_answer(piece)
-        if not head:
-            return False  # an article, punctuation or space: cannot tell
-        return not any(normalize_answer(a).startswith(head) for a in ex.answers)
+        return not could_become(self.tok.decode([tok_id]), ex.answers)
 
     # ----------------------------------------------------------------------------------- figures
     def drift_kl(self, model) -> Optional[float]:

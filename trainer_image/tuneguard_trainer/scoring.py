@@ -171,9 +171,11 @@ def greedy_emits(logits: torch.Tensor, cand: Sequence[int], n_answer: int, has_p
 
 def decode(model, prompts: Sequence[Sequence[int]], pad_id: int, stop_ids: set[int], max_new_tokens: int,
            batch_size: int = 32, num_samples: int = 1, temperature: float = 0.0, top_k: int = 0,
-           generator: Optional[torch.Generator] = None, progress=None) -> list[list[list[int]]]:
+           generator: Optional[torch.Generator] = None, progress=None,
+           alive: Optional[Callable[[int, list[int]], bool]] = None) -> list[list[list[int]]]:
     """Greedy (temperature 0) or sampled continuations: for each prompt, ``num_samples`` lists of new
-    token ids (ending with the stop token when one was emitted)."""
+    token ids (ending with the stop token when one was emitted). ``alive(prompt_index, tokens)`` may end a
+    row early (its output so far is returned) once the caller knows the rest cannot matter."""
     device = model_device(model)
     results: list[list[list[int]]] = [[] for _ in prompts]
     stop = torch.tensor(sorted(stop_ids), device=device)
@@ -210,6 +212,11 @@ def decode(model, prompts: Sequence[Sequence[int]], pad_id: int, stop_ids: set[i
                 nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
                 out = torch.cat([out, nxt[:, None]], dim=1)
                 done = done | torch.isin(nxt, stop)
+                if alive is not None:
+                    rows_l = out.tolist()
+                    for r in range(b):
+                        if not bool(done[r]) and not alive(idx[r // num_samples], rows_l[r]):
+                            done[r] = True
                 if bool(done.all()) or step == max_new_tokens - 1:
                     break
                 full_mask = torch.cat([full_mask, torch.ones((b, 1), dtype=full_mask.dtype, device=device)], 1)

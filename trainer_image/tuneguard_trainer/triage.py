@@ -9,7 +9,9 @@ For each fact, ``spec.prompts`` few-shot prompts with ``spec.shots`` exemplars o
   "greedy output == one of those forms (optionally + '.')", a subset of normalised exact match (a greedy
   answer "paris!" or a non-canonical tokenisation of "Paris" counts as wrong here).
 * P(T>0): share of ``spec.samples`` samples per prompt (temperature ``spec.temperature``, top-k 40)
-  whose text is a normalised exact match. Sampled only for facts with P(T=0) = 0, the only place where
+  whose text is a normalised exact match. A sample stops at its stop token or as soon as its text can no
+  longer normalise to an accepted answer (``prompts.could_become``; exact), which ends most batches of an
+  unknown fact after a token or two. Sampled only for facts with P(T=0) = 0, the only place where
   it decides the category (WeaklyKnown vs Unknown); elsewhere it is reported as None.
 * HighlyKnown: P(T=0) = 1; MaybeKnown: 0 < P(T=0) < 1; WeaklyKnown: P(T=0) = 0 and P(T>0) > 0;
   Unknown: both 0.
@@ -36,7 +38,7 @@ from typing import Optional, Sequence
 from tuneguard import api
 
 from .data import QAExample, load_examples, load_prompts
-from .prompts import PromptFormat, answer_variants, is_correct
+from .prompts import PromptFormat, answer_variants, could_become, is_correct
 from .scoring import decode, greedy_emits, teacher_forced
 
 log = logging.getLogger(__name__)
@@ -165,7 +167,8 @@ def triage(model, tokenizer, examples: Sequence[QAExample], spec: api.TriageSpec
         outs = decode(model, [prompt_ids[k] for k in plist], pad_id, fmt.stop_ids,
                       max_new_tokens=min(max_ans + 3, 32), batch_size=batch_size * 2,
                       num_samples=spec.samples, temperature=spec.temperature, top_k=SAMPLE_TOP_K,
-                      generator=gen, progress=bar)
+                      generator=gen, progress=bar,
+                      alive=lambda k, toks: could_become(tokenizer.decode(toks), examples[plist[k][0]].answers))
         bar.close()
         correct = {i: 0 for i in todo}
         for (i, _), samples in zip(plist, outs):

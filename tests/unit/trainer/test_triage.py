@@ -68,8 +68,8 @@ def test_triage_with_an_oracle_model(tiny_tokenizer):
     ex = [e for e in load_examples("bundled://facts") if e.relation == "capital"][:12]
     start = tiny_tokenizer.convert_tokens_to_ids("<|im_start|>")
 
-    def tail(e):  # the question's user turn + the generation prompt
-        ids = fmt.prompt_ids(e)
+    def tail(e):  # the question's user turn (few-shot form) + the generation prompt
+        ids = fmt.prompt_ids(e, [ex[-1]])
         return tuple(ids[[i for i, t in enumerate(ids) if t == start][-2]:])
 
     knows = {tail(e): fmt.answer_ids(e.answers[0]) + [fmt.end_ids[0]] for e in ex[:5]}
