@@ -127,30 +127,66 @@ def _run(model, prefix_len: int, cache, ids, mask, keep: int):
     return out.logits.float(), out.past_key_values, full_mask, pos[:, -1] + 1
 
 
+class _PrefixMemo:
+    """The last shared prefix's cache, reused while consecutive batches share the same prefix."""
+
+    def __init__(self, model, device):
+        self.model, self.device, self.key, self.cache = model, device, None, None
+
+    def get(self, prefix: list[int]):
+        if len(prefix) < MIN_PREFIX:
+            return None
+        key = tuple(prefix)
+        if key != self.key:
+            self.key, self.cache = key, _prefix_cache(self.model, prefix, self.device)
+        return self.cache
+
+
 def teacher_forced(model, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
                    pad_id: int, batch_size: int = 32,
                    consume: Optional[Callable[[int, torch.Tensor], None]] = None,
                    progress=None) -> None:
     """For every row i, call ``consume(i, logits)`` with the float32 logits [len(cont_i), V] that predict
-    each continuation token (teacher-forced on prompt_i + cont_i)."""
+    each continuation token (teacher-forced on prompt_i + cont_i).
+
+    Two stages per batch: the batch's distinct prompts are run once (after the shared prefix), then their
+    caches are selected per row and only the continuations are run, so several candidate answers to one
+    prompt cost one prompt pass."""
     assert len(prompts) == len(continuations)
     device = model_device(model)
     with eval_mode(model):
+        memo = _PrefixMemo(model, device)
         for idx in _batches(prompts, batch_size):
-            ps = [prompts[i] for i in idx]
+            uniq: dict[tuple, int] = {}
+            row_u = []
+            for i in idx:
+                row_u.append(uniq.setdefault(tuple(prompts[i]), len(uniq)))
+            ups = [list(p) for p in uniq]
             cs = [continuations[i] for i in idx]
-            plen = min(_lcp(ps), min(len(p) for p in ps) - 1)
-            cache = _prefix_cache(model, list(ps[0][:plen]), device) if plen >= MIN_PREFIX else None
+            plen = min(_lcp(ups), min(len(p) for p in ups) - 1)
+            cache = memo.get(ups[0][:plen]) if plen >= MIN_PREFIX else None
             if cache is None:
                 plen = 0
-            # Right-align: every row ends with its continuation; keep = the longest continuation + 1.
-            suffixes = [list(p[plen:]) + list(c[:-1]) for p, c in zip(ps, cs)]
-            keep = max(len(c) for c in cs)
-            ids, mask = _left_pad(suffixes, pad_id, device)
-            logits, *_ = _run(model, plen, cache, ids, mask, keep)
+            # Stage 1: distinct prompts -> logits predicting each continuation's first token.
+            ids, mask = _left_pad([p[plen:] for p in ups], pad_id, device)
+            first, past, full_mask, nxt_pos = _run(model, plen, cache, ids, mask, 1)
+            m = max(len(c) for c in cs) - 1
+            rest = None
+            if m > 0:
+                # Stage 2: every row's continuation (but its last token) after its prompt's cache.
+                sel = torch.tensor(row_u, device=device)
+                past.batch_select_indices(sel)
+                ids2, mask2 = _left_pad([list(c[:-1]) for c in cs], pad_id, device)
+                pos2 = nxt_pos[sel][:, None] + (mask2.cumsum(-1) - 1).clamp(min=0)
+                out = model(input_ids=ids2, attention_mask=torch.cat([full_mask[sel], mask2], dim=1),
+                            position_ids=pos2, past_key_values=past, use_cache=True, logits_to_keep=m)
+                rest = out.logits.float()
             for j, i in enumerate(idx):
                 n = len(cs[j])
-                consume(i, logits[j, keep - n:])
+                parts = [first[row_u[j], -1:]]
+                if n > 1:
+                    parts.append(rest[j, m - (n - 1):])
+                consume(i, torch.cat(parts, dim=0))
             if progress is not None:
                 progress.update(len(idx))
 
@@ -181,10 +217,11 @@ def decode(model, prompts: Sequence[Sequence[int]], pad_id: int, stop_ids: set[i
     stop = torch.tensor(sorted(stop_ids), device=device)
     per_batch = max(1, batch_size // max(1, num_samples))
     with eval_mode(model):
+        memo = _PrefixMemo(model, device)
         for idx in _batches(prompts, per_batch):
             ps = [prompts[i] for i in idx]
             plen = min(_lcp(ps), min(len(p) for p in ps) - 1)
-            cache = _prefix_cache(model, list(ps[0][:plen]), device) if plen >= MIN_PREFIX else None
+            cache = memo.get(list(ps[0][:plen])) if plen >= MIN_PREFIX else None
             if cache is None:
                 plen = 0
             rows = [list(p[plen:]) for p in ps]

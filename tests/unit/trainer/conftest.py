@@ -141,8 +141,13 @@ class Oracle(_torch.nn.Module):
 
 
 class _Past(list):
+    """The Oracle's "key/value cache": each row's tokens so far."""
+
     def batch_repeat_interleave(self, n):
         self[:] = [list(s) for s in self for _ in range(n)]
+
+    def batch_select_indices(self, indices):
+        self[:] = [list(self[i]) for i in indices.tolist()]
 
 
 @pytest.fixture(scope="session")
