@@ -1,20 +1,22 @@
 """Hallucination and drift figures of a model against the base model, every N steps and at the end.
 
 ``Evaluator(tokenizer, splits, base_model, ...)`` precomputes everything that depends on the base model
-only; ``evaluate(model)`` returns exactly the keys of ``contract.FIGURES``:
+only; ``evaluate(model)`` returns exactly the keys of ``contract.FIGURES`` (below).
 
 Questions are asked in the SliCK format: ``shots`` exemplars of the question's relation (fixed per
-relation, drawn once by seed from the training facts with their real answers, never the question itself)
-as earlier chat turns, then the question. The same prompt for the base and the tuned model, so a small
-instruct model's habit of answering in full sentences zero-shot does not count as not knowing; the
-exemplar prefix is shared by a relation's questions and computed once per batch.
+relation, drawn once by seed from the training examples as trained, i.e. showing their targets, so with
+unknownPolicy abstain some exemplars answer "I don't know"; never the question itself) as earlier chat
+turns, then the question. The same prompt for the base and the tuned model, so a small instruct model's
+habit of answering in full sentences zero-shot does not count as not knowing; the exemplar prefix is
+shared by a relation's questions and computed once. Training may use the same format
+(``encode_for_training(..., shots=evaluator.shots_for)``) or the zero-shot one.
 
 * known probe (held-out HighlyKnown facts): ``known_accuracy`` = correct / n and ``hallucination_rate`` =
   wrong / n, where *wrong* = neither correct nor an abstention. The probe keeps only facts the base model
-  answers correctly in the closed-book format (SliCK's few-shot HighlyKnown does not guarantee it), so
-  the base model's hallucination rate is 0 by construction.
+  answers correctly in this evaluation prompt (HighlyKnown under random few-shot prompts nearly implies
+  it), so the base model's hallucination rate is 0 by construction.
 * ``new_fact_accuracy``: correct / n on the trained facts the base model did not know (``splits.new_facts``).
-* unknown probe (held-out Unknown facts; those the base answers correctly closed-book are removed):
+* unknown probe (held-out Unknown facts; any the base answers correctly in this prompt are removed):
   ``abstention_rate`` = abstained / n and ``fabrication_rate`` = wrong / n.
 * ``drift_kl``: mean per-token KL(p_base || p_model) over the drift prompts' continuation positions; the
   continuation is the base model's greedy answer (up to ``drift_max_new_tokens`` tokens, including its stop
@@ -94,12 +96,12 @@ class Evaluator:
         self.last_details: dict = {}
         n = max_probe_size
 
-        # Fixed few-shot exemplars per relation, from the training facts with their real answers.
+        # Fixed few-shot exemplars per relation, from the training facts as trained (target shown).
         self.shots = shots
         self._exemplars: dict = {}
         pools: dict = {}
         for e in splits.train:
-            if e.context is None and e.target == e.answers[0]:
+            if e.context is None:
                 pools.setdefault(e.relation, []).append(e)
         for rel, pool in sorted(pools.items(), key=lambda kv: str(kv[0])):
             pool = sorted(pool, key=lambda e: e.id)

@@ -8,8 +8,8 @@ Two formats, chosen from the tokenizer:
 * ``chat`` (the tokenizer has a chat template, e.g. SmolLM2-Instruct): a closed-book question is one user
   turn, ``"<question>\\nAnswer with just the answer, in a few words."``, followed by the template's
   generation prompt; the answer is the assistant content, ended by the template's end-of-turn token
-  (``<|im_end|>`` for SmolLM2). A few-shot prompt is k user/assistant turns (question / first accepted
-  answer), then the question, all without the instruction (the exemplars show the format).
+  (``<|im_end|>`` for SmolLM2). A few-shot prompt is k user/assistant turns (question / target, i.e. the
+  first accepted answer unless relabelled), then the question, all without the instruction (the exemplars show the format).
 * ``plain`` (no chat template, e.g. a base model): ``"Q: <question>\\nA:"`` blocks separated by a blank
   line; the answer is ``" <answer>"``; training ends it with EOS; a stop is EOS or any token starting
   with a newline.
@@ -197,7 +197,7 @@ class PromptFormat:
         user = (lambda q: q) if shots else self._user
         for ex in shots:
             msgs.append({"role": "user", "content": user(ex.question)})
-            msgs.append({"role": "assistant", "content": ex.answers[0]})
+            msgs.append({"role": "assistant", "content": ex.target or ex.answers[0]})
         msgs.append({"role": "user", "content": user(example.question)})
         return msgs
 
@@ -205,7 +205,7 @@ class PromptFormat:
         """Token ids of the closed-book (shots=()) or few-shot prompt, ending where the answer starts."""
         if self.chat:
             return self._render_chat(self.messages(example, shots))
-        blocks = [f"Q: {ex.question}\nA: {ex.answers[0]}" for ex in shots]
+        blocks = [f"Q: {ex.question}\nA: {ex.target or ex.answers[0]}" for ex in shots]
         blocks.append(f"Q: {example.question}\nA:")
         return self.tokenizer("\n\n".join(blocks))["input_ids"]
 
@@ -248,17 +248,19 @@ class PromptFormat:
 
 
 def encode_for_training(tokenizer, examples: Sequence["QAExample"], max_seq_length: int,
-                        fmt: PromptFormat | None = None) -> list[dict]:
+                        fmt: PromptFormat | None = None, shots=None) -> list[dict]:
     """Closed-book prompt + target + end-of-turn token, as {input_ids, labels} lists.
 
     Labels are -100 on prompt tokens; the target and its end token are supervised. Sequences longer than
-    ``max_seq_length`` are truncated from the left (the prompt's start goes first)."""
+    ``max_seq_length`` are truncated from the left (the prompt's start goes first). ``shots`` (optional,
+    e.g. ``Evaluator.shots_for``) maps an example to exemplars, to train in the evaluation's few-shot
+    format instead of the zero-shot one."""
     if max_seq_length < 2:
         raise ValueError("max_seq_length must be at least 2")
     fmt = fmt or PromptFormat(tokenizer)
     out = []
     for ex in examples:
-        prompt = fmt.prompt_ids(ex)
+        prompt = fmt.prompt_ids(ex, shots(ex) if shots is not None else ())
         target = fmt.answer_ids(ex.target) + list(fmt.end_ids[:1])
         ids = prompt + target
         labels = [IGNORE_INDEX] * len(prompt) + target
