@@ -214,7 +214,6 @@ def decode(model, prompts: Sequence[Sequence[int]], pad_id: int, stop_ids: set[i
     row early (its output so far is returned) once the caller knows the rest cannot matter."""
     device = model_device(model)
     results: list[list[list[int]]] = [[] for _ in prompts]
-    stop = torch.tensor(sorted(stop_ids), device=device)
     per_batch = max(1, batch_size // max(1, num_samples))
     with eval_mode(model):
         memo = _PrefixMemo(model, device)
@@ -233,40 +232,38 @@ def decode(model, prompts: Sequence[Sequence[int]], pad_id: int, stop_ids: set[i
                 full_mask = full_mask.repeat_interleave(num_samples, dim=0)
                 pos = pos.repeat_interleave(num_samples, dim=0)
             b = logits.shape[0]
-            out = torch.zeros((b, 0), dtype=torch.long, device=device)
-            done = torch.zeros(b, dtype=torch.bool, device=device)
+            rows_out: list[list[int]] = [[] for _ in range(b)]
+            active = list(range(b))  # rows still generating; finished rows leave the batch
+            scores = logits[:, -1]
             for step in range(max_new_tokens):
-                scores = logits[:, -1]
                 if temperature and temperature > 0:
-                    scores = scores / temperature
+                    sc = scores / temperature
                     if top_k:
-                        kth = torch.topk(scores, min(top_k, scores.shape[-1]), dim=-1).values[:, -1:]
-                        scores = scores.masked_fill(scores < kth, float("-inf"))
-                    probs = torch.softmax(scores, dim=-1)
+                        kth = torch.topk(sc, min(top_k, sc.shape[-1]), dim=-1).values[:, -1:]
+                        sc = sc.masked_fill(sc < kth, float("-inf"))
+                    probs = torch.softmax(sc, dim=-1)
                     nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)
                 else:
                     nxt = scores.argmax(-1)
-                nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-                out = torch.cat([out, nxt[:, None]], dim=1)
-                done = done | torch.isin(nxt, stop)
-                if alive is not None:
-                    rows_l = out.tolist()
-                    for r in range(b):
-                        if not bool(done[r]) and not alive(idx[r // num_samples], rows_l[r]):
-                            done[r] = True
-                if bool(done.all()) or step == max_new_tokens - 1:
+                keep = []
+                for li, (r, t) in enumerate(zip(active, nxt.tolist())):
+                    rows_out[r].append(t)
+                    if t in stop_ids or (alive is not None and not alive(idx[r // num_samples], rows_out[r])):
+                        continue
+                    keep.append(li)
+                if not keep or step == max_new_tokens - 1:
                     break
-                full_mask = torch.cat([full_mask, torch.ones((b, 1), dtype=full_mask.dtype, device=device)], 1)
+                if len(keep) < len(active):
+                    sel = torch.tensor(keep, device=device)
+                    past.batch_select_indices(sel)
+                    full_mask, pos, nxt = full_mask[sel], pos[sel], nxt[sel]
+                    active = [active[li] for li in keep]
+                full_mask = torch.cat([full_mask, torch.ones((len(active), 1), dtype=full_mask.dtype,
+                                                             device=device)], 1)
                 o = model(input_ids=nxt[:, None], attention_mask=full_mask, position_ids=pos[:, None],
                           past_key_values=past, use_cache=True)
-                logits, past, pos = o.logits.float(), o.past_key_values, pos + 1
-            out_l = out.tolist()
-            for r, row in enumerate(out_l):
-                toks = []
-                for t in row:
-                    toks.append(t)
-                    if t in stop_ids:
-                        break
+                scores, past, pos = o.logits[:, -1].float(), o.past_key_values, pos + 1
+            for r, toks in enumerate(rows_out):
                 results[idx[r // num_samples]].append(toks)
             if progress is not None:
                 progress.update(len(idx))

@@ -30,6 +30,7 @@ Unknown) and ``drift_prompts`` (the known probe's questions, or the file's promp
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -119,10 +120,20 @@ def _exemplar_sets(examples: Sequence[QAExample], n_prompts: int, shots: int, se
 def triage(model, tokenizer, examples: Sequence[QAExample], spec: api.TriageSpec, seed: int = 0,
            device=None, batch_size: int = 32, progress: bool = True,
            fmt: Optional[PromptFormat] = None,
-           exemplars: Optional[Sequence[QAExample]] = None) -> TriageResult:
+           exemplars: Optional[Sequence[QAExample]] = None,
+           sampling: str = "generate") -> TriageResult:
     """Categorise every example by what the (base) model knows. Few-shot exemplars come from
     ``exemplars`` (default: the examples themselves). ``device`` is taken from the model; the argument is
-    accepted for symmetry with the rest of the trainer."""
+    accepted for symmetry with the rest of the trainer.
+
+    ``sampling``: "generate" draws the temperature samples with the model (the paper's procedure);
+    "probability" costs no extra forward pass: the teacher-forced logits give, per prompt, the exact
+    probability q that one temperature/top-40 sample is one of the candidate surface forms (answer
+    [+ '.'] + stop), and the number of correct samples is drawn from Binomial(samples, q) with the seed.
+    Same distribution as sampling those forms; samples that are other surface forms of a correct answer
+    (e.g. 'The Paris') are not counted."""
+    if sampling not in ("generate", "probability"):
+        raise ValueError("sampling must be 'generate' or 'probability'")
     from tqdm.auto import tqdm
     import torch
 
@@ -144,11 +155,22 @@ def triage(model, tokenizer, examples: Sequence[QAExample], spec: api.TriageSpec
                 rows_c.append(cand)
                 meta.append((i, j, len(cand) - (2 if has_period else 1), has_period))
     hit = [[False] * spec.prompts for _ in examples]
+    q_sample = [[0.0] * spec.prompts for _ in examples]
+    stops = torch.tensor(sorted(fmt.stop_ids))
 
     def consume(r, logits):
         i, j, n_ans, has_period = meta[r]
         if not hit[i][j] and greedy_emits(logits, rows_c[r], n_ans, has_period, fmt.stop_ids):
             hit[i][j] = True
+        if sampling == "probability" and spec.samples > 0:
+            lp = _sampling_logprobs(logits, spec.temperature)
+            cand = rows_c[r]
+            head = float(sum(lp[k, cand[k]] for k in range(n_ans)))
+            p_stop = float(lp[n_ans, stops.to(lp.device)].exp().sum())
+            p = p_stop
+            if has_period:
+                p += float(lp[n_ans, cand[n_ans]].exp() * lp[n_ans + 1, stops.to(lp.device)].exp().sum())
+            q_sample[i][j] += math.exp(head) * p
 
     bar = tqdm(total=len(rows_p), desc="triage: greedy (teacher-forced)", unit="row", disable=not progress)
     teacher_forced(model, rows_p, rows_c, pad_id, batch_size=batch_size, consume=consume, progress=bar)
@@ -158,7 +180,13 @@ def triage(model, tokenizer, examples: Sequence[QAExample], spec: api.TriageSpec
     # --- P(T>0): sampling only where P(T=0) = 0.
     p_sample: dict[str, Optional[float]] = {ex.id: None for ex in examples}
     todo = [i for i, ex in enumerate(examples) if p_greedy[ex.id] == 0.0]
-    if spec.samples > 0 and todo:
+    if spec.samples > 0 and todo and sampling == "probability":
+        gen = torch.Generator().manual_seed(seed)
+        for i in todo:
+            q = torch.tensor([min(1.0, x) for x in q_sample[i]], dtype=torch.float64)
+            k = torch.binomial(torch.full_like(q, float(spec.samples)), q, generator=gen)
+            p_sample[examples[i].id] = float(k.sum()) / (spec.prompts * spec.samples)
+    elif spec.samples > 0 and todo:
         max_ans = max(len(fmt.answer_ids(a)) for i in todo for a in examples[i].answers)
         plist = [(i, j) for i in todo for j in range(spec.prompts)]
         gen = torch.Generator().manual_seed(seed)
@@ -179,6 +207,15 @@ def triage(model, tokenizer, examples: Sequence[QAExample], spec: api.TriageSpec
     res = TriageResult(categories=cats, p_greedy=p_greedy, p_sample=p_sample, seconds=time.time() - t0)
     log.info("triage of %d facts in %.1fs: %s", len(examples), res.seconds, res.counts())
     return res
+
+
+def _sampling_logprobs(logits, temperature: float):
+    """Log-probabilities of sampling at ``temperature`` with top-k (k = 40) filtering."""
+    import torch
+
+    scaled = logits / temperature
+    kth = torch.topk(scaled, min(SAMPLE_TOP_K, scaled.shape[-1]), dim=-1).values[:, -1:]
+    return torch.log_softmax(scaled.masked_fill(scaled < kth, float("-inf")), dim=-1)
 
 
 def closed_book_check(model, tokenizer, examples: Sequence[QAExample], seed: int = 0, batch_size: int = 32,

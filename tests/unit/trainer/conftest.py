@@ -123,12 +123,17 @@ class Oracle(_torch.nn.Module):
         for i, s in enumerate(seqs):
             for j in range(n):
                 cut = len(s) - (n - 1 - j)  # the prefix that position j of this call ends
-                logits[i, j, self._next(s[:cut]) if cut > 0 else self.noise_id] = 10.0
+                for t, v in (self._row(s[:cut]) if cut > 0 else {self.noise_id: 10.0}).items():
+                    logits[i, j, t] = v
         keep = logits_to_keep or n
         out = type("Out", (), {})()
         out.logits = logits[:, -keep:] + self.w.sum()
         out.past_key_values = _Past(seqs)
         return out
+
+    def _row(self, seq) -> dict:
+        """Logits above the -10 floor after ``seq``: {token: logit}."""
+        return {self._next(seq): 10.0}
 
     def _next(self, seq):
         for prompt, ans in self.outputs.items():

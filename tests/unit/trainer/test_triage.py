@@ -163,3 +163,38 @@ def test_real_smollm2_triage(smollm2):
     print(f"\ntriage of 40 facts (prompts=2, shots=4, samples=4): {dt:.1f}s; real {dict(cr)}; fictional {dict(cf)}")
     assert cr[HIGHLY_KNOWN] >= 3
     assert cf[UNKNOWN] >= 14 and cf[HIGHLY_KNOWN] <= 1
+
+
+def test_sampling_by_probability_matches_sampling(tiny_tokenizer):
+    """P(T>0) by exact probabilities + binomial draws agrees in distribution with real sampling: on a
+    model that says each answer with probability ~1/2 at T=0.5, both give shares near 1/2."""
+    fmt = PromptFormat(tiny_tokenizer)
+    ex = [e for e in load_examples("bundled://facts") if e.relation == "capital"][:6]
+    start = tiny_tokenizer.convert_tokens_to_ids("<|im_start|>")
+
+    def tail(e):
+        ids = fmt.prompt_ids(e, [ex[-1]])
+        return tuple(ids[[i for i, t in enumerate(ids) if t == start][-2]:])
+
+    noise = tiny_tokenizer.convert_tokens_to_ids("Q")
+    outputs = {tail(e): fmt.answer_ids(e.answers[0]) + [fmt.end_ids[0]] for e in ex}
+
+    class Coin(Oracle):
+        """Greedy says noise right after a question; the answer's first token is a whisker behind (so
+        about half of the T=0.5 samples start the answer), then the answer follows deterministically."""
+
+        def _row(self, seq):
+            for t, ans in self.outputs.items():
+                if tuple(seq[-len(t):]) == t:
+                    return {noise: 10.0, ans[0]: 9.999}
+            return super()._row(seq)
+
+    model = Coin(outputs, len(tiny_tokenizer), noise)
+    spec = api.TriageSpec(prompts=4, shots=1, samples=8, temperature=0.5)
+    a = triage(model, tiny_tokenizer, ex, spec, seed=0, progress=False, exemplars=ex, sampling="probability")
+    b = triage(model, tiny_tokenizer, ex, spec, seed=0, progress=False, exemplars=ex, sampling="generate")
+    assert set(a.categories.values()) == set(b.categories.values()) == {WEAKLY_KNOWN}
+    assert all(0.2 < r.p_sample[e.id] < 0.8 for r in (a, b) for e in ex)
+    assert all(r.p_greedy[e.id] == 0 for r in (a, b) for e in ex)
+    with pytest.raises(ValueError):
+        triage(model, tiny_tokenizer, ex, spec, sampling="nope")
