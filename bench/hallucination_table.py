@@ -75,6 +75,8 @@ def settings(args) -> dict:
         "max_probe_size": 12 if quick else 100,
         "seeds": list(range(args.seeds if args.seeds else (2 if quick else 3))),
         "methods": args.methods.split(",") if args.methods else list(METHODS),
+        "ds_optimizer": args.ds_optimizer,
+        "budget_seconds": args.budget_seconds,
     }
     return s
 
@@ -188,12 +190,21 @@ def manifest(method: str, seed: int, s: dict, mix: dict, device: str) -> dict:
                          "maxSeqLength": s["max_seq_length"], "warmupSteps": s["warmup_steps"], "seed": seed,
                          # no resumable checkpoints inside a benchmark run (the best model is still saved)
                          "checkpointInterval": s["steps"] * 100},
-            "deepspeed": {"zeroStage": 0, "precision": "fp32" if device == "cpu" else "bf16"},
+            "deepspeed": ds_block(s, device),
             "evaluation": {"intervalSteps": s["eval_interval"], "maxProbeSize": s["max_probe_size"]},
             "guardrails": {"action": "warn"},
             "resources": {"workers": 1, "gpusPerWorker": 0 if device == "cpu" else 1},
         },
     }
+
+
+def ds_block(s: dict, device: str) -> dict:
+    """ZeRO 0 on one device; on CUDA optionally torch's AdamW instead of DeepSpeed's JIT-built FusedAdam
+    (spec.deepspeed.config, the product's documented override), for machines without nvcc."""
+    block = {"zeroStage": 0, "precision": "fp32" if device == "cpu" else "bf16"}
+    if device == "cuda" and s.get("ds_optimizer") == "torch":
+        block["config"] = {"optimizer": {"params": {"torch_adam": True}}}
+    return block
 
 
 def seed_triage_cache(job, run_dir: Path, triage_result, train_path: str, known_path: str, unknown_path: str):
@@ -457,6 +468,11 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--unknown-share", type=float, default=0.5)
     ap.add_argument("--methods", help="comma list; default all: " + ",".join(METHODS))
+    ap.add_argument("--ds-optimizer", choices=("torch", "fused"), default="torch",
+                    help="CUDA only: DeepSpeed's AdamW as torch.optim.AdamW (torch_adam, no JIT build; default) or "
+                         "DeepSpeed's FusedAdam (needs nvcc for its first build)")
+    ap.add_argument("--budget-seconds", type=float, default=0,
+                    help="start no new seed after this many seconds; the table covers the finished seeds")
     args = ap.parse_args(argv)
 
     s = settings(args)
@@ -471,9 +487,15 @@ def main(argv=None) -> int:
     examples, triage_result, tinfo = cached_triage(s, work, args.device)
     mix = build_mix(examples, triage_result.categories, s, work)
     reports: dict = {}
-    for seed in s["seeds"]:  # seeds outermost: an interrupted run still has every method for the first seeds
+    done_seeds = []
+    for seed in s["seeds"]:  # seeds outermost: a cut-short run still has every method for the first seeds
+        if args.budget_seconds and done_seeds and time.time() - t0 > args.budget_seconds:
+            print(f"budget of {args.budget_seconds:.0f} s spent: stopping after seeds {done_seeds}", flush=True)
+            break
         for m in s["methods"]:
             reports.setdefault(m, {})[seed] = run_one(m, seed, s, mix, triage_result, args.device, work / "runs")
+        done_seeds.append(seed)
+    s["seeds_planned"], s["seeds"] = s["seeds"], done_seeds
     agg = aggregate(reports)
     result = {
         "quick": args.quick,

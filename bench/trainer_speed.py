@@ -63,9 +63,17 @@ def make_spec(method: dict, s: dict, device: str):
            "spec": {"model": {"uri": s["model"]}, "datasets": {"train": "bundled://facts"}, "method": method,
                     "training": {"maxSteps": 10**6, "batchSize": s["batch_size"], "learningRate": s["lr"],
                                  "maxSeqLength": s["max_seq_length"], "seed": 0},
-                    "deepspeed": {"zeroStage": s["zero_stage"], "precision": "fp32" if device == "cpu" else "bf16"},
+                    "deepspeed": ds_block(s, device),
                     "resources": {"workers": 1, "gpusPerWorker": 0 if device == "cpu" else 1}}}
     return api.FineTuneJob.model_validate(doc)
+
+
+def ds_block(s: dict, device: str) -> dict:
+    block = {"zeroStage": s["zero_stage"], "precision": "fp32" if device == "cpu" else "bf16"}
+    if device == "cuda" and s.get("ds_optimizer") == "torch":
+        # torch.optim.AdamW inside DeepSpeed instead of its JIT-built FusedAdam (no nvcc needed)
+        block["config"] = {"optimizer": {"params": {"torch_adam": True}}}
+    return block
 
 
 class Ours:
@@ -278,13 +286,16 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=0, help="warm-up steps per contender per round (excluded)")
     ap.add_argument("--rounds", type=int, default=0)
     ap.add_argument("--probe", type=int, default=0, help="probe size per set for the evaluation comparison")
+    ap.add_argument("--ds-optimizer", choices=("torch", "fused"), default="torch",
+                    help="CUDA only: torch AdamW inside DeepSpeed (default, no JIT build) or DeepSpeed's FusedAdam")
     ap.add_argument("--no-trl", action="store_true", help="skip TRL (recorded as skipped)")
     args = ap.parse_args(argv)
     q = args.quick
     s = {"model": args.model, "batch_size": args.batch_size or (4 if q else 16), "max_seq_length": 128,
          "lr": 1e-5, "zero_stage": 0, "steps": args.steps or (3 if q else 20), "warmup": args.warmup or (1 if q else 5),
          "rounds": args.rounds or (2 if q else 5), "probe": args.probe or (12 if q else 200),
-         "eval_rounds": 2 if q else 3, "teacher_cache_top_k": 64}
+         "eval_rounds": 2 if q else 3, "teacher_cache_top_k": 64,
+         "ds_optimizer": args.ds_optimizer}
     out = out_dir(args.out)
 
     def log(msg):
