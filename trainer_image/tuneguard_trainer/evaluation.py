@@ -267,11 +267,19 @@ class Evaluator:
         return total[0] / max(1, total[1])
 
     def param_drift(self, model) -> float:
+        """||theta - theta_0|| / ||theta_0||. Under ZeRO-3 each partitioned parameter is gathered in turn
+        (collective: call it on every rank)."""
         sq = 0.0
         with torch.no_grad():
             for name, p in model.named_parameters():
                 ref = self._theta0.get(_strip_prefix(name))
                 if ref is None:
+                    continue
+                if hasattr(p, "ds_id"):  # a ZeRO-3 partitioned parameter
+                    import deepspeed
+
+                    with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                        sq += float((p.detach().float().cpu() - ref).double().pow(2).sum())
                     continue
                 sq += float((p.detach().float().cpu() - ref).double().pow(2).sum())
         return math.sqrt(sq) / self._theta0_norm if self._theta0_norm > 0 else 0.0

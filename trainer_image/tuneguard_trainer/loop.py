@@ -263,6 +263,7 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
     from .telemetry import Telemetry
 
     ckpt = CheckpointManager(out, info.rank, info.local_rank)
+    created_out = not out.exists()
     if info.local_rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     barrier()
@@ -295,10 +296,19 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
         if is_main:
             log.info("triage: %d examples, %d prompts x (1 greedy + %d samples) each", len(p.examples),
                      spec.triage.prompts, spec.triage.samples)
-            counts, splits = triage_and_split(p, str(dev))
-            payload = {"digest": digest, "counts": counts, "splits": splits}
-            atomic_torch_save(payload, tri_path)
-        cached = broadcast_object(payload)
+            try:
+                counts, splits = triage_and_split(p, str(dev))
+                payload = {"digest": digest, "counts": counts, "splits": splits}
+                atomic_torch_save(payload, tri_path)
+            except ValueError as e:  # e.g. nothing left to train on after the Unknown policy
+                payload = {"error": f"triage: {e}"}
+        cached = broadcast_object(payload)  # the other ranks learn of a failure too, instead of waiting
+        if "error" in cached:
+            if created_out and info.local_rank == 0:
+                import shutil
+
+                shutil.rmtree(out, ignore_errors=True)
+            raise JobFailed(cached["error"])
         timer.add("triage", time.perf_counter() - t0)
     else:
         log.info("triage: reusing %s", tri_path)
@@ -551,8 +561,9 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
     if is_main:
         tele.stage("done")
         final = dict(st.history[-1])
-        if rollback_done and st.best:
-            final = {"step": st.best["step"], "figures": st.best["figures"], "rolled_back_from": st.step}
+        if rollback_done:  # the live model is the best one within budget, or the base model
+            final = ({"step": st.best["step"], "figures": st.best["figures"], "rolled_back_from": st.step}
+                     if st.best else {"step": 0, "figures": base_figures, "rolled_back_from": st.step})
         timer.add("total", time.perf_counter() - wall0)
         report = build_report(job, p, counts, splits, base_figures, final, st, total_steps, step_times,
                               ds_cfg, world, frozen_check, resumed_from, timer, objective, guard.spec, out)
