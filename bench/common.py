@@ -98,3 +98,20 @@ def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     if a is None or b is None or b == 0:
         return None
     return a / b
+
+
+def cpu_threads(device: str) -> None:
+    """On CPU, the trainer's own thread choice for a shared machine (tuneguard_trainer.local.choose_threads:
+    as many torch threads as cores are idle, at least one; OMP_NUM_THREADS wins)."""
+    if device != "cpu":
+        return
+    try:
+        from tuneguard_trainer.local import choose_threads
+    except ImportError:  # an older trainer
+        return
+    t = choose_threads()
+    if t is not None:
+        import torch
+
+        torch.set_num_threads(t)
+        print(f"torch threads: {t} (load average {os.getloadavg()[0]:.1f})", flush=True)

@@ -37,7 +37,7 @@ if __package__ in (None, ""):
 
 import yaml
 
-from bench.common import (REPO, fmt_pm, machine_info, markdown_table, mean_std, out_dir, write_json,
+from bench.common import (REPO, cpu_threads, fmt_pm, machine_info, markdown_table, mean_std, out_dir, write_json,
                           yes_no)
 
 METHODS = {
@@ -62,12 +62,12 @@ def settings(args) -> dict:
         "facts": "bundled://facts",
         "triage": {"prompts": 2 if quick else 10, "shots": 4, "samples": 2 if quick else 16, "temperature": 0.5},
         "triage_seed": 0,
-        "max_facts": 120 if quick else None,
+        "max_facts": 60 if quick else None,
         "unknown_share": args.unknown_share,
         "known_probe_fraction": 0.5,  # of the HighlyKnown facts
-        "unknown_probe_size": 12 if quick else 48,
-        "steps": args.steps or (4 if quick else 160),
-        "eval_interval": args.eval_interval or (2 if quick else 20),
+        "unknown_probe_size": 8 if quick else 48,
+        "steps": args.steps or (4 if quick else 200),
+        "eval_interval": args.eval_interval or (2 if quick else 25),
         "batch_size": 8 if quick else 16,
         "learning_rate": args.lr,
         "warmup_steps": 0 if quick else 10,
@@ -227,7 +227,7 @@ def seed_triage_cache(job, run_dir: Path, triage_result, train_path: str, known_
 
 def run_one(method: str, seed: int, s: dict, mix: dict, triage_result, device: str, runs: Path) -> dict:
     from tuneguard.validation import load_job
-    from tuneguard_trainer import local, loop
+    from tuneguard_trainer import loop
 
     doc = manifest(method, seed, s, mix, device)
     text = yaml.safe_dump(doc, sort_keys=False)
@@ -244,10 +244,8 @@ def run_one(method: str, seed: int, s: dict, mix: dict, triage_result, device: s
     job = load_job(mpath)  # the product's validation, as `tuneguard run` does
     seed_triage_cache(job, run_dir, triage_result, *(mix["files"][k] for k in ("train", "known", "unknown")))
     t0 = time.time()
-    try:
-        loop.run(mpath, run_dir, device, job=job, print_table=False, progress=False)
-    finally:
-        local._destroy_process_group()
+    # one process group (a world of one) serves all runs: loop.run joins it idempotently
+    loop.run(mpath, run_dir, device, job=job, print_table=False, progress=False)
     report = json.loads(rpath.read_text())
     # keep the report, drop the weights (a benchmark does not need 12 copies of the model)
     for sub in ("best-model", "checkpoints"):
@@ -455,6 +453,23 @@ def markdown(result: dict) -> str:
     return "\n".join(l for l in lines if l is not None)
 
 
+def calibrate(s: dict, mix: dict, triage_result, args, work: Path, out: Path, t0: float) -> int:
+    s = dict(s, methods=["sft"], seeds=[0])
+    rep = run_one("sft", 0, s, mix, triage_result, args.device, work / "calibration")
+    curve = [(h["step"], h["figures"].get("new_fact_accuracy"), h["figures"].get("known_accuracy"))
+             for h in rep["history"]]
+    first = next((st for st, nf, _ in curve if nf is not None and nf >= 0.8), None)
+    res = {"settings": s, "mix": mix, "curve": [{"step": a, "new_fact_accuracy": b, "known_accuracy": c}
+                                                for a, b, c in curve],
+           "first_step_new_facts_ge_80pct": first, "machine": machine_info(args.device),
+           "wall_seconds": round(time.time() - t0, 1)}
+    write_json(out / f"hallucination-calibration-{args.device}.json", res)
+    for a, b, c in curve:
+        print(f"step {a:5d}  new-fact accuracy {b}  known accuracy {c}")
+    print(f"first step with >= 80% of the new facts learned: {first} (of {s['steps']} with cosine decay to 0)")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -471,6 +486,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ds-optimizer", choices=("torch", "fused"), default="torch",
                     help="CUDA only: DeepSpeed's AdamW as torch.optim.AdamW (torch_adam, no JIT build; default) or "
                          "DeepSpeed's FusedAdam (needs nvcc for its first build)")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="only sft, seed 0, for --steps (e.g. 600) with frequent evaluations: prints the first step "
+                         "at which it knows >= 80%% of the new facts (use it to choose --steps for the table)")
     ap.add_argument("--budget-seconds", type=float, default=0,
                     help="start no new seed after this many seconds; the table covers the finished seeds")
     args = ap.parse_args(argv)
@@ -483,9 +501,12 @@ def main(argv=None) -> int:
     suffix = "-quick" if args.quick else ""
     work = Path(args.work) if args.work else REPO / "runs" / "bench" / f"hallucination{suffix}-{args.device}"
     work.mkdir(parents=True, exist_ok=True)
+    cpu_threads(args.device)
     t0 = time.time()
     examples, triage_result, tinfo = cached_triage(s, work, args.device)
     mix = build_mix(examples, triage_result.categories, s, work)
+    if args.calibrate:
+        return calibrate(s, mix, triage_result, args, work, out, t0)
     reports: dict = {}
     done_seeds = []
     for seed in s["seeds"]:  # seeds outermost: a cut-short run still has every method for the first seeds
@@ -513,6 +534,9 @@ def main(argv=None) -> int:
                      for sd, r in by.items()} for m, by in reports.items()},
         "wall_seconds": round(time.time() - t0, 1),
     }
+    from tuneguard_trainer import local
+
+    local._destroy_process_group()
     result["plots"] = plot(agg["curves"], out, f"({'quick, ' if args.quick else ''}{args.device})",
                           prefix=f"hallucination{suffix}")
     name = f"hallucination-table{suffix}"

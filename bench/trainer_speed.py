@@ -38,7 +38,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine_info, markdown_table, median, out_dir, ratio, write_json, yes_no
+from bench.common import cpu_threads, machine_info, markdown_table, median, out_dir, ratio, write_json, yes_no
 
 TARGETS = {
     # name: (numerator, denominator, max ratio, description)
@@ -321,11 +321,12 @@ def main(argv=None) -> int:
 
     eng.prepare_accelerator(args.device)
     eng.init_distributed(args.device)
-    if args.device == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
+    cpu_threads(args.device)
     path = models.resolve_model(args.model)
     base, tok = models.load_model(path, device="cpu", dtype=torch.float32)
     examples = list(data_mod.load_examples("bundled://facts"))
+    if q:  # the smoke run: fewer examples, so the teacher-cache fill is a dozen batches
+        examples = examples[:: max(1, len(examples) // 48)][:48]
     encoded = encode_for_training(tok, examples, s["max_seq_length"])
     rng = random.Random(0)
     order = list(range(len(encoded)))
