@@ -115,7 +115,7 @@ def cached_triage(s: dict, work: Path, device: str):
     model, tok = models.load_model(model_path, device=device, dtype=torch.float32)
     spec = api.TriageSpec(**s["triage"])
     t0 = time.time()
-    res = tri.triage(model, tok, examples, spec, seed=s["triage_seed"], batch_size=64, progress=False)
+    res = tri.triage(model, tok, examples, spec, seed=s["triage_seed"], batch_size=32, progress=False)
     c = {"categories": res.categories, "p_greedy": res.p_greedy, "p_sample": res.p_sample,
          "seconds": round(time.time() - t0, 1), "device": device, "settings": s["triage"], "model": s["model"],
          "facts": len(examples)}

@@ -9,8 +9,9 @@ Contenders (training step = wall time from one optimizer step's end to the next'
 backward, optimizer step; on CUDA synchronised):
 - ``sft``: Tuneguard's step as tuneguard_trainer.loop runs it: DeepSpeed engine from engine.create_engine
   (ZeRO 0; fp32 on CPU, bf16 on GPU), methods.Objective, methods.collate on prompts.encode_for_training.
-- ``trl-sft``: TRL's SFTTrainer on the SAME token sequences (pre-tokenised input_ids + completion_mask,
-  completion_only_loss=True, so both losses cover the answer tokens only), same batch, max length, lr,
+- ``trl-sft``: TRL's SFTTrainer on the SAME token sequences (pre-tokenised input_ids + our labels, -100 on
+  the prompt, so both losses cover the answer tokens only; completion_only_loss=True; TRL's one-off dataset
+  preparation skipped since the data is already tokenised), same batch, max length, lr,
   gradient clipping, precision (SFTConfig bf16 on GPU = autocast over fp32 weights; DeepSpeed bf16 keeps
   bf16 weights with fp32 master copies), no logging/saving/evaluation. Step times from a TrainerCallback.
 - ``self-distill`` without the teacher cache (cacheTopK 0) and ``self-distill-cache`` (cacheTopK 64, the
@@ -152,11 +153,14 @@ class Trl:
 
         self.name, self.device = "trl-sft", device
         self.site_info = site_info
-        rows = {"input_ids": [], "completion_mask": []}
-        for f in encoded:
-            rows["input_ids"].append(list(f["input_ids"]))
-            rows["completion_mask"].append([0 if l == -100 else 1 for l in f["labels"]])
-        self.dataset = Dataset.from_dict(rows)
+        from datasets.table import InMemoryTable
+
+        # The same token sequences as ours, with our labels (-100 on the prompt: completion-only loss).
+        rows = {"input_ids": [list(f["input_ids"]) for f in encoded],
+                "labels": [list(f["labels"]) for f in encoded]}
+        # An explicit fingerprint: datasets 5.2 fails to hash a table under pyarrow 24 (PicklingError on
+        # pyarrow's MonthDayNano type); fingerprints only name cache files, which this run never writes.
+        self.dataset = Dataset(InMemoryTable.from_pydict(rows), fingerprint="tuneguard-bench-speed")
         self.model = copy.deepcopy(base_cpu).to(device)
         self.model.train()
         for p in self.model.parameters():
@@ -187,6 +191,9 @@ class Trl:
                                         processing_class=self.tok, callbacks=[self._timer])
         self._times = []
         self.trainer.train()
+        self.wrapped = type(self.trainer.model_wrapped).__name__  # DDP would add all-reduce cost; expect none
+        self.optimizer = type(self.trainer.optimizer.optimizer if hasattr(self.trainer.optimizer, "optimizer")
+                              else self.trainer.optimizer).__name__
         return list(self._times)
 
     def _config(self, n: int):
@@ -197,6 +204,8 @@ class Trl:
                   per_device_train_batch_size=self.s["batch_size"], gradient_accumulation_steps=1,
                   learning_rate=self.s["lr"], lr_scheduler_type="constant", max_grad_norm=1.0, weight_decay=0.0,
                   max_length=self.s["max_seq_length"], packing=False, completion_only_loss=True,
+                  # already tokenised and truncated to max_length, with labels: TRL's preparation is skipped
+                  dataset_kwargs={"skip_prepare_dataset": True},
                   bf16=self.device == "cuda", use_cpu=self.device == "cpu", report_to="none",
                   logging_strategy="no", save_strategy="no", eval_strategy="no", disable_tqdm=True,
                   dataloader_num_workers=0, seed=0)
@@ -391,6 +400,9 @@ def main(argv=None) -> int:
         "machine": machine_info(args.device),
         "trl": trl_info or {"error": trl_error},
         "trl_config_args_dropped": getattr(contenders[-1], "dropped_config", None) if contenders[-1].name == "trl-sft" else None,
+        "trl_model_wrapped_as": getattr(contenders[-1], "wrapped", None) if contenders[-1].name == "trl-sft" else None,
+        "trl_optimizer": getattr(contenders[-1], "optimizer", None) if contenders[-1].name == "trl-sft" else None,
+        "our_optimizer": type(contenders[0].engine.optimizer).__name__,
         "trainable_parameters": {c.name: getattr(c, "trainable", None) for c in contenders},
         "training": training, "training_wall_seconds": round(train_seconds, 1), "ratios": ratios,
         "evaluation": evaluation,
