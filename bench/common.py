@@ -114,4 +114,6 @@ def cpu_threads(device: str) -> None:
         import torch
 
         torch.set_num_threads(t)
+        # so that libraries that look at it (accelerate sets 2 threads when it is unset) keep this choice
+        os.environ["OMP_NUM_THREADS"] = str(t)
         print(f"torch threads: {t} (load average {os.getloadavg()[0]:.1f})", flush=True)
