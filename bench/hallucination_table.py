@@ -418,6 +418,8 @@ def markdown(result: dict) -> str:
         "",
         ("**QUICK SMOKE RUN (CPU, tiny settings): proves the script end to end; the figures mean nothing.**\n"
          if result["quick"] else ""),
+        ("" if result.get("complete", True) or result["quick"] else
+         f"**Incomplete: {len(s['seeds'])} of {len(s.get('seeds_planned', s['seeds']))} planned seeds so far.**\n"),
         f"Device {result['machine']['device']}; {len(s['seeds'])} seeds ({', '.join(map(str, s['seeds']))}); "
         f"every method {s['steps']} optimizer steps, batch {s['batch_size']}, lr {s['learning_rate']}, "
         f"warm-up {s['warmup_steps']} then cosine; evaluation every {s['eval_interval']} steps. "
@@ -508,43 +510,55 @@ def main(argv=None) -> int:
     if args.calibrate:
         return calibrate(s, mix, triage_result, args, work, out, t0)
     reports: dict = {}
-    done_seeds = []
-    for seed in s["seeds"]:  # seeds outermost: a cut-short run still has every method for the first seeds
+    done_seeds: list = []
+    planned = list(s["seeds"])
+    cmd = " ".join(["python", "bench/hallucination_table.py"] + (argv if argv is not None else sys.argv[1:]))
+
+    def write_results(final: bool) -> None:
+        """The table over the seeds finished so far (written after every seed, so a run cut short by a
+        time limit still leaves the table of its complete seeds)."""
+        s2 = dict(s, seeds=list(done_seeds), seeds_planned=planned)
+        agg = aggregate(reports)
+        result = {
+            "quick": args.quick, "complete": final and done_seeds == planned, "command": cmd,
+            "settings": s2,
+            "machine": machine_info(args.device),
+            "triage": {"counts": triage_result.counts(), "seconds": tinfo["seconds"], "facts": len(examples)},
+            "mix": mix,
+            "aggregate": agg,
+            "expectations": expectations(agg["table"], len(done_seeds)),
+            "runs": {m: {str(sd): {"base": r["base"], "final": r["final"], "history": r["history"],
+                                   "throughput": r.get("throughput"), "timings": r.get("timings"),
+                                   "triage_counts": r.get("triage", {}).get("counts"), "splits": r.get("splits"),
+                                   "frozen_weights": r.get("frozen_weights"), "method": r.get("method")}
+                         for sd, r in by.items()} for m, by in reports.items()},
+            "wall_seconds": round(time.time() - t0, 1),
+        }
+        result["plots"] = plot(agg["curves"], out, f"({'quick, ' if args.quick else ''}{args.device})",
+                               prefix=f"hallucination{suffix}")
+        name = f"hallucination-table{suffix}"
+        write_json(out / f"{name}.json", result)
+        md = markdown(result)
+        (out / f"{name}.md").write_text(md)
+        if final:
+            print("\n" + md)
+        print(f"wrote {out / (name + '.json')}, {out / (name + '.md')} (seeds {done_seeds}) at "
+              f"{result['wall_seconds']} s", flush=True)
+
+    for seed in planned:  # seeds outermost: a cut-short run still has every method for the first seeds
         if args.budget_seconds and done_seeds and time.time() - t0 > args.budget_seconds:
-            print(f"budget of {args.budget_seconds:.0f} s spent: stopping after seeds {done_seeds}", flush=True)
+            print(f"budget of {args.budget_seconds:.0f} s spent: stopping after seeds {done_seeds}; rerun the "
+                  f"same command to add the others (finished runs are reused)", flush=True)
             break
         for m in s["methods"]:
             reports.setdefault(m, {})[seed] = run_one(m, seed, s, mix, triage_result, args.device, work / "runs")
         done_seeds.append(seed)
-    s["seeds_planned"], s["seeds"] = s["seeds"], done_seeds
-    agg = aggregate(reports)
-    result = {
-        "quick": args.quick,
-        "command": " ".join(["python", "bench/hallucination_table.py"] + (argv if argv is not None else sys.argv[1:])),
-        "settings": s,
-        "machine": machine_info(args.device),
-        "triage": {"counts": triage_result.counts(), "seconds": tinfo["seconds"], "facts": len(examples)},
-        "mix": mix,
-        "aggregate": agg,
-        "expectations": expectations(agg["table"], len(s["seeds"])),
-        "runs": {m: {str(sd): {"base": r["base"], "final": r["final"], "history": r["history"],
-                               "throughput": r.get("throughput"), "timings": r.get("timings"),
-                               "triage_counts": r.get("triage", {}).get("counts"), "splits": r.get("splits"),
-                               "frozen_weights": r.get("frozen_weights"), "method": r.get("method")}
-                     for sd, r in by.items()} for m, by in reports.items()},
-        "wall_seconds": round(time.time() - t0, 1),
-    }
+        if seed != planned[-1]:
+            write_results(final=False)
     from tuneguard_trainer import local
 
     local._destroy_process_group()
-    result["plots"] = plot(agg["curves"], out, f"({'quick, ' if args.quick else ''}{args.device})",
-                          prefix=f"hallucination{suffix}")
-    name = f"hallucination-table{suffix}"
-    write_json(out / f"{name}.json", result)
-    md = markdown(result)
-    (out / f"{name}.md").write_text(md)
-    print("\n" + md)
-    print(f"wrote {out / (name + '.json')}, {out / (name + '.md')} in {result['wall_seconds']} s")
+    write_results(final=True)
     return 0
 
 
