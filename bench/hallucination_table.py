@@ -1,0 +1,566 @@
+"""The papers' table on a real model, through Tuneguard's own training path.
+
+    PYTHONPATH=.:operator:trainer_image python bench/hallucination_table.py --device cpu --quick
+    PYTHONPATH=.:operator:trainer_image python bench/hallucination_table.py --device cuda
+
+1. Triage ONCE: SliCK (tuneguard_trainer.triage.triage, the trainer's own function) of the bundled facts
+   with the base model; cached as JSON under --work (keyed by model, facts file and triage settings).
+2. A training mix with at least --unknown-share Unknown facts (default 0.5): held-out HighlyKnown facts
+   become the known probe file, held-out Unknown facts the unknown probe file, the rest the training file
+   (the non-Unknown side subsampled until Unknown is at least half).
+3. For each method (sft, self-distill, freeze attention-only, sft with unknownPolicy=abstain) and seed: a
+   FineTuneJob manifest (manifest.yaml in its run directory) run by tuneguard_trainer.loop.run, the same
+   code path as `tuneguard run` and the worker pods, all at the same maxSteps. The cached triage is handed
+   to the loop as the run directory's triage.pt (the loop's own resume cache, with its digest), so no run
+   re-triages; the splits in it are build_splits() of the trainer. Figures come from each run's report.json.
+4. docs/results/hallucination-table.{json,md} and hallucination-<figure>.png (one panel per figure, one
+   line per method, mean over seeds with a min-max band).
+
+A run whose directory already holds a report.json for the identical manifest is reused (rerun-safe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import yaml
+
+from bench.common import (REPO, cpu_threads, fmt_pm, machine_info, markdown_table, mean_std, out_dir, write_json,
+                          yes_no)
+
+METHODS = {
+    # name: (method block, unknownPolicy)
+    "sft": ({"type": "sft"}, "keep"),
+    "self-distill": ({"type": "self-distill", "selfDistill": {"lambda": 1.0, "temperature": 0.5}}, "keep"),
+    "freeze": ({"type": "freeze", "freeze": {"preset": "attention-only"}}, "keep"),
+    "sft-abstain": ({"type": "sft"}, "abstain"),
+}
+FIGURES = ("known_accuracy", "hallucination_rate", "new_fact_accuracy", "abstention_rate", "fabrication_rate",
+           "drift_kl", "param_drift_l2")
+PLOTTED = ("known_accuracy", "new_fact_accuracy", "abstention_rate", "fabrication_rate", "drift_kl")
+
+
+# ------------------------------------------------------------------------------------ settings
+
+
+def settings(args) -> dict:
+    quick = args.quick
+    s = {
+        "model": args.model,
+        "facts": "bundled://facts",
+        "triage": {"prompts": 2 if quick else 10, "shots": 4, "samples": 2 if quick else 16, "temperature": 0.5},
+        "triage_seed": 0,
+        "max_facts": 60 if quick else None,
+        "unknown_share": args.unknown_share,
+        "known_probe_fraction": 0.5,  # of the HighlyKnown facts
+        "unknown_probe_size": 8 if quick else 48,
+        "steps": args.steps or (4 if quick else 200),
+        "eval_interval": args.eval_interval or (2 if quick else 25),
+        "batch_size": 8 if quick else 16,
+        "learning_rate": args.lr,
+        "warmup_steps": 0 if quick else 10,
+        "max_seq_length": 128,
+        "max_probe_size": 12 if quick else 100,
+        "seeds": list(range(args.seeds if args.seeds else (2 if quick else 3))),
+        "methods": args.methods.split(",") if args.methods else list(METHODS),
+        "ds_optimizer": args.ds_optimizer,
+        "budget_seconds": args.budget_seconds,
+    }
+    return s
+
+
+# -------------------------------------------------------------------------------------- triage
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def cached_triage(s: dict, work: Path, device: str):
+    """(examples, TriageResult) for the facts; computed once with the trainer's triage and cached."""
+    import torch
+
+    from tuneguard import api
+    from tuneguard_trainer import data as data_mod
+    from tuneguard_trainer import models, triage as tri
+
+    facts_path = data_mod.resolve_data_path(s["facts"])
+    examples = list(data_mod.load_examples(s["facts"]))
+    if s["max_facts"]:
+        rng = random.Random("bench-facts")
+        examples = sorted(rng.sample(examples, min(s["max_facts"], len(examples))), key=lambda e: e.id)
+    model_path = models.resolve_model(s["model"])
+    key = json.dumps({"model": str(model_path), "facts": _sha(facts_path), "triage": s["triage"],
+                      "seed": s["triage_seed"], "ids": [e.id for e in examples]}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = work / f"triage-{digest}.json"
+    if path.exists():
+        c = json.loads(path.read_text())
+        res = tri.TriageResult(categories=c["categories"], p_greedy=c["p_greedy"], p_sample=c["p_sample"],
+                               seconds=c["seconds"])
+        print(f"triage: reusing {path} ({res.counts()})", flush=True)
+        return examples, res, c
+    model, tok = models.load_model(model_path, device=device, dtype=torch.float32)
+    spec = api.TriageSpec(**s["triage"])
+    t0 = time.time()
+    res = tri.triage(model, tok, examples, spec, seed=s["triage_seed"], batch_size=32, progress=False)
+    c = {"categories": res.categories, "p_greedy": res.p_greedy, "p_sample": res.p_sample,
+         "seconds": round(time.time() - t0, 1), "device": device, "settings": s["triage"], "model": s["model"],
+         "facts": len(examples)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(c))
+    print(f"triage of {len(examples)} facts in {c['seconds']} s on {device}: {res.counts()}", flush=True)
+    del model
+    gc.collect()
+    return examples, res, c
+
+
+def build_mix(examples, categories: dict, s: dict, work: Path) -> dict:
+    """Writes train.jsonl, known-probe.jsonl, unknown-probe.jsonl; returns their paths and sizes."""
+    rng = random.Random("bench-mix")
+    by = {}
+    for e in sorted(examples, key=lambda e: e.id):
+        by.setdefault(categories[e.id], []).append(e)
+    hk, mk, wk, unk = (list(by.get(c, [])) for c in ("HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown"))
+    for lst in (hk, unk):
+        rng.shuffle(lst)
+    n_kp = int(round(s["known_probe_fraction"] * len(hk)))
+    known_probe, hk_train = hk[:n_kp], hk[n_kp:]
+    n_up = min(s["unknown_probe_size"], len(unk) // 3)
+    unknown_probe, unk_train = unk[:n_up], unk[n_up:]
+    other = hk_train + mk + wk
+    rng.shuffle(other)
+    share = s["unknown_share"]
+    max_other = int(math.floor(len(unk_train) * (1 - share) / share)) if share > 0 else len(other)
+    other = other[:max_other]
+    train = sorted(other + unk_train, key=lambda e: e.id)
+
+    def dump(name, items):
+        p = work / name
+        with p.open("w") as fh:
+            for e in items:
+                row = {"id": e.id, "question": e.question, "answers": e.answers}
+                if e.relation:
+                    row["relation"] = e.relation
+                fh.write(json.dumps(row) + "\n")
+        return p
+
+    work.mkdir(parents=True, exist_ok=True)
+    files = {"train": dump("train.jsonl", train), "known": dump("known-probe.jsonl", known_probe),
+             "unknown": dump("unknown-probe.jsonl", unknown_probe)}
+    comp = {c: sum(categories[e.id] == c for e in train) for c in ("HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown")}
+    mix = {"files": {k: str(v) for k, v in files.items()}, "train": len(train), "train_categories": comp,
+           "unknown_share": round(comp["Unknown"] / max(1, len(train)), 3),
+           "known_probe": len(known_probe), "unknown_probe": len(unknown_probe)}
+    print(f"mix: {mix['train']} training facts {comp} (Unknown share {mix['unknown_share']}), "
+          f"known probe {len(known_probe)}, unknown probe {len(unknown_probe)}", flush=True)
+    if mix["unknown_share"] < share - 1e-9:
+        print(f"WARNING: only {mix['unknown_share']:.2f} of the mix is Unknown (wanted {share})", flush=True)
+    return mix
+
+
+# ------------------------------------------------------------------------------------- one run
+
+
+def manifest(method: str, seed: int, s: dict, mix: dict, device: str) -> dict:
+    block, policy = METHODS[method]
+    return {
+        "apiVersion": "tuneguard.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": f"bench-{method}-s{seed}", "namespace": "bench"},
+        "spec": {
+            "model": {"uri": s["model"]},
+            "datasets": {"train": mix["files"]["train"],
+                         "probes": {"known": mix["files"]["known"], "unknown": mix["files"]["unknown"]}},
+            "method": block,
+            "triage": {**s["triage"], "unknownPolicy": policy},
+            "training": {"maxSteps": s["steps"], "batchSize": s["batch_size"], "learningRate": s["learning_rate"],
+                         "maxSeqLength": s["max_seq_length"], "warmupSteps": s["warmup_steps"], "seed": seed,
+                         # no resumable checkpoints inside a benchmark run (the best model is still saved)
+                         "checkpointInterval": s["steps"] * 100},
+            "deepspeed": ds_block(s, device),
+            "evaluation": {"intervalSteps": s["eval_interval"], "maxProbeSize": s["max_probe_size"]},
+            "guardrails": {"action": "warn"},
+            "resources": {"workers": 1, "gpusPerWorker": 0 if device == "cpu" else 1},
+        },
+    }
+
+
+def ds_block(s: dict, device: str) -> dict:
+    """ZeRO 0 on one device; on CUDA optionally torch's AdamW instead of DeepSpeed's JIT-built FusedAdam
+    (spec.deepspeed.config, the product's documented override), for machines without nvcc."""
+    block = {"zeroStage": 0, "precision": "fp32" if device == "cpu" else "bf16"}
+    if device == "cuda" and s.get("ds_optimizer") == "torch":
+        block["config"] = {"optimizer": {"params": {"torch_adam": True}}}
+    return block
+
+
+def seed_triage_cache(job, run_dir: Path, triage_result, train_path: str, known_path: str, unknown_path: str):
+    """The loop's triage.pt for this job: the cached triage plus the trainer's build_splits, keyed by the
+    loop's own digest, so loop.run reuses it instead of triaging again."""
+    from tuneguard_trainer import data as data_mod, loop, triage as tri
+    from tuneguard_trainer.checkpoints import TRIAGE_FILE, atomic_torch_save
+
+    spec = job.spec
+    train = data_mod.load_examples(train_path, "qa")
+    known = data_mod.load_examples(known_path, "qa", min_examples=1)
+    unknown = data_mod.load_examples(unknown_path, "qa", min_examples=1)
+    splits = tri.build_splits(train, triage_result, spec.datasets, spec.triage, seed=spec.training.seed,
+                              known_probe_examples=known, unknown_probe_examples=unknown)
+    splits.notes.append("triage computed once by bench/hallucination_table.py and shared by all runs")
+    payload = {"digest": loop._spec_digest(spec), "counts": dict(splits.counts), "splits": splits}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(payload, run_dir / TRIAGE_FILE)
+
+
+def run_one(method: str, seed: int, s: dict, mix: dict, triage_result, device: str, runs: Path) -> dict:
+    from tuneguard.validation import load_job
+    from tuneguard_trainer import loop
+
+    doc = manifest(method, seed, s, mix, device)
+    text = yaml.safe_dump(doc, sort_keys=False)
+    run_dir = runs / f"{method}-s{seed}"
+    mpath = run_dir / "manifest.yaml"
+    rpath = run_dir / "report.json"
+    if rpath.exists() and mpath.exists() and mpath.read_text() == text:
+        print(f"[{method} seed {seed}] reusing {rpath}", flush=True)
+        return json.loads(rpath.read_text())
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    mpath.write_text(text)
+    job = load_job(mpath)  # the product's validation, as `tuneguard run` does
+    seed_triage_cache(job, run_dir, triage_result, *(mix["files"][k] for k in ("train", "known", "unknown")))
+    t0 = time.time()
+    # one process group (a world of one) serves all runs: loop.run joins it idempotently
+    loop.run(mpath, run_dir, device, job=job, print_table=False, progress=False)
+    report = json.loads(rpath.read_text())
+    # keep the report, drop the weights (a benchmark does not need 12 copies of the model)
+    for sub in ("best-model", "checkpoints"):
+        shutil.rmtree(run_dir / sub, ignore_errors=True)
+    fin = report["final"]["figures"]
+    print(f"[{method} seed {seed}] {time.time() - t0:.0f} s: known {fin['known_accuracy']:.3f} "
+          f"(base {report['base']['known_accuracy']:.3f}) new {fin['new_fact_accuracy']} "
+          f"abst {fin['abstention_rate']} fab {fin['fabrication_rate']} drift {fin['drift_kl']}", flush=True)
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+    return report
+
+
+# ----------------------------------------------------------------------------------- aggregation
+
+
+def per_run_figures(report: dict) -> dict:
+    base, fin = report["base"], report["final"]["figures"]
+    out = {f: fin.get(f) for f in FIGURES}
+    out["base_known_accuracy"] = base.get("known_accuracy")
+    if base.get("known_accuracy") is not None and fin.get("known_accuracy") is not None:
+        out["known_drop"] = base["known_accuracy"] - fin["known_accuracy"]
+        out["known_relative_drop"] = out["known_drop"] / base["known_accuracy"] if base["known_accuracy"] else None
+    else:
+        out["known_drop"] = out["known_relative_drop"] = None
+    out["base_fabrication_rate"] = base.get("fabrication_rate")
+    out["base_abstention_rate"] = base.get("abstention_rate")
+    out["base_new_fact_accuracy"] = base.get("new_fact_accuracy")
+    return out
+
+
+def aggregate(reports: dict) -> dict:
+    """reports[method][seed] -> {method: {figure: {mean, std, values}}, curves}"""
+    table, curves = {}, {}
+    for method, by_seed in reports.items():
+        rows = [per_run_figures(r) for r in by_seed.values()]
+        keys = rows[0].keys() if rows else []
+        table[method] = {}
+        for k in keys:
+            vals = [r[k] for r in rows]
+            m, sd = mean_std(vals)
+            table[method][k] = {"mean": m, "std": sd, "values": vals}
+        # curves over steps: step 0 = base
+        steps = sorted({h["step"] for r in by_seed.values() for h in r["history"]})
+        curves[method] = {"steps": [0] + steps}
+        for f in FIGURES:
+            series = []
+            for r in by_seed.values():
+                pts = {0: r["base"].get(f)}
+                pts.update({h["step"]: h["figures"].get(f) for h in r["history"]})
+                series.append([pts.get(st) for st in curves[method]["steps"]])
+            curves[method][f] = series
+    return {"table": table, "curves": curves}
+
+
+def expectations(table: dict, n_seeds: int) -> list[dict]:
+    def g(m, k):
+        return (table.get(m, {}).get(k) or {}).get("mean")
+
+    def sd(m, k):
+        return (table.get(m, {}).get(k) or {}).get("std") or 0.0
+
+    out = []
+    sft_drop, sd_drop = g("sft", "known_drop"), g("self-distill", "known_drop")
+    sft_new = g("sft", "new_fact_accuracy")
+    out.append({"expectation": "plain SFT learns >= 80% of the new facts (precondition)",
+                "measured": None if sft_new is None else f"SFT new-fact accuracy {100 * sft_new:.1f}%",
+                "held": None if sft_new is None else sft_new >= 0.8})
+    measurable = None
+    if sft_drop is not None:
+        sem = sd("sft", "known_drop") / math.sqrt(max(1, n_seeds))
+        measurable = sft_drop >= 0.02 and sft_drop - 2 * sem > 0
+    out.append({"expectation": "SFT's known-fact accuracy drops measurably (>= 2 points, mean - 2 s.e. > 0)",
+                "measured": None if sft_drop is None else f"drop {100 * sft_drop:.1f} ± {100 * sd('sft', 'known_drop'):.1f} points",
+                "held": measurable})
+    if sft_drop is not None and sd_drop is not None:
+        held = sd_drop <= 0.5 * sft_drop if sft_drop > 0 else None
+        out.append({"expectation": "self-distill's drop <= half of SFT's",
+                    "measured": f"self-distill {100 * sd_drop:.1f} vs SFT {100 * sft_drop:.1f} points",
+                    "held": held})
+    sd_new = g("self-distill", "new_fact_accuracy")
+    if sd_new is not None and sft_new is not None:
+        out.append({"expectation": "self-distill's new-fact accuracy within 10 points of SFT's",
+                    "measured": f"self-distill {100 * sd_new:.1f}% vs SFT {100 * sft_new:.1f}%",
+                    "held": sd_new >= sft_new - 0.10})
+    drops = {m: g(m, "known_drop") for m in table if g(m, "known_drop") is not None}
+    if "freeze" in drops and len(drops) > 1:
+        smallest = min(drops, key=lambda m: drops[m])
+        out.append({"expectation": "freeze (attention-only) has the smallest drop",
+                    "measured": ", ".join(f"{m} {100 * v:.1f}" for m, v in sorted(drops.items(), key=lambda kv: kv[1]))
+                                + " points",
+                    "held": drops["freeze"] <= min(v for m, v in drops.items() if m != "freeze")
+                    or smallest == "freeze"})
+    fa, fs = g("sft-abstain", "fabrication_rate"), g("sft", "fabrication_rate")
+    if fa is not None and fs is not None:
+        out.append({"expectation": "relabelling Unknown to abstain lowers fabrication",
+                    "measured": f"sft-abstain {100 * fa:.1f}% vs sft {100 * fs:.1f}% "
+                                f"(abstention {100 * (g('sft-abstain', 'abstention_rate') or 0):.1f}% vs "
+                                f"{100 * (g('sft', 'abstention_rate') or 0):.1f}%)",
+                    "held": fa < fs})
+    return out
+
+
+def plot(curves: dict, out: Path, title_suffix: str, prefix: str = "hallucination") -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for f in PLOTTED:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method, c in curves.items():
+            steps = c["steps"]
+            series = c[f]
+            mean, lo, hi, xs = [], [], [], []
+            for i, st in enumerate(steps):
+                v = [s[i] for s in series if i < len(s) and s[i] is not None]
+                if not v:
+                    continue
+                xs.append(st)
+                mean.append(sum(v) / len(v))
+                lo.append(min(v))
+                hi.append(max(v))
+            if not xs:
+                continue
+            line, = ax.plot(xs, mean, marker="o", markersize=3, label=method)
+            ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
+        ax.set_xlabel("optimizer step (0 = base model)")
+        ax.set_ylabel(f)
+        ax.set_title(f"{f} {title_suffix}")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        name = f"{prefix}-{f.replace('_', '-')}.png"
+        fig.savefig(out / name, dpi=90)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def markdown(result: dict) -> str:
+    s, table = result["settings"], result["aggregate"]["table"]
+    n = len(s["seeds"])
+    hdr = ["method", "known acc. (%)", "drop from base (pts)", "relative drop (%)", "new-fact acc. (%)",
+           "abstention (%)", "fabrication (%)", "drift KL (nats/token)", "param drift L2"]
+    rows = []
+    for m in s["methods"]:
+        t = table.get(m)
+        if not t:
+            continue
+        rows.append([m, fmt_pm(t["known_accuracy"]["mean"], t["known_accuracy"]["std"]),
+                     fmt_pm(t["known_drop"]["mean"], t["known_drop"]["std"]),
+                     fmt_pm(t["known_relative_drop"]["mean"], t["known_relative_drop"]["std"]),
+                     fmt_pm(t["new_fact_accuracy"]["mean"], t["new_fact_accuracy"]["std"]),
+                     fmt_pm(t["abstention_rate"]["mean"], t["abstention_rate"]["std"]),
+                     fmt_pm(t["fabrication_rate"]["mean"], t["fabrication_rate"]["std"]),
+                     fmt_pm(t["drift_kl"]["mean"], t["drift_kl"]["std"], 1.0, 4),
+                     fmt_pm(t["param_drift_l2"]["mean"], t["param_drift_l2"]["std"], 1.0, 4)])
+    base = table.get("sft", next(iter(table.values()), {}))
+    mix = result["mix"]
+    lines = [
+        f"# Hallucination table: {s['model']} on the bundled facts",
+        "",
+        ("**QUICK SMOKE RUN (CPU, tiny settings): proves the script end to end; the figures mean nothing.**\n"
+         if result["quick"] else ""),
+        ("" if result.get("complete", True) or result["quick"] else
+         f"**Incomplete: {len(s['seeds'])} of {len(s.get('seeds_planned', s['seeds']))} planned seeds so far.**\n"),
+        f"Device {result['machine']['device']}; {len(s['seeds'])} seeds ({', '.join(map(str, s['seeds']))}); "
+        f"every method {s['steps']} optimizer steps, batch {s['batch_size']}, lr {s['learning_rate']}, "
+        f"warm-up {s['warmup_steps']} then cosine; evaluation every {s['eval_interval']} steps. "
+        f"Triage: SliCK with {s['triage']['prompts']} prompts x {s['triage']['shots']} shots, "
+        f"{s['triage']['samples']} samples at T={s['triage']['temperature']} (computed once, "
+        f"{result['triage']['seconds']} s). Training mix: {mix['train']} facts, {mix['train_categories']} "
+        f"(Unknown share {mix['unknown_share']}); known probe {mix['known_probe']} held-out HighlyKnown facts, "
+        f"unknown probe {mix['unknown_probe']} held-out Unknown facts.",
+        "",
+        f"Mean ± std over seeds at the last step. Base model: known accuracy "
+        f"{fmt_pm(base.get('base_known_accuracy', {}).get('mean'), base.get('base_known_accuracy', {}).get('std'))} % "
+        f"(the probe keeps only facts the base answers correctly), fabrication "
+        f"{fmt_pm(base.get('base_fabrication_rate', {}).get('mean'), base.get('base_fabrication_rate', {}).get('std'))} %, "
+        f"abstention {fmt_pm(base.get('base_abstention_rate', {}).get('mean'), base.get('base_abstention_rate', {}).get('std'))} %.",
+        "",
+        markdown_table(hdr, rows),
+        "",
+        "New-fact accuracy of `sft-abstain` counts only the WeaklyKnown training facts (its Unknown facts are "
+        "trained to \"I don't know\", so they are not new facts there).",
+        "",
+        "## The papers' expectations",
+        "",
+        markdown_table(["expectation", "measured", "held"],
+                       [[e["expectation"], e["measured"], yes_no(e["held"])] for e in result["expectations"]]),
+        "",
+        "## Over steps",
+        "",
+    ]
+    for name in result["plots"]:
+        lines.append(f"![{name}]({name})")
+    lines += ["", "Lines: mean over seeds; bands: min-max over seeds; step 0 is the base model.", "",
+              f"Reproduce: `{result['command']}`", ""]
+    return "\n".join(l for l in lines if l is not None)
+
+
+def calibrate(s: dict, mix: dict, triage_result, args, work: Path, out: Path, t0: float) -> int:
+    s = dict(s, methods=["sft"], seeds=[0])
+    rep = run_one("sft", 0, s, mix, triage_result, args.device, work / "calibration")
+    curve = [(h["step"], h["figures"].get("new_fact_accuracy"), h["figures"].get("known_accuracy"))
+             for h in rep["history"]]
+    first = next((st for st, nf, _ in curve if nf is not None and nf >= 0.8), None)
+    res = {"settings": s, "mix": mix, "curve": [{"step": a, "new_fact_accuracy": b, "known_accuracy": c}
+                                                for a, b, c in curve],
+           "first_step_new_facts_ge_80pct": first, "machine": machine_info(args.device),
+           "wall_seconds": round(time.time() - t0, 1)}
+    write_json(out / f"hallucination-calibration-{args.device}.json", res)
+    for a, b, c in curve:
+        print(f"step {a:5d}  new-fact accuracy {b}  known accuracy {c}")
+    print(f"first step with >= 80% of the new facts learned: {first} (of {s['steps']} with cosine decay to 0)")
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run (figures meaningless)")
+    ap.add_argument("--out", help="results directory (default $OUT or docs/results/)")
+    ap.add_argument("--work", help="run directories and the triage cache (default runs/bench/hallucination[-quick])")
+    ap.add_argument("--model", default="bundled://smollm2-135m-instruct")
+    ap.add_argument("--seeds", type=int, default=0, help="number of seeds (default 3; quick 2)")
+    ap.add_argument("--steps", type=int, default=0, help="optimizer steps of every run (default 160; quick 4)")
+    ap.add_argument("--eval-interval", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--unknown-share", type=float, default=0.5)
+    ap.add_argument("--methods", help="comma list; default all: " + ",".join(METHODS))
+    ap.add_argument("--ds-optimizer", choices=("torch", "fused"), default="torch",
+                    help="CUDA only: DeepSpeed's AdamW as torch.optim.AdamW (torch_adam, no JIT build; default) or "
+                         "DeepSpeed's FusedAdam (needs nvcc for its first build)")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="only sft, seed 0, for --steps (e.g. 600) with frequent evaluations: prints the first step "
+                         "at which it knows >= 80%% of the new facts (use it to choose --steps for the table)")
+    ap.add_argument("--budget-seconds", type=float, default=0,
+                    help="start no new seed after this many seconds; the table covers the finished seeds")
+    args = ap.parse_args(argv)
+
+    s = settings(args)
+    for m in s["methods"]:
+        if m not in METHODS:
+            ap.error(f"unknown method {m}")
+    out = out_dir(args.out)
+    suffix = "-quick" if args.quick else ""
+    work = Path(args.work) if args.work else REPO / "runs" / "bench" / f"hallucination{suffix}-{args.device}"
+    work.mkdir(parents=True, exist_ok=True)
+    cpu_threads(args.device)
+    t0 = time.time()
+    examples, triage_result, tinfo = cached_triage(s, work, args.device)
+    mix = build_mix(examples, triage_result.categories, s, work)
+    if args.calibrate:
+        return calibrate(s, mix, triage_result, args, work, out, t0)
+    reports: dict = {}
+    done_seeds: list = []
+    planned = list(s["seeds"])
+    cmd = " ".join(["python", "bench/hallucination_table.py"] + (argv if argv is not None else sys.argv[1:]))
+
+    def write_results(final: bool) -> None:
+        """The table over the seeds finished so far (written after every seed, so a run cut short by a
+        time limit still leaves the table of its complete seeds)."""
+        s2 = dict(s, seeds=list(done_seeds), seeds_planned=planned)
+        agg = aggregate(reports)
+        result = {
+            "quick": args.quick, "complete": final and done_seeds == planned, "command": cmd,
+            "settings": s2,
+            "machine": machine_info(args.device),
+            "triage": {"counts": triage_result.counts(), "seconds": tinfo["seconds"], "facts": len(examples)},
+            "mix": mix,
+            "aggregate": agg,
+            "expectations": expectations(agg["table"], len(done_seeds)),
+            "runs": {m: {str(sd): {"base": r["base"], "final": r["final"], "history": r["history"],
+                                   "throughput": r.get("throughput"), "timings": r.get("timings"),
+                                   "triage_counts": r.get("triage", {}).get("counts"), "splits": r.get("splits"),
+                                   "frozen_weights": r.get("frozen_weights"), "method": r.get("method")}
+                         for sd, r in by.items()} for m, by in reports.items()},
+            "wall_seconds": round(time.time() - t0, 1),
+        }
+        result["plots"] = plot(agg["curves"], out, f"({'quick, ' if args.quick else ''}{args.device})",
+                               prefix=f"hallucination{suffix}")
+        name = f"hallucination-table{suffix}"
+        write_json(out / f"{name}.json", result)
+        md = markdown(result)
+        (out / f"{name}.md").write_text(md)
+        if final:
+            print("\n" + md)
+        print(f"wrote {out / (name + '.json')}, {out / (name + '.md')} (seeds {done_seeds}) at "
+              f"{result['wall_seconds']} s", flush=True)
+
+    for seed in planned:  # seeds outermost: a cut-short run still has every method for the first seeds
+        if args.budget_seconds and done_seeds and time.time() - t0 > args.budget_seconds:
+            print(f"budget of {args.budget_seconds:.0f} s spent: stopping after seeds {done_seeds}; rerun the "
+                  f"same command to add the others (finished runs are reused)", flush=True)
+            break
+        for m in s["methods"]:
+            reports.setdefault(m, {})[seed] = run_one(m, seed, s, mix, triage_result, args.device, work / "runs")
+        done_seeds.append(seed)
+        if seed != planned[-1]:
+            write_results(final=False)
+    from tuneguard_trainer import local
+
+    local._destroy_process_group()
+    write_results(final=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Pure helpers of the benchmark scripts (bench/): statistics, tables, the hallucination table's
+expectation checks and training mix, the operator benchmark's metric parsing. No models, no cluster."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench import common
+
+
+def test_mean_std_ignores_missing_and_uses_sample_std():
+    m, s = common.mean_std([1.0, None, 3.0])
+    assert m == 2.0 and s == pytest.approx(math.sqrt(2))
+    assert common.mean_std([5.0]) == (5.0, 0.0)
+    assert common.mean_std([None]) == (None, None)
+
+
+def test_percentile_interpolates():
+    xs = list(range(1, 101))
+    assert common.percentile(xs, 50) == pytest.approx(50.5)
+    assert common.percentile(xs, 99) == pytest.approx(99.01)
+    assert common.percentile([], 50) is None
+    assert common.median([3.0]) == 3.0
+
+
+def test_tables_and_formatting():
+    t = common.markdown_table(["a", "b"], [[1, None]])
+    assert t.splitlines() == ["| a | b |", "| --- | --- |", "| 1 | - |"]
+    assert common.fmt_pm(0.5, 0.025) == "50.0 ± 2.5"
+    assert common.fmt_pm(None, None) == "-"
+    assert common.ratio(2.0, 4.0) == 0.5 and common.ratio(1.0, 0.0) is None
+    assert common.yes_no(True) == "yes" and common.yes_no(None) == "n/a"
+
+
+def _table(**drops):
+    t = {}
+    for m, (drop, new, fab) in drops.items():
+        t[m] = {"known_drop": {"mean": drop, "std": 0.01}, "new_fact_accuracy": {"mean": new, "std": 0.0},
+                "fabrication_rate": {"mean": fab, "std": 0.0}, "abstention_rate": {"mean": 0.0, "std": 0.0}}
+    return t
+
+
+def test_expectations_all_hold():
+    from bench.hallucination_table import expectations
+
+    t = _table(**{"sft": (0.20, 0.90, 0.9), "self-distill": (0.05, 0.85, 0.9), "freeze": (0.01, 0.2, 0.9),
+                  "sft-abstain": (0.15, 0.5, 0.3)})
+    got = {e["expectation"]: e["held"] for e in expectations(t, 3)}
+    assert all(got.values()), got
+    assert len(got) == 6
+
+
+def test_expectations_report_failures():
+    from bench.hallucination_table import expectations
+
+    t = _table(**{"sft": (0.0, 0.5, 0.5), "self-distill": (0.05, 0.2, 0.5), "freeze": (0.10, 0.2, 0.5),
+                  "sft-abstain": (0.0, 0.5, 0.6)})
+    got = [e["held"] for e in expectations(t, 3)]
+    # precondition fails, no measurable drop, half-of-zero undefined, new facts too low, freeze not smallest,
+    # abstain raised fabrication
+    assert got == [False, False, None, False, False, False]
+
+
+def test_build_mix_makes_unknown_at_least_half(tmp_path):
+    from bench.hallucination_table import build_mix
+    from tuneguard_trainer.data import QAExample
+
+    exs, cats = [], {}
+    for i in range(40):
+        cat = ["HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown"][i % 4] if i < 20 else "HighlyKnown"
+        e = QAExample(id=f"f{i:02d}", question=f"q{i}?", answers=[f"a{i}"], relation="r")
+        exs.append(e)
+        cats[e.id] = cat
+    s = {"unknown_share": 0.5, "known_probe_fraction": 0.5, "unknown_probe_size": 2}
+    mix = build_mix(exs, cats, s, tmp_path)
+    assert mix["unknown_share"] >= 0.5
+    train = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
+    known = [json.loads(x) for x in (tmp_path / "known-probe.jsonl").read_text().splitlines()]
+    unknown = [json.loads(x) for x in (tmp_path / "unknown-probe.jsonl").read_text().splitlines()]
+    ids = [r["id"] for r in train + known + unknown]
+    assert len(ids) == len(set(ids))  # no fact is both trained on and probed
+    assert all(cats[r["id"]] == "HighlyKnown" for r in known)
+    assert all(cats[r["id"]] == "Unknown" for r in unknown)
+    assert mix["train_categories"]["Unknown"] == 4 and mix["train"] == 8  # 5 Unknown, 1 probed
+
+
+def test_prometheus_metric_sum():
+    from bench.operator_scale import metric
+
+    text = "\n".join([
+        "# HELP tuneguard_operator_reconcile_errors_total x",
+        'tuneguard_operator_reconcile_errors_total{kind="a"} 2.0',
+        'tuneguard_operator_reconcile_errors_total{kind="b"} 1.0',
+        "tuneguard_operator_reconcile_errors_created 17.0",
+        "tuneguard_operator_reconcile_duration_seconds_count 5.0",
+    ])
+    assert metric(text, "tuneguard_operator_reconcile_errors_total") == 3.0
+    assert metric(text, "tuneguard_operator_reconcile_duration_seconds_count") == 5.0
+    assert metric(text, "missing") == 0.0
