@@ -8,6 +8,7 @@ the printer columns and the status subresource. `tuneguard crd` prints the resul
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import yaml
@@ -131,11 +132,19 @@ def _convert(node: Any, defs: dict, models: dict) -> Any:
 def _property(name: str, sub: dict, parent: dict, defs: dict, models: dict) -> dict:
     converted = _convert(sub, defs, models)
     required = name in parent.get("required", ())
-    # A nested block built by default_factory has no default in JSON Schema; `default: {}` makes the
-    # API server fill in that block's own defaults, so `kubectl get -o yaml` shows the full spec.
+    # A nested block built by default_factory has no default in JSON Schema; giving it one makes the
+    # API server fill it in, so `kubectl get -o yaml` shows the full spec. The default must be the
+    # block's defaults spelled out, not `{}`: the server validates a default as written (nested
+    # defaults not applied), and the block's CEL rules would fail on the missing keys.
     if not required and "default" not in sub and "anyOf" not in sub and converted.get("type") == "object":
-        converted["default"] = {}
+        converted["default"] = _spelled_out_default(converted)
     return converted
+
+
+def _spelled_out_default(schema: dict) -> dict:
+    """The object the API server would build from `{}` by applying the properties' defaults."""
+    return {name: copy.deepcopy(prop["default"])  # copies: shared objects would become YAML anchors
+            for name, prop in schema.get("properties", {}).items() if "default" in prop}
 
 
 def openapi_schema(model: type[BaseModel]) -> dict:
@@ -158,7 +167,8 @@ def build_crd() -> dict:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            # name is declared so ROOT_RULES' fieldPath (.metadata.name) resolves in the schema.
+            "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
             "spec": spec_schema,
             "status": status_schema,
         },

