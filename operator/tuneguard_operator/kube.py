@@ -1,0 +1,111 @@
+"""A thin JSON client for the few REST calls the reconciler makes.
+
+Plain dicts in and out (no generated model classes: they cost CPU and memory for nothing here), one
+exception type with the HTTP status, and paths built in one place. Tests substitute an in-memory
+fake with the same four methods.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from tuneguard import api
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, body: Any = None):
+        self.status = status
+        self.reason = reason
+        self.body = body
+        msg = body.get("message") if isinstance(body, dict) else None
+        super().__init__(f"{status} {reason}: {msg or body}")
+
+
+# (api prefix, plural) for the kinds the operator touches
+KINDS = {
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "Service": ("/api/v1", "services"),
+    "ServiceAccount": ("/api/v1", "serviceaccounts"),
+    "Event": ("/api/v1", "events"),
+    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+    "Job": ("/apis/batch/v1", "jobs"),
+    api.KIND: (f"/apis/{api.API_VERSION}", api.PLURAL),
+}
+
+
+def path(kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
+    prefix, plural = KINDS[kind]
+    p = f"{prefix}/namespaces/{namespace}/{plural}"
+    if name:
+        p += f"/{name}"
+    if sub:
+        p += f"/{sub}"
+    return p
+
+
+class Kube:
+    """REST calls through the official client's ApiClient (auth, TLS and kubeconfig handled there)."""
+
+    def __init__(self, api_client: Any, timeout: float = 30.0):
+        self.client = api_client
+        self.timeout = timeout
+
+    def _call(self, method: str, p: str, body: Any = None, query: Optional[dict] = None,
+              content_type: str = "application/json") -> Any:
+        # param_serialize adds the host, the auth headers (token refresh included) and the query;
+        # the request itself goes straight to the client's TLS-configured pool, JSON in and out.
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        _, url, headers, _, _ = self.client.param_serialize(
+            method, p, query_params=list((query or {}).items()) or None, header_params=headers,
+            auth_settings=["BearerToken"])
+        resp = self.client.rest_client.pool_manager.request(
+            method, url, body=json.dumps(body) if body is not None else None, headers=headers,
+            timeout=self.timeout, preload_content=True)
+        data = resp.data
+        try:
+            parsed = json.loads(data) if data else None
+        except ValueError:
+            parsed = data.decode(errors="replace")
+        if resp.status >= 400:
+            raise ApiError(resp.status, resp.reason, parsed)
+        return parsed
+
+    def get(self, p: str) -> dict | None:
+        """The object, or None when it does not exist."""
+        try:
+            return self._call("GET", p)
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def create(self, p: str, body: dict) -> dict:
+        return self._call("POST", p, body)
+
+    def patch(self, p: str, body: dict) -> dict:
+        return self._call("PATCH", p, body, content_type="application/merge-patch+json")
+
+    def delete(self, p: str, propagation: str = "Background", uid: str | None = None) -> None:
+        opts: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
+        if uid:
+            opts["preconditions"] = {"uid": uid}
+        try:
+            self._call("DELETE", p, opts)
+        except ApiError as e:
+            if e.status not in (404, 409):  # gone already, or a different object by that name now
+                raise
+
+
+def load_client(connections: int = 8) -> Any:
+    """ApiClient from $KUBECONFIG / ~/.kube/config, or the in-cluster ServiceAccount."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    cfg = client.Configuration.get_default_copy()
+    cfg.connection_pool_maxsize = connections
+    return client.ApiClient(cfg)

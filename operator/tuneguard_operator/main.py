@@ -1,0 +1,77 @@
+"""`tuneguard operator`: run the FineTuneJob operator."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+_STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and any `extra=` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for k, v in vars(record).items():
+            if k not in _STD_ATTRS and not k.startswith("_"):
+                out[k] = v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(log_format: str, level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("asyncio", "urllib3", "kubernetes"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_operator(namespaces: list[str], all_namespaces: bool, metrics_port: int, health_port: int,
+                 log_format: str = "json") -> int:
+    import kopf
+
+    from .handlers import Controller, register
+    from .kube import Kube, load_client
+    from .metrics import Metrics
+    from .reconcile import Reconciler
+
+    setup_logging(log_format, os.environ.get("TUNEGUARD_LOG_LEVEL", "INFO"))
+    log = logging.getLogger("tuneguard.operator")
+    if not namespaces and not all_namespaces:
+        log.error("give --namespace NAME (repeatable) or --all-namespaces")
+        return 2
+    workers = int(os.environ.get("TUNEGUARD_OPERATOR_WORKERS", "4"))
+    metrics = Metrics()
+    metrics.serve(metrics_port)
+    kube = Kube(load_client(connections=workers + 2))
+    controller = Controller(Reconciler(kube, metrics), metrics, workers=workers)
+    registry = kopf.OperatorRegistry()
+    register(registry, controller)
+    log.info("tuneguard operator starting", extra={
+        "namespaces": ",".join(namespaces) if namespaces else "*", "metrics_port": metrics_port,
+        "health_port": health_port, "workers": workers})
+    kopf.run(
+        registry=registry,
+        clusterwide=bool(all_namespaces),
+        namespaces=[] if all_namespaces else list(namespaces),
+        standalone=True,
+        liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz",
+    )
+    return 0

@@ -1,0 +1,250 @@
+"""One reconcile of one FineTuneJob: read what exists, converge the children, write the status.
+
+Order matters for crash safety: children first (create-or-patch, 409 tolerated), then the status
+(the durable record of a decision such as a group restart), then the action on the worker Job, then
+Events. A crash between any two steps is repaired by the next reconcile, which sees the same level
+and plans the rest (see status.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, Optional
+
+from tuneguard import api
+from tuneguard.validation import InvalidManifest, parse_job
+
+from . import render
+from .kube import ApiError, path
+from .metrics import Metrics
+from .status import Plan, decide, rfc3339
+
+log = logging.getLogger("tuneguard.operator")
+
+# The parts of each child the operator keeps converged after creation (the rest is immutable or
+# belongs to other controllers).
+MUTABLE = {
+    "ConfigMap": ("data",),
+    "Service": ("spec.selector", "spec.ports", "spec.publishNotReadyAddresses"),
+    "ServiceAccount": (),
+    "Role": ("rules",),
+    "RoleBinding": ("subjects",),
+}
+ENSURE_TTL = 300.0  # re-check children that no event reports on (manual deletion) this often
+
+
+class Retry(Exception):
+    """Not an error: something to wait for (e.g. the garbage collector), try again shortly."""
+
+
+def _dig(obj: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = (obj or {}).get(part)
+    return obj
+
+
+def _nest(dotted: str, value: Any) -> dict:
+    out: Any = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
+def _merge(a: dict, b: dict) -> dict:
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(a.get(k), dict):
+            _merge(a[k], v)
+        else:
+            a[k] = v
+    return a
+
+
+def manifest_doc(body: dict) -> dict:
+    """The stored object as a manifest the validator accepts (status and server fields left out)."""
+    meta = body.get("metadata") or {}
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+            "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
+            "spec": body.get("spec")}
+
+
+class Reconciler:
+    def __init__(self, kube: Any, metrics: Metrics, clock: Callable[[], datetime] | None = None,
+                 component: str = "tuneguard-operator"):
+        self.kube = kube
+        self.metrics = metrics
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.component = component
+        self.instance = os.environ.get("POD_NAME") or socket.gethostname()
+        self._ensured: dict[tuple, float] = {}  # (ns, name, uid, generation) -> when
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------- entry point
+    def reconcile(self, namespace: str, name: str) -> Optional[float]:
+        """Converge one job; returns seconds until it wants to be looked at again (None: on events)."""
+        body = self.kube.get(path(api.KIND, namespace, name))
+        if body is None:
+            self.forget(namespace, name)
+            return None
+        meta = body["metadata"]
+        if meta.get("deletionTimestamp"):
+            return None  # the garbage collector removes the children; nothing blocks deletion
+        uid = meta["uid"]
+        try:
+            ftj: api.FineTuneJob | None = parse_job(manifest_doc(body), f"{namespace}/{name}")
+            invalid = None
+        except InvalidManifest as e:
+            ftj, invalid = None, "; ".join(str(err) for err in e.errors)
+
+        job = None
+        if ftj is not None:
+            # A job the operator never wrote status for has no children yet: create without a GET first.
+            fresh = not (body.get("status") or {}).get("phase")
+            self._ensure_children(ftj, uid, meta.get("generation"), fresh)
+            job = self.kube.get(path("Job", namespace, render.worker_job_name(name)))
+            if job is not None and not self._owned(job, uid):
+                raise Retry(f"Job {render.worker_job_name(name)} exists but belongs to another owner; "
+                            "waiting for it to be garbage-collected")
+        plan = decide(body, ftj, job, self.clock(), invalid=invalid)
+        self._apply(body, ftj, job, plan)
+        return plan.requeue_after
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.metrics.forget(namespace, name)
+        with self._lock:
+            for key in [k for k in self._ensured if k[0] == namespace and k[1] == name]:
+                del self._ensured[key]
+
+    # ---------------------------------------------------------------------------------- children
+    @staticmethod
+    def _owned(obj: dict, uid: str) -> bool:
+        return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+    def _ensure_children(self, ftj: api.FineTuneJob, uid: str, generation: int | None, fresh: bool = False) -> None:
+        ns, name = ftj.metadata.namespace, ftj.metadata.name
+        key = (ns, name, uid, generation)
+        with self._lock:
+            when = self._ensured.get(key)
+        if when is not None and time.monotonic() - when < ENSURE_TTL:
+            return
+        for want in render.children(ftj, uid):
+            self._ensure(want, uid, fresh)
+        with self._lock:
+            for k in [k for k in self._ensured if k[:2] == (ns, name)]:
+                del self._ensured[k]
+            self._ensured[key] = time.monotonic()
+
+    def _ensure(self, want: dict, uid: str, fresh: bool = False) -> dict:
+        kind, meta = want["kind"], want["metadata"]
+        p = path(kind, meta["namespace"], meta["name"])
+        have = None if fresh else self.kube.get(p)
+        if have is None:
+            try:
+                created = self.kube.create(path(kind, meta["namespace"]), want)
+                log.info("created %s %s/%s", kind, meta["namespace"], meta["name"],
+                         extra={"job": meta["labels"].get("tuneguard.io/job"), "kind": kind})
+                return created
+            except ApiError as e:
+                if e.status != 409:
+                    raise
+                have = self.kube.get(p)
+                if have is None:
+                    raise Retry(f"{kind} {meta['name']} conflicted on create and vanished") from None
+        if not self._owned(have, uid):
+            if (have["metadata"].get("deletionTimestamp")
+                    or any(r.get("kind") == api.KIND for r in have["metadata"].get("ownerReferences") or [])):
+                raise Retry(f"{kind} {meta['name']} belongs to an earlier FineTuneJob of that name; "
+                            "waiting for the garbage collector")
+            raise RuntimeError(f"{kind} {meta['namespace']}/{meta['name']} exists and is not owned by this "
+                               "FineTuneJob; rename or delete it")
+        patch: dict = {}
+        for field in MUTABLE[kind]:
+            if _dig(have, field) != _dig(want, field):
+                _merge(patch, _nest(field, _dig(want, field)))
+        labels = have["metadata"].get("labels") or {}
+        if any(labels.get(k) != v for k, v in meta["labels"].items()):
+            _merge(patch, {"metadata": {"labels": meta["labels"]}})
+        if patch:
+            if kind == "ConfigMap":
+                # merge-patch of data replaces keys individually; drop keys we no longer render
+                for k in (have.get("data") or {}):
+                    if k not in want["data"]:
+                        patch.setdefault("data", {})[k] = None
+            have = self.kube.patch(p, patch)
+            log.info("updated %s %s/%s", kind, meta["namespace"], meta["name"],
+                     extra={"job": meta["labels"].get("tuneguard.io/job"), "kind": kind})
+        return have
+
+    # ------------------------------------------------------------------------------------- apply
+    def _apply(self, body: dict, ftj: api.FineTuneJob | None, job: dict | None, plan: Plan) -> None:
+        meta = body["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        old = body.get("status") or {}
+        patch = plan.patch(old)
+        if patch:
+            self.kube.patch(path(api.KIND, ns, name, "status"), {"status": patch})
+            body = {**body, "status": {**old, **{k: v for k, v in patch.items()}}}
+        new_restarts = plan.status["restarts"]
+        if new_restarts > int(old.get("restarts") or 0):
+            self.metrics.group_restarts.labels(job=name, namespace=ns).inc(new_restarts - int(old.get("restarts") or 0))
+
+        jp = path("Job", ns, render.worker_job_name(name))
+        if plan.job_action == "create" and ftj is not None:
+            want = render.worker_job(ftj, uid, new_restarts, suspend=ftj.spec.run_policy.suspend)
+            try:
+                self.kube.create(path("Job", ns), want)
+                log.info("created worker Job %s/%s (attempt %d)", ns, want["metadata"]["name"], new_restarts,
+                         extra={"job": name})
+            except ApiError as e:
+                if e.status != 409:
+                    raise
+        elif plan.job_action == "delete" and job is not None:
+            # Foreground: the Job object stays until its pods are gone, so the next group never
+            # overlaps the old one (same hostnames, same GPUs).
+            self.kube.delete(jp, propagation="Foreground", uid=job["metadata"]["uid"])
+            log.info("deleting worker Job %s/%s", ns, render.worker_job_name(name), extra={"job": name})
+        elif plan.job_action in ("suspend", "resume") and job is not None:
+            self.kube.patch(jp, {"spec": {"suspend": plan.job_action == "suspend"}})
+            log.info("%s worker Job %s/%s", plan.job_action, ns, render.worker_job_name(name), extra={"job": name})
+
+        for ev in plan.events:
+            self.post_event(body, ev.type, ev.reason, ev.message)
+        if plan.status.get("phase") != old.get("phase") or plan.events:
+            log.info("job %s/%s: %s (%s) %s", ns, name, plan.status["phase"], plan.events[0].reason if plan.events
+                     else "", plan.status.get("message", ""), extra={"job": name, "namespace": ns,
+                                                                    "phase": plan.status["phase"]})
+        if plan.delete_self:
+            self.kube.delete(path(api.KIND, ns, name), propagation="Background", uid=uid)
+            log.info("deleted %s/%s: ttlSecondsAfterFinished passed", ns, name, extra={"job": name})
+            self.forget(ns, name)
+        else:
+            self.metrics.observe(body)
+
+    def post_event(self, body: dict, type_: str, reason: str, message: str) -> None:
+        meta = body["metadata"]
+        now = rfc3339(self.clock())
+        ev = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"],
+                         "labels": {"tuneguard.io/job": meta["name"]}},
+            "involvedObject": {"apiVersion": api.API_VERSION, "kind": api.KIND, "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta["uid"]},
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": self.component},
+            "reportingComponent": self.component,
+            "reportingInstance": self.instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.kube.create(path("Event", meta["namespace"]), ev)
+        except ApiError as e:  # an Event is best effort; never fail a reconcile over it
+            log.warning("could not post Event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], e)

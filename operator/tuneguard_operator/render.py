@@ -1,0 +1,399 @@
+"""Pure functions that render the children of a FineTuneJob.
+
+Nothing here talks to the API server: given the validated job (tuneguard.api.FineTuneJob), its uid
+and the group-restart attempt, each function returns the manifest of one child as a plain dict. The
+reconciler creates them (or patches the mutable parts), the unit tests read them.
+
+Children, all owned by the FineTuneJob (ownerReferences, controller=true, blockOwnerDeletion), so
+that deleting the job removes them through garbage collection without any finalizer:
+
+  <job>-config   ConfigMap: the validated manifest at contract.CONFIG_FILE, a DeepSpeed hostfile
+  <job>-worker   headless Service: stable DNS for every rank, rank 0 is <job>-worker-0.<job>-worker
+  <job>-trainer  ServiceAccount + Role + RoleBinding: get/patch this job's status, nothing else
+  <job>-worker   Indexed Job: one pod per worker, node rank = completion index
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from tuneguard import api, contract
+
+CONTAINER = "trainer"
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+LABEL_ATTEMPT = "tuneguard.io/restart-attempt"
+ANNOTATION_GENERATION = "tuneguard.io/job-generation"
+HOSTFILE = "hostfile"
+CACHE_DIR = "/var/cache/tuneguard"
+RUN_AS_USER = 1000
+
+
+# ------------------------------------------------------------------------------------------ names
+
+
+def config_name(job: str) -> str:
+    return f"{job}-config"
+
+
+def service_name(job: str) -> str:
+    return f"{job}-worker"
+
+
+def worker_job_name(job: str) -> str:
+    return f"{job}-worker"
+
+
+def account_name(job: str) -> str:
+    return f"{job}-trainer"
+
+
+def worker_hostname(job: str, index: int) -> str:
+    """An Indexed Job's pod hostname is <job name>-<index>; with subdomain=service it resolves."""
+    return f"{worker_job_name(job)}-{index}"
+
+
+def master_addr(job: str) -> str:
+    return f"{worker_hostname(job, 0)}.{service_name(job)}"
+
+
+# ----------------------------------------------------------------------------------------- common
+
+
+def owner_reference(ftj: api.FineTuneJob, uid: str) -> dict:
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "name": ftj.metadata.name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def base_labels(ftj: api.FineTuneJob) -> dict[str, str]:
+    return {
+        contract.LABEL_JOB: ftj.metadata.name,
+        contract.LABEL_METHOD: ftj.spec.method.type,
+        contract.LABEL_MANAGED_BY: contract.MANAGED_BY,
+    }
+
+
+def worker_labels(ftj: api.FineTuneJob) -> dict[str, str]:
+    """Labels of the worker pods (the PodMonitor and the headless Service select on them)."""
+    return {**base_labels(ftj), contract.LABEL_ROLE: "worker"}
+
+
+def selector_labels(ftj: api.FineTuneJob) -> dict[str, str]:
+    return {contract.LABEL_JOB: ftj.metadata.name, contract.LABEL_ROLE: "worker"}
+
+
+def _meta(ftj: api.FineTuneJob, uid: str, name: str, labels: dict | None = None) -> dict:
+    return {
+        "name": name,
+        "namespace": ftj.metadata.namespace,
+        "labels": labels or base_labels(ftj),
+        "ownerReferences": [owner_reference(ftj, uid)],
+    }
+
+
+def nprocs(ftj: api.FineTuneJob) -> int:
+    """Processes per worker pod: one per GPU, one on CPU."""
+    return max(ftj.spec.resources.gpus_per_worker, 1)
+
+
+def world_size(ftj: api.FineTuneJob) -> int:
+    return ftj.spec.resources.workers * nprocs(ftj)
+
+
+# ------------------------------------------------------------------------------------ config map
+
+
+def manifest_yaml(ftj: api.FineTuneJob) -> str:
+    """The validated manifest the trainer reads (defaults filled in, status left out)."""
+    doc = {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": ftj.metadata.name, "namespace": ftj.metadata.namespace},
+        "spec": ftj.spec.wire(),
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def hostfile(ftj: api.FineTuneJob) -> str:
+    """DeepSpeed hostfile (`deepspeed --no_ssh --hostfile ...`): one stable DNS name per rank."""
+    name = ftj.metadata.name
+    return "".join(
+        f"{worker_hostname(name, i)}.{service_name(name)} slots={nprocs(ftj)}\n"
+        for i in range(ftj.spec.resources.workers)
+    )
+
+
+def config_map(ftj: api.FineTuneJob, uid: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(ftj, uid, config_name(ftj.metadata.name)),
+        "data": {contract.CONFIG_FILE: manifest_yaml(ftj), HOSTFILE: hostfile(ftj)},
+    }
+
+
+# --------------------------------------------------------------------------------------- service
+
+
+def headless_service(ftj: api.FineTuneJob, uid: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(ftj, uid, service_name(ftj.metadata.name)),
+        "spec": {
+            "clusterIP": "None",
+            # Ranks must resolve rank 0 before it is Ready (it is not Ready until all ranks joined).
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(ftj),
+            "ports": [
+                {"name": "master", "port": contract.MASTER_PORT, "targetPort": contract.MASTER_PORT,
+                 "protocol": "TCP"},
+                {"name": contract.METRICS_PORT_NAME, "port": contract.METRICS_PORT,
+                 "targetPort": contract.METRICS_PORT, "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------------ rbac
+
+
+def service_account(ftj: api.FineTuneJob, uid: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(ftj, uid, account_name(ftj.metadata.name)),
+    }
+
+
+def role(ftj: api.FineTuneJob, uid: str) -> dict:
+    """Rank 0 may read its own FineTuneJob and patch its status; nothing else, no other job."""
+    name = ftj.metadata.name
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _meta(ftj, uid, account_name(name)),
+        "rules": [
+            {"apiGroups": [api.GROUP], "resources": [api.PLURAL], "resourceNames": [name], "verbs": ["get"]},
+            {"apiGroups": [api.GROUP], "resources": [f"{api.PLURAL}/status"], "resourceNames": [name],
+             "verbs": ["get", "patch"]},
+        ],
+    }
+
+
+def role_binding(ftj: api.FineTuneJob, uid: str) -> dict:
+    name = ftj.metadata.name
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(ftj, uid, account_name(name)),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account_name(name)},
+        "subjects": [{"kind": "ServiceAccount", "name": account_name(name), "namespace": ftj.metadata.namespace}],
+    }
+
+
+# ----------------------------------------------------------------------------------------- volumes
+
+
+def pvc_claim(uri: str | None) -> tuple[str, str] | None:
+    """pvc://claim/path -> (claim, path); anything else -> None."""
+    if not uri or not uri.startswith("pvc://"):
+        return None
+    claim, _, path = uri[len("pvc://"):].partition("/")
+    return claim, path.strip("/")
+
+
+def input_claims(ftj: api.FineTuneJob) -> list[str]:
+    """Claims the model and data come from, in first-use order (mounted read-only)."""
+    spec = ftj.spec
+    uris = [spec.model.uri, spec.datasets.train, spec.datasets.probes.known, spec.datasets.probes.unknown,
+            spec.evaluation.drift_prompts]
+    claims: list[str] = []
+    for uri in uris:
+        ref = pvc_claim(uri)
+        if ref and ref[0] not in claims:
+            claims.append(ref[0])
+    return claims
+
+
+def _volumes(ftj: api.FineTuneJob) -> tuple[list[dict], list[dict]]:
+    res = ftj.spec.resources
+    volumes: list[dict] = [
+        {"name": "config", "configMap": {"name": config_name(ftj.metadata.name)}},
+        # Containers get a 64 MB /dev/shm by default; NCCL and the data loaders need far more.
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm_size}},
+        {"name": "cache", "emptyDir": {}},
+    ]
+    mounts: list[dict] = [
+        {"name": "config", "mountPath": contract.CONFIG_DIR, "readOnly": True},
+        {"name": "shm", "mountPath": contract.SHM_DIR},
+        {"name": "cache", "mountPath": CACHE_DIR},
+    ]
+    out = pvc_claim(ftj.spec.output.uri)
+    if out:
+        claim, path = out
+        volumes.append({"name": "output", "persistentVolumeClaim": {"claimName": claim}})
+        mount = {"name": "output", "mountPath": contract.OUTPUT_DIR}
+        if path:
+            mount["subPath"] = path
+        mounts.append(mount)
+    else:
+        volumes.append({"name": "output", "emptyDir": {}})
+        mounts.append({"name": "output", "mountPath": contract.OUTPUT_DIR})
+    for i, claim in enumerate(input_claims(ftj)):
+        volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": f"pvc-{i}", "mountPath": f"{contract.PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
+    return volumes, mounts
+
+
+# --------------------------------------------------------------------------------------------- env
+
+
+def _env(ftj: api.FineTuneJob, restart_attempt: int) -> list[dict]:
+    name, ns = ftj.metadata.name, ftj.metadata.namespace
+    res = ftj.spec.resources
+
+    def v(key: str, value: Any) -> dict:
+        return {"name": key, "value": str(value)}
+
+    env = [
+        v(contract.ENV_MASTER_ADDR, master_addr(name)),
+        v(contract.ENV_MASTER_PORT, contract.MASTER_PORT),
+        v(contract.ENV_WORLD_SIZE, world_size(ftj)),
+        v(contract.ENV_NNODES, res.workers),
+        v(contract.ENV_NPROC_PER_NODE, nprocs(ftj)),
+        {"name": contract.ENV_NODE_RANK, "valueFrom": {"fieldRef": {
+            "fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}},
+        v(contract.ENV_JOB_NAME, name),
+        v(contract.ENV_JOB_NAMESPACE, ns),
+        v(contract.ENV_CONFIG, contract.CONFIG_PATH),
+        v(contract.ENV_OUTPUT_DIR, contract.OUTPUT_DIR),
+        v(contract.ENV_METRICS_PORT, contract.METRICS_PORT),
+        v(contract.ENV_STATUS_PATCH, 1),
+        v(contract.ENV_RESTART_ATTEMPT, restart_attempt),
+        v("PYTHONUNBUFFERED", 1),
+        v("HF_HOME", f"{CACHE_DIR}/huggingface"),
+        v("XDG_CACHE_HOME", CACHE_DIR),
+        # A dead peer must abort the collective instead of hanging, so the group restart can happen.
+        v("TORCH_NCCL_ASYNC_ERROR_HANDLING", 1),
+        v("NCCL_DEBUG", "WARN"),
+    ]
+    if res.gpus_per_worker == 0:
+        env.append(v("DS_ACCELERATOR", "cpu"))
+    cred = ftj.spec.model.credentials_secret
+    if cred is not None:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": cred.name, "key": cred.key}}})
+    return env
+
+
+# ---------------------------------------------------------------------------------------- the job
+
+
+def pod_template(ftj: api.FineTuneJob, restart_attempt: int) -> dict:
+    name = ftj.metadata.name
+    res = ftj.spec.resources
+    volumes, mounts = _volumes(ftj)
+    resources: dict[str, dict[str, Any]] = {
+        "requests": {"cpu": res.cpu, "memory": res.memory},
+        "limits": {"cpu": res.cpu, "memory": res.memory},
+    }
+    if res.gpus_per_worker > 0:
+        resources["limits"]["nvidia.com/gpu"] = res.gpus_per_worker
+        resources["requests"]["nvidia.com/gpu"] = res.gpus_per_worker
+    labels = worker_labels(ftj)
+    labels[LABEL_ATTEMPT] = str(restart_attempt)
+    if res.queue_name:
+        labels[contract.KUEUE_QUEUE_LABEL] = res.queue_name
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # the group restart is the operator's (Job backoffLimit 0)
+        "subdomain": service_name(name),
+        "serviceAccountName": account_name(name),
+        "automountServiceAccountToken": True,  # rank 0 patches status.training with it
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [{
+            "name": CONTAINER,
+            "image": res.image,
+            "imagePullPolicy": res.image_pull_policy,
+            "command": list(contract.WORKER_COMMAND),
+            "env": _env(ftj, restart_attempt),
+            "ports": [
+                {"name": contract.METRICS_PORT_NAME, "containerPort": contract.METRICS_PORT, "protocol": "TCP"},
+                {"name": "master", "containerPort": contract.MASTER_PORT, "protocol": "TCP"},
+            ],
+            "resources": resources,
+            "volumeMounts": mounts,
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "privileged": False,
+                "runAsNonRoot": True,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }],
+        "volumes": volumes,
+    }
+    if res.node_selector:
+        spec["nodeSelector"] = dict(res.node_selector)
+    if res.tolerations:
+        spec["tolerations"] = [t.wire() for t in res.tolerations]
+    if res.priority_class_name:
+        spec["priorityClassName"] = res.priority_class_name
+    if res.scheduler_name:
+        spec["schedulerName"] = res.scheduler_name
+    return {"metadata": {"labels": labels}, "spec": spec}
+
+
+def worker_job(ftj: api.FineTuneJob, uid: str, restart_attempt: int, suspend: bool) -> dict:
+    """The Indexed Job: completions = parallelism = workers, one failure fails the whole Job.
+
+    backoffLimit 0 plus a FailJob rule: a failed worker fails the Job at once (the Job controller
+    stops the other ranks) and the operator restarts the whole group by re-creating the Job, which
+    is what collective training needs (a lone replacement pod cannot rejoin a torn-down NCCL group).
+    """
+    name = ftj.metadata.name
+    res = ftj.spec.resources
+    labels = base_labels(ftj)
+    labels[contract.LABEL_ROLE] = "worker"
+    labels[LABEL_ATTEMPT] = str(restart_attempt)
+    if res.queue_name:
+        labels[contract.KUEUE_QUEUE_LABEL] = res.queue_name
+    meta = _meta(ftj, uid, worker_job_name(name), labels)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": res.workers,
+            "parallelism": res.workers,
+            "backoffLimit": 0,
+            "podFailurePolicy": {"rules": [{
+                "action": "FailJob",
+                "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn", "values": [0]},
+            }]},
+            # With a queue, Kueue admits (unsuspends) the Job; without one the operator does.
+            "suspend": bool(suspend or res.queue_name),
+            "template": pod_template(ftj, restart_attempt),
+        },
+    }
+
+
+def children(ftj: api.FineTuneJob, uid: str) -> list[dict]:
+    """Every child but the Job, in creation order (the Job's pods need all of them)."""
+    return [config_map(ftj, uid), headless_service(ftj, uid), service_account(ftj, uid),
+            role(ftj, uid), role_binding(ftj, uid)]

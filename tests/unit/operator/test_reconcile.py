@@ -1,0 +1,109 @@
+"""The reconciler against an in-memory API: idempotent convergence, crash safety, metrics."""
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+from prometheus_client import generate_latest
+
+from tuneguard import contract
+from tuneguard_operator import render
+from tuneguard_operator.kube import path
+from tuneguard_operator.metrics import Metrics
+from tuneguard_operator.reconcile import Reconciler
+
+from .fakekube import FakeKube
+
+ROOT = Path(__file__).resolve().parents[3]
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+FTJ = path("FineTuneJob", "ml-team", "facts-sft")
+JOB = path("Job", "ml-team", "facts-sft-worker")
+
+
+def setup():
+    kube = FakeKube()
+    doc = yaml.safe_load((ROOT / "examples" / "multinode-sft.yaml").read_text())
+    kube.create(path("FineTuneJob", "ml-team"), doc)
+    metrics = Metrics()
+    return kube, Reconciler(kube, metrics, clock=lambda: NOW), metrics
+
+
+def set_job_status(kube, **status):
+    kube.objects[JOB]["status"] = status
+
+
+def test_first_reconcile_creates_every_child_once():
+    kube, rec, _ = setup()
+    rec.reconcile("ml-team", "facts-sft")
+    kinds = sorted(o["kind"] for p, o in kube.objects.items() if not p.startswith(FTJ) and o["kind"] != "Event")
+    assert kinds == ["ConfigMap", "Job", "Role", "RoleBinding", "Service", "ServiceAccount"]
+    ftj = kube.objects[FTJ]
+    assert ftj["status"]["phase"] == "Pending"
+    assert any(o["kind"] == "Event" and o["reason"] == "Created" for o in kube.objects.values())
+    rec.reconcile("ml-team", "facts-sft")  # sees the Job: "0/2 workers ready"
+    # Another reconcile, and one by a freshly started operator, write nothing.
+    for r in (rec, Reconciler(kube, Metrics(), clock=lambda: NOW)):
+        kube.calls.clear()
+        r.reconcile("ml-team", "facts-sft")
+        assert kube.writes() == [], kube.writes()
+
+
+def test_status_patch_never_touches_training():
+    kube, rec, _ = setup()
+    rec.reconcile("ml-team", "facts-sft")
+    kube.objects[FTJ]["status"]["training"] = {"step": 10, "totalSteps": 100, "progress": "10%"}
+    set_job_status(kube, active=2, ready=2)
+    rec.reconcile("ml-team", "facts-sft")
+    st = kube.objects[FTJ]["status"]
+    assert st["phase"] == "Running" and st["training"]["step"] == 10
+
+
+def test_group_restart_recreates_the_job_with_the_next_attempt():
+    kube, rec, metrics = setup()
+    rec.reconcile("ml-team", "facts-sft")
+    set_job_status(kube, active=0, failed=1, conditions=[{"type": "Failed", "status": "True", "message": "exit 1"}])
+    rec.reconcile("ml-team", "facts-sft")  # decides the restart, deletes the Job
+    assert kube.objects[FTJ]["status"]["restarts"] == 1
+    assert JOB not in kube.objects
+    rec.reconcile("ml-team", "facts-sft")  # recreates it
+    job = kube.objects[JOB]
+    assert job["metadata"]["labels"][render.LABEL_ATTEMPT] == "1"
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env[contract.ENV_RESTART_ATTEMPT] == "1"
+    text = generate_latest(metrics.registry).decode()
+    assert f'{contract.OP_GROUP_RESTARTS}_total{{job="facts-sft",namespace="ml-team"}} 1.0' in text
+
+
+def test_guardrail_edit_updates_the_config_map():
+    kube, rec, _ = setup()
+    rec.reconcile("ml-team", "facts-sft")
+    kube.patch(FTJ, {"spec": {"guardrails": {"maxDriftKL": 0.25}}})
+    rec.reconcile("ml-team", "facts-sft")
+    cm = kube.objects[path("ConfigMap", "ml-team", "facts-sft-config")]
+    assert yaml.safe_load(cm["data"][contract.CONFIG_FILE])["spec"]["guardrails"]["maxDriftKL"] == 0.25
+
+
+def test_figures_are_mirrored_and_removed_with_the_job():
+    kube, rec, metrics = setup()
+    rec.reconcile("ml-team", "facts-sft")
+    body = kube.get(FTJ)
+    body["status"]["training"] = {"step": 50, "totalSteps": 200, "metrics": {"hallucinationRate": 0.12,
+                                                                             "driftKL": 0.3}}
+    metrics.observe(body)
+    text = generate_latest(metrics.registry).decode()
+    labels = 'job="facts-sft",method="sft",namespace="ml-team"'
+    assert f"tuneguard_job_hallucination_rate{{{labels}}} 0.12" in text
+    assert f"tuneguard_job_drift_kl{{{labels}}} 0.3" in text
+    assert f"tuneguard_job_progress_ratio{{{labels}}} 0.25" in text
+    assert 'tuneguard_operator_jobs{method="sft",phase="Pending"} 1.0' in text
+    rec.forget("ml-team", "facts-sft")
+    text = generate_latest(metrics.registry).decode()
+    assert "facts-sft" not in text
+    assert 'tuneguard_operator_jobs{method="sft",phase="Pending"} 0.0' in text
+
+
+def test_deleted_job_is_forgotten():
+    kube, rec, _ = setup()
+    rec.reconcile("ml-team", "facts-sft")
+    del kube.objects[FTJ]
+    assert rec.reconcile("ml-team", "facts-sft") is None

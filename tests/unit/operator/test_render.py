@@ -1,0 +1,147 @@
+"""Rendering of a FineTuneJob's children: pure functions, checked against the contract."""
+
+from pathlib import Path
+
+import yaml
+
+from tuneguard import contract
+from tuneguard.validation import load_job, parse_job
+from tuneguard_operator import render
+
+ROOT = Path(__file__).resolve().parents[3]
+UID = "0000-uid"
+
+
+def multinode():
+    return load_job(ROOT / "examples" / "multinode-sft.yaml")
+
+
+def env_of(pod):
+    return {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+
+
+def test_children_are_owned_by_the_job_and_labelled():
+    ftj = multinode()
+    for child in [*render.children(ftj, UID), render.worker_job(ftj, UID, 0, suspend=False)]:
+        (ref,) = child["metadata"]["ownerReferences"]
+        assert ref == {"apiVersion": "tuneguard.io/v1alpha1", "kind": "FineTuneJob", "name": "facts-sft",
+                       "uid": UID, "controller": True, "blockOwnerDeletion": True}
+        assert child["metadata"]["namespace"] == "ml-team"
+        assert child["metadata"]["labels"][contract.LABEL_JOB] == "facts-sft"
+        assert child["metadata"]["labels"][contract.LABEL_MANAGED_BY] == contract.MANAGED_BY
+
+
+def test_config_map_holds_the_validated_manifest_and_a_hostfile():
+    ftj = multinode()
+    cm = render.config_map(ftj, UID)
+    doc = yaml.safe_load(cm["data"][contract.CONFIG_FILE])
+    again = parse_job(doc)  # the trainer validates it with the same models
+    assert again.spec == ftj.spec
+    assert cm["data"]["hostfile"] == ("facts-sft-worker-0.facts-sft-worker slots=8\n"
+                                      "facts-sft-worker-1.facts-sft-worker slots=8\n")
+
+
+def test_indexed_job_shape():
+    ftj = multinode()
+    job = render.worker_job(ftj, UID, 2, suspend=False)
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == 2
+    assert spec["backoffLimit"] == 0
+    assert spec["podFailurePolicy"]["rules"][0]["action"] == "FailJob"
+    assert spec["suspend"] is False
+    assert job["metadata"]["labels"][render.LABEL_ATTEMPT] == "2"
+    pod = spec["template"]
+    assert pod["spec"]["subdomain"] == render.service_name("facts-sft") == "facts-sft-worker"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert pod["spec"]["serviceAccountName"] == "facts-sft-trainer"
+    assert pod["spec"]["automountServiceAccountToken"] is True
+    assert pod["metadata"]["labels"][contract.LABEL_ROLE] == "worker"
+    assert pod["metadata"]["labels"][contract.LABEL_METHOD] == "sft"
+
+
+def test_worker_pod_env():
+    ftj = multinode()
+    env = env_of(render.pod_template(ftj, 3))
+    assert env["MASTER_ADDR"]["value"] == "facts-sft-worker-0.facts-sft-worker"
+    assert env["MASTER_PORT"]["value"] == str(contract.MASTER_PORT)
+    assert env["WORLD_SIZE"]["value"] == "16"
+    assert env["NNODES"]["value"] == "2"
+    assert env["NPROC_PER_NODE"]["value"] == "8"
+    assert env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert env[contract.ENV_RESTART_ATTEMPT]["value"] == "3"
+    assert env[contract.ENV_CONFIG]["value"] == contract.CONFIG_PATH
+    assert env[contract.ENV_OUTPUT_DIR]["value"] == contract.OUTPUT_DIR
+    assert env[contract.ENV_JOB_NAME]["value"] == "facts-sft"
+    assert env[contract.ENV_JOB_NAMESPACE]["value"] == "ml-team"
+    assert env[contract.ENV_STATUS_PATCH]["value"] == "1"
+    assert env["PYTHONUNBUFFERED"]["value"] == "1"
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "HF_TOKEN"}
+    assert "DS_ACCELERATOR" not in env
+
+
+def test_worker_pod_resources_volumes_and_security():
+    ftj = multinode()
+    pod = render.pod_template(ftj, 0)
+    c = pod["spec"]["containers"][0]
+    assert c["command"] == contract.WORKER_COMMAND
+    assert c["image"] == "ghcr.io/tuneguard/trainer:0.1.0"
+    assert c["resources"]["limits"] == {"cpu": "32", "memory": "256Gi", "nvidia.com/gpu": 8}
+    assert c["resources"]["requests"]["cpu"] == "32"
+    assert {"name": "metrics", "containerPort": 9400, "protocol": "TCP"} in c["ports"]
+    vols = {v["name"]: v for v in pod["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert vols["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}
+    assert mounts["/dev/shm"]["name"] == "shm"
+    assert vols["output"]["persistentVolumeClaim"] == {"claimName": "checkpoints"}
+    assert mounts[contract.OUTPUT_DIR]["subPath"] == "facts-sft"
+    assert mounts[f"{contract.PVC_MOUNT_ROOT}/datasets"]["readOnly"] is True
+    datasets = vols[mounts[f"{contract.PVC_MOUNT_ROOT}/datasets"]["name"]]
+    assert datasets["persistentVolumeClaim"] == {"claimName": "datasets", "readOnly": True}
+    assert mounts[contract.CONFIG_DIR]["readOnly"] is True
+    assert vols["config"]["configMap"]["name"] == "facts-sft-config"
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["runAsNonRoot"] is True
+    assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_cpu_job_has_no_gpu_limit_and_an_emptydir_output():
+    ftj = load_job(ROOT / "examples" / "quickstart.yaml")
+    ftj.metadata.namespace = "default"
+    pod = render.pod_template(ftj, 0)
+    c = pod["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in c["resources"]["limits"]
+    assert env_of(pod)["DS_ACCELERATOR"]["value"] == "cpu"
+    assert env_of(pod)["WORLD_SIZE"]["value"] == "1"
+    vols = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert vols["output"] == {"name": "output", "emptyDir": {}}
+    assert "HF_TOKEN" not in env_of(pod)
+
+
+def test_queue_priority_scheduler():
+    doc = yaml.safe_load((ROOT / "examples" / "multinode-sft.yaml").read_text())
+    doc["spec"]["resources"].update(queueName="team-a", priorityClassName="training", schedulerName="volcano")
+    ftj = parse_job(doc)
+    job = render.worker_job(ftj, UID, 0, suspend=False)
+    assert job["metadata"]["labels"][contract.KUEUE_QUEUE_LABEL] == "team-a"
+    assert job["spec"]["suspend"] is True  # Kueue admits it
+    pod = job["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "training" and pod["schedulerName"] == "volcano"
+
+
+def test_service_and_rbac():
+    ftj = multinode()
+    svc = render.headless_service(ftj, UID)
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"] == {contract.LABEL_JOB: "facts-sft", contract.LABEL_ROLE: "worker"}
+    role = render.role(ftj, UID)
+    assert all(rule["resourceNames"] == ["facts-sft"] for rule in role["rules"])
+    status_rule = next(r for r in role["rules"] if r["resources"] == ["finetunejobs/status"])
+    assert set(status_rule["verbs"]) == {"get", "patch"}
+    rb = render.role_binding(ftj, UID)
+    assert rb["subjects"] == [{"kind": "ServiceAccount", "name": "facts-sft-trainer", "namespace": "ml-team"}]
+    assert rb["roleRef"]["name"] == role["metadata"]["name"]

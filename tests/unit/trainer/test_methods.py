@@ -1,0 +1,103 @@
+"""Losses: sft on answer tokens, self-distill = CE + lambda*tau^2*KL, teacher cache, lambda=0 == sft."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tuneguard_trainer.methods import Objective, kl_full, kl_topk, sft_loss
+
+from ._tiny import tiny_llama, toy_batch
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_sft_only_answer_tokens():
+    model = tiny_llama()
+    batch = toy_batch()
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    loss, mask, n = sft_loss(logits, batch["labels"])
+    # reference: HF-style shifted CE with ignore_index
+    ref = F.cross_entropy(logits[:, :-1].reshape(-1, 64), batch["labels"][:, 1:].reshape(-1), ignore_index=-100)
+    assert torch.allclose(loss, ref, atol=1e-6)
+    assert n == int((batch["labels"][:, 1:] != -100).sum())
+
+
+def test_lambda_zero_equals_sft_loss_and_grads():
+    student = tiny_llama(seed=1)
+    twin = copy.deepcopy(student)
+    teacher = tiny_llama(seed=2)
+    batch = toy_batch()
+    out_sft = Objective("sft")(student, batch)
+    out_sft.loss.backward()
+    out_sd = Objective("self-distill", teacher=teacher, lambda_=0.0, temperature=0.5)(twin, batch)
+    out_sd.loss.backward()
+    assert torch.equal(out_sft.loss, out_sd.loss)
+    g1, g2 = _grads(student), _grads(twin)
+    assert g1.keys() == g2.keys() and all(torch.equal(g1[k], g2[k]) for k in g1)
+    assert not out_sd.teacher_forward
+
+
+def test_self_distill_adds_weighted_kl():
+    student, teacher = tiny_llama(seed=1), tiny_llama(seed=2)
+    batch = toy_batch()
+    lam, tau = 0.7, 0.5
+    out = Objective("self-distill", teacher=teacher, lambda_=lam, temperature=tau)(student, batch)
+    with torch.no_grad():
+        s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    mask = batch["labels"][:, 1:] != -100
+    ps, pt = F.log_softmax(s[:, :-1][mask] / tau, -1), F.log_softmax(t[:, :-1][mask] / tau, -1)
+    kl = F.kl_div(ps, pt, log_target=True, reduction="batchmean")
+    assert torch.allclose(out.kl, kl, atol=1e-5)
+    assert torch.allclose(out.loss.detach(), out.ce + lam * tau**2 * kl, atol=1e-5)
+    assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_kl_is_zero_against_itself_and_topk_full_support_is_exact():
+    x = torch.randn(5, 64)
+    assert kl_full(x, x, 0.5).abs() < 1e-6
+    y = torch.randn(5, 64)
+    vals, idx = y.topk(64, dim=-1)
+    assert torch.allclose(kl_topk(x, vals, idx, 0.5), kl_full(x, y, 0.5), atol=1e-5)
+
+
+def test_teacher_cache_skips_teacher_after_first_pass():
+    student, teacher = tiny_llama(seed=1), tiny_llama(seed=2)
+    obj = Objective("self-distill", teacher=teacher, lambda_=1.0, temperature=0.5, cache_top_k=64)
+    batch = toy_batch()
+    first = obj(student, batch)
+    second = obj(student, batch)
+    assert first.teacher_forward and not second.teacher_forward
+    assert obj.cache.hits == 1 and obj.cache.misses == 1
+    # k = vocab: the cached top-k KL equals the exact one
+    assert torch.allclose(first.loss, second.loss, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["sft", "self-distill", "freeze"])
+def test_every_method_lowers_loss(method):
+    from tuneguard_trainer import freezing
+    from tuneguard import api
+
+    torch.manual_seed(0)
+    student = tiny_llama(seed=3)
+    teacher = copy.deepcopy(student) if method == "self-distill" else None
+    if method == "freeze":
+        plan = freezing.plan(student, api.FreezeSpec(preset="mlp-only"))
+        freezing.apply(student, plan)
+    obj = Objective(method, teacher=teacher, lambda_=1.0, temperature=0.5)
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-2)
+    batch = toy_batch()
+    losses = []
+    for _ in range(15):
+        opt.zero_grad()
+        out = obj(student, batch)
+        out.loss.backward()
+        opt.step()
+        losses.append(float(out.ce))
+    assert losses[-1] < losses[0] * 0.9, losses

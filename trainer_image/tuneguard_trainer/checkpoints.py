@@ -1,0 +1,219 @@
+"""Resumable checkpoints and the delivered best model, all written atomically.
+
+Layout under the output directory::
+
+    checkpoints/
+      step-000040/           one resumable checkpoint
+        state/               DeepSpeed's engine.save_checkpoint: model, optimizer, lr scheduler
+                             (ZeRO shards one file per rank)
+        rng-rank<R>.pt       each rank's RNG states (python, numpy, torch, cuda)
+        meta.json            step, epoch, data position, evaluation history (also in the client state)
+      latest                 text: the name of the newest complete checkpoint
+      best                   text: the checkpoint of the best evaluation within the guardrail budgets
+      .tmp-step-000060/      a checkpoint being written (ignored and removed on start)
+    best-model/              Hugging Face directory (save_pretrained + tokenizer) of the best evaluation
+    triage.pt                the triage result and splits, so a resumed run does not triage again
+
+A checkpoint is written into ``.tmp-<name>`` by every rank, then renamed into place by rank 0 (and,
+when the output directory is not shared between nodes, by each node's local rank 0), and only then is
+the ``latest`` pointer replaced (write + fsync + os.replace). A kill -9 at any moment leaves either
+the previous checkpoint or the new one as ``latest``, never a partial one. Older checkpoints other
+than latest and best are deleted after the pointer moves.
+
+best-model is replaced by renaming: the new copy is written to ``.best-model.tmp``; the old directory
+is renamed to ``.best-model.old``, the new one into place, then the old one is deleted. A crash in
+the short window between the two renames leaves ``.best-model.old``, which start-up renames back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+CKPT_DIR = "checkpoints"
+BEST_MODEL = "best-model"
+TRIAGE_FILE = "triage.pt"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _barrier():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+class CheckpointManager:
+    def __init__(self, out: Path, rank: int, local_rank: int):
+        self.out = Path(out)
+        self.dir = self.out / CKPT_DIR
+        self.rank, self.local_rank = rank, local_rank
+
+    # ------------------------------------------------------------------------------------ pointers
+    def _read_pointer(self, name: str) -> Optional[Path]:
+        p = self.dir / name
+        try:
+            target = p.read_text().strip()
+        except OSError:
+            return None
+        d = self.dir / target
+        return d if target and (d / "meta.json").exists() else None
+
+    def latest(self) -> Optional[Path]:
+        return self._read_pointer("latest")
+
+    def best(self) -> Optional[Path]:
+        return self._read_pointer("best")
+
+    def recover(self) -> None:
+        """Start-up clean-up after a crash (local rank 0 of each node)."""
+        if self.local_rank != 0:
+            return
+        if self.dir.exists():
+            for tmp in self.dir.glob(".tmp-*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+        old, cur = self.out / ".best-model.old", self.out / BEST_MODEL
+        if old.exists() and not cur.exists():
+            os.rename(old, cur)
+        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(self.out / ".best-model.tmp", ignore_errors=True)
+
+    # ---------------------------------------------------------------------------------------- save
+    def save(self, engine, step: int, client_state: dict, meta: dict, keep_best: bool = False) -> Path:
+        """Collective: every rank calls it. Returns the final checkpoint directory."""
+        name = f"step-{step:06d}"
+        tmp, final = self.dir / f".tmp-{name}", self.dir / name
+        if self.local_rank == 0:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if final.exists() and self.rank == 0:  # re-saving the same step (resume then eval): replace
+                shutil.rmtree(final)
+        _barrier()
+        if self.local_rank == 0:
+            tmp.mkdir(parents=True, exist_ok=True)
+        _barrier()
+        engine.save_checkpoint(str(tmp), tag="state", client_state=client_state, save_latest=False)
+        torch.save(rng_state(), tmp / f"rng-rank{self.rank}.pt")
+        _barrier()
+        if self.rank == 0:
+            atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2, default=str))
+            os.rename(tmp, final)
+            _fsync_dir(self.dir)
+        _barrier()
+        if self.local_rank == 0 and tmp.exists():  # output not shared with rank 0's node
+            os.rename(tmp, final)
+        _barrier()
+        if self.local_rank == 0:
+            atomic_write_text(self.dir / "latest", name)
+            if keep_best:
+                atomic_write_text(self.dir / "best", name)
+            self._prune()
+        _barrier()
+        return final
+
+    def mark_best(self, step: int) -> None:
+        """Point `best` at an existing checkpoint of this step (if one was saved)."""
+        if self.local_rank == 0 and (self.dir / f"step-{step:06d}" / "meta.json").exists():
+            atomic_write_text(self.dir / "best", f"step-{step:06d}")
+            self._prune()
+
+    def _prune(self) -> None:
+        keep = {p.name for p in (self.latest(), self.best()) if p is not None}
+        for d in self.dir.glob("step-*"):
+            if d.name not in keep:
+                shutil.rmtree(d, ignore_errors=True)
+
+    # ---------------------------------------------------------------------------------------- load
+    def load(self, engine, path: Path) -> dict:
+        """Collective: restore engine (model, optimizer, scheduler) and this rank's RNG; returns client state."""
+        _, client_state = engine.load_checkpoint(str(path), tag="state", load_optimizer_states=True,
+                                                 load_lr_scheduler_states=True)
+        rng = path / f"rng-rank{self.rank}.pt"
+        if rng.exists():
+            set_rng_state(torch.load(rng, weights_only=False))
+        return client_state or {}
+
+    # ---------------------------------------------------------------------------------- best model
+    def save_best_model(self, model, tokenizer) -> Path:
+        """Rank 0 only: write the HF model directory atomically (see module doc)."""
+        tmp, cur, old = self.out / ".best-model.tmp", self.out / BEST_MODEL, self.out / ".best-model.old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        _fsync_dir(tmp)
+        if cur.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(cur, old)
+        os.rename(tmp, cur)
+        _fsync_dir(self.out)
+        shutil.rmtree(old, ignore_errors=True)
+        return cur
+
+    def load_best_weights(self, model) -> bool:
+        """Copy the best-model weights into `model` in place (rollback). False when there is none."""
+        cur = self.out / BEST_MODEL
+        files = sorted(cur.glob("*.safetensors"))
+        if not files:
+            return False
+        from safetensors.torch import load_file
+
+        state: dict = {}
+        for f in files:
+            state.update(load_file(str(f)))
+        params = dict(model.named_parameters())
+        params.update(dict(model.named_buffers()))
+        with torch.no_grad():
+            for k, v in state.items():
+                if k in params:
+                    params[k].copy_(v.to(params[k].dtype))
+        return True

@@ -1,0 +1,684 @@
+"""The one code path of a FineTuneJob, shared by `tuneguard run` (local) and `tuneguard worker` (pods).
+
+Phases, in order:
+
+1. validate the manifest (tuneguard.validation.load_job) -- before anything else;
+2. load and validate the data, resolve and load the model, plan freezing, check the DeepSpeed
+   settings -- all before the output directory is touched, so a bad dataset or config fails with a
+   clear message and leaves the output directory absent or untouched;
+3. join the process group (a world of one locally; torchrun's world in a pod);
+4. triage (SliCK) and splits: rank 0 computes them and broadcasts the result to the other ranks
+   (broadcast_object_list); the result is cached in DIR/triage.pt so a resumed run skips it;
+5. base evaluation (rank 0; under ZeRO-3, where parameters are sharded, every rank evaluates);
+6. training under DeepSpeed with a DistributedSampler, evaluation every evaluation.intervalSteps and
+   at the end, guardrails (re-read from the config file at each evaluation), early stopping,
+   resumable checkpoints (kill -9 safe) and the best model as a Hugging Face directory;
+7. the report (report.json, plots) and the final table.
+
+Decisions taken from evaluations (best, early stop, guardrail action) are made on rank 0 and
+broadcast, so every rank leaves the loop at the same step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from tuneguard import api, contract
+from tuneguard.validation import load_job
+
+log = logging.getLogger("tuneguard.trainer")
+
+
+class JobFailed(RuntimeError):
+    """A failure with a message for the user (exit code 2 before training, 1 during)."""
+
+    def __init__(self, message: str, before_training: bool = True):
+        super().__init__(message)
+        self.before_training = before_training
+
+
+@dataclass
+class RunResult:
+    report: dict
+    out: Path
+
+
+@dataclass
+class Timer:
+    phases: dict = field(default_factory=dict)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.phases[name] = round(self.phases.get(name, 0.0) + seconds, 3)
+
+
+def setup_logging(is_main: bool) -> None:
+    level = logging.INFO if is_main else logging.WARNING
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    root.setLevel(level)
+    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "httpx", "urllib3", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    dist = _dist()
+    if dist is None or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    dist = _dist()
+    if dist is not None and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _spec_digest(spec: api.FineTuneJobSpec) -> str:
+    """What the triage result depends on: model, data, triage settings, seed."""
+    key = {"model": spec.model.wire(), "datasets": spec.datasets.wire(), "triage": spec.triage.wire(),
+           "seed": spec.training.seed, "probe": spec.evaluation.max_probe_size,
+           "drift": spec.evaluation.drift_prompts}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------- preparation
+
+
+@dataclass
+class Prepared:
+    job: api.FineTuneJob
+    config_path: Optional[Path]
+    device: str
+    model_path: Path
+    model: Any
+    tokenizer: Any
+    examples: list
+    probes: dict
+    drift_prompts: Optional[list]
+    freeze_plan: Any
+    precision: str
+    timings: Timer
+
+
+def prepare(config_path: Path, device: str, job: Optional[api.FineTuneJob] = None) -> Prepared:
+    """Everything that can fail because of the user's input, before any output is written."""
+    from . import data as data_mod
+    from . import engine as eng
+
+    timer = Timer()
+    t0 = time.perf_counter()
+    if job is None:
+        job = load_job(config_path)  # InvalidManifest with field paths
+    spec = job.spec
+    device = eng.resolve_device(device)
+    precision = eng.resolve_precision(spec.deepspeed.precision, device)
+    try:
+        examples = data_mod.load_examples(spec.datasets.train, spec.datasets.format)
+        probes = {}
+        for kind in ("known", "unknown"):
+            uri = getattr(spec.datasets.probes, kind)
+            if uri:
+                probes[kind] = data_mod.load_examples(uri, spec.datasets.format, min_examples=1)
+        drift = data_mod.load_prompts(spec.evaluation.drift_prompts) if spec.evaluation.drift_prompts else None
+    except data_mod.DatasetError as e:
+        raise JobFailed(f"dataset: {e}") from None
+    timer.add("load_data", time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    from . import models
+
+    try:
+        model_path = models.resolve_model(spec.model)
+    except models.ModelError as e:
+        raise JobFailed(str(e)) from None
+    import torch
+
+    model, tok = models.load_model(model_path, device="cpu", dtype=torch.float32)
+    timer.add("load_model", time.perf_counter() - t0)
+
+    freeze_plan = None
+    if spec.method.type == "freeze":
+        from . import freezing
+
+        try:
+            freeze_plan = freezing.plan(model, spec.method.freeze)
+        except freezing.FreezeError as e:
+            raise JobFailed(str(e)) from None
+    return Prepared(job=job, config_path=config_path, device=device, model_path=model_path, model=model,
+                    tokenizer=tok, examples=examples, probes=probes, drift_prompts=drift,
+                    freeze_plan=freeze_plan, precision=precision, timings=timer)
+
+
+# ------------------------------------------------------------------------------- triage, splits
+
+
+def triage_and_split(p: Prepared, device: str):
+    """(triage counts dict, Splits) computed on this process (rank 0)."""
+    from . import triage as triage_mod
+
+    spec = p.job.spec
+    result = triage_mod.triage(p.model, p.tokenizer, p.examples, spec.triage, seed=spec.training.seed, device=device)
+    splits = triage_mod.build_splits(
+        result, spec=spec, known_probe=p.probes.get("known"), unknown_probe=p.probes.get("unknown"),
+        drift_prompts=p.drift_prompts, seed=spec.training.seed,
+    )
+    counts = result.counts() if callable(getattr(result, "counts", None)) else dict(getattr(result, "counts", {}))
+    counts = dict(counts)
+    for k in ("dropped", "relabelled"):
+        if hasattr(splits, k):
+            counts[k] = int(getattr(splits, k))
+    return counts, splits
+
+
+# ------------------------------------------------------------------------------------- training
+
+
+class TrainState:
+    """Everything a resumed run needs besides the engine's own state."""
+
+    def __init__(self):
+        self.step = 0
+        self.micro = 0
+        self.tokens = 0
+        self.train_seconds = 0.0
+        self.history: list[dict] = []
+        self.train_loss: list[dict] = []
+        self.best: Optional[dict] = None  # {step, figures, metric}
+        self.no_improve = 0
+        self.best_monitored: Optional[float] = None
+        self.breaches: list[dict] = []
+        self.stopped: Optional[str] = None  # why training ended early
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainState":
+        st = cls()
+        st.__dict__.update({k: v for k, v in d.items() if k in st.__dict__})
+        return st
+
+
+def _monitor(es: api.EarlyStoppingSpec, figures: dict) -> Optional[float]:
+    """The early-stopping figure as 'higher is better' (eval_loss negated)."""
+    v = figures.get(es.metric)
+    if v is None:
+        return None
+    return -float(v) if es.metric == "eval_loss" else float(v)
+
+
+def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Optional[api.FineTuneJob] = None,
+        print_table: bool = True, progress: bool = True) -> RunResult:
+    """Run one job end to end on this process (one rank of the world in the environment)."""
+    import torch
+
+    from . import engine as eng
+
+    wall0 = time.perf_counter()
+    out = Path(out)
+    # Rank and world are known from the environment before the process group exists.
+    rank = int(os.environ.get("RANK", "0"))
+    setup_logging(rank == 0)
+    p = prepare(config_path, device, job)  # may raise JobFailed / InvalidManifest: nothing written
+    job, spec, device, timer = p.job, p.job.spec, p.device, p.timings
+    eng.prepare_accelerator(device)
+    try:
+        eng.build_config(spec, device, int(os.environ.get("WORLD_SIZE", "1")))
+    except eng.EngineConfigError as e:
+        raise JobFailed(str(e)) from None
+
+    t0 = time.perf_counter()
+    info = eng.init_distributed(device)
+    is_main = info.is_main
+    timer.add("init_distributed", time.perf_counter() - t0)
+    seed_everything(spec.training.seed)
+    dev = torch.device("cuda", info.local_rank) if device == "cuda" else torch.device("cpu")
+
+    from .checkpoints import TRIAGE_FILE, CheckpointManager, atomic_torch_save
+    from .telemetry import Telemetry
+
+    ckpt = CheckpointManager(out, info.rank, info.local_rank)
+    if info.local_rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    barrier()
+    ckpt.recover()
+    barrier()
+    tele = Telemetry.from_env(job, is_main=is_main)
+    tele.stage("loading")
+
+    model, tok = p.model.to(dev), p.tokenizer
+    import copy
+
+    base = copy.deepcopy(model).eval()
+    for prm in base.parameters():
+        prm.requires_grad_(False)
+
+    # ---------------------------------------------------------------- triage (rank 0, broadcast)
+    t0 = time.perf_counter()
+    digest = _spec_digest(spec)
+    cached = None
+    tri_path = out / TRIAGE_FILE
+    if tri_path.exists():
+        try:
+            c = torch.load(tri_path, weights_only=False)
+            cached = c if c.get("digest") == digest else None
+        except Exception as e:
+            log.warning("ignoring unreadable %s (%s)", tri_path, e)
+    if cached is None:
+        tele.stage("triage")
+        payload = None
+        if is_main:
+            log.info("triage: %d examples, %d prompts x (1 greedy + %d samples) each", len(p.examples),
+                     spec.triage.prompts, spec.triage.samples)
+            counts, splits = triage_and_split(p, str(dev))
+            payload = {"digest": digest, "counts": counts, "splits": splits}
+            atomic_torch_save(payload, tri_path)
+        cached = broadcast_object(payload)
+        timer.add("triage", time.perf_counter() - t0)
+    else:
+        log.info("triage: reusing %s", tri_path)
+    counts, splits = cached["counts"], cached["splits"]
+    tele.triage(counts)
+    if not getattr(splits, "train", None):
+        raise JobFailed("no training examples left after triage (all dropped?); "
+                        "use triage.unknownPolicy keep or abstain, or add data", before_training=True)
+
+    # ------------------------------------------------------------------------- base evaluation
+    t0 = time.perf_counter()
+    all_eval = spec.deepspeed.zero_stage >= 3
+    evaluator = None
+    base_figures: dict = {}
+    tele.stage("evaluating")
+    if is_main or all_eval:
+        from .evaluation import Evaluator
+
+        evaluator = Evaluator(tok, splits, base, str(dev), max_probe_size=spec.evaluation.max_probe_size,
+                              abstention_text=spec.triage.abstention_text)
+        base_figures = dict(evaluator.base_figures)
+    base_figures = broadcast_object(base_figures)
+    tele.figures(base_figures, "base")
+    timer.add("base_evaluation", time.perf_counter() - t0)
+
+    # -------------------------------------------------------------------------------- objective
+    from . import freezing
+    from .methods import Objective
+    from .prompts import collate, encode_for_training
+
+    model.train()
+    if p.freeze_plan is not None:
+        freezing.apply(model, p.freeze_plan)
+    else:
+        for prm in model.parameters():
+            prm.requires_grad_(True)
+    encoded = encode_for_training(tok, splits.train, spec.training.max_seq_length)
+    world = info.world_size
+    bs, ga = spec.training.batch_size, spec.training.gradient_accumulation
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(len(encoded)), num_replicas=world, rank=info.rank, shuffle=True,
+                                 seed=spec.training.seed, drop_last=False)
+    micro_per_epoch = math.ceil(len(sampler) / bs)
+    if spec.training.max_steps:
+        total_steps = int(spec.training.max_steps)
+    else:
+        total_steps = max(1, math.ceil(spec.training.epochs * micro_per_epoch / ga))
+
+    t0 = time.perf_counter()
+    engine, ds_cfg = eng.create_engine(model, spec, device, world, total_steps)
+    timer.add("engine_init", time.perf_counter() - t0)
+    precision = eng.config_precision(ds_cfg)
+    train_dtype = eng.dtype_of(precision)
+    teacher = None
+    if spec.method.type == "self-distill" and spec.method.distill().lambda_ > 0:
+        teacher = base if train_dtype == torch.float32 else copy.deepcopy(base).to(train_dtype)
+    objective = Objective.from_spec(spec.method, teacher=teacher)
+    frozen_before = None
+    if p.freeze_plan is not None:
+        frozen_before = freezing.digests(engine.module, p.freeze_plan.frozen)
+
+    # ------------------------------------------------------------------------------------ resume
+    st = TrainState()
+    resumed_from = None
+    latest = ckpt.latest()
+    if latest is not None:
+        t0 = time.perf_counter()
+        cs = ckpt.load(engine, latest)
+        st = TrainState.from_dict(cs.get("train_state", {}))
+        resumed_from = {"checkpoint": str(latest), "step": st.step}
+        log.info("resumed from %s at step %d", latest, st.step)
+        timer.add("resume", time.perf_counter() - t0)
+
+    from .guardrails import GuardrailSource, check
+
+    guard = GuardrailSource(spec.guardrails, p.config_path)
+    es = spec.training.early_stopping
+    tele.plan(total_steps)
+    tele.stage("training")
+
+    def evaluate_now() -> dict:
+        tq = time.perf_counter()
+        engine.module.eval()
+        figs = None
+        if evaluator is not None:
+            with torch.no_grad():
+                figs = {k: (None if v is None else float(v)) for k, v in evaluator.evaluate(engine.module).items()}
+        engine.module.train()
+        figs = figs if all_eval else broadcast_object(figs)
+        timer.add("evaluation", time.perf_counter() - tq)
+        return figs
+
+    def checkpoint_now(keep_best: bool) -> None:
+        tq = time.perf_counter()
+        tele.stage("saving")
+        meta = {"step": st.step, "micro": st.micro, "epoch": st.micro / max(micro_per_epoch, 1),
+                "history": st.history, "best": st.best, "job": job.metadata.name}
+        ckpt.save(engine, st.step, {"train_state": st.to_dict()}, meta, keep_best=keep_best)
+        tele.stage("training")
+        timer.add("checkpoint", time.perf_counter() - tq)
+
+    def save_best() -> None:
+        tq = time.perf_counter()
+        if is_main:
+            path = ckpt.save_best_model(engine.module, tok)
+            tele.best(st.best["step"], str(path), st.best["figures"])
+        barrier()
+        timer.add("save_best_model", time.perf_counter() - tq)
+
+    def after_eval(figs: dict) -> tuple[bool, bool, bool]:
+        """Record an evaluation; returns (is_new_best, stop, rollback). Decided on rank 0, broadcast."""
+        decision = None
+        if is_main:
+            gspec = guard.current()
+            breaches = check(figs, base_figures, gspec)
+            rec = {"step": st.step, "epoch": round(st.micro / max(micro_per_epoch, 1), 4), "figures": figs,
+                   "train_loss": st.train_loss[-1]["loss"] if st.train_loss else None,
+                   "guardrail_breaches": [str(b) for b in breaches]}
+            within = not breaches
+            mon = _monitor(es, figs)
+            new_best = within and mon is not None and (st.best is None or st.best.get("monitored") is None
+                                                       or mon > st.best["monitored"])
+            stop, why = False, None
+            if mon is not None:
+                if st.best_monitored is None or mon > st.best_monitored:
+                    st.best_monitored, st.no_improve = mon, 0
+                else:
+                    st.no_improve += 1
+            if es.enabled and st.no_improve >= es.patience:
+                stop, why = True, f"early stopping: {es.metric} did not improve for {es.patience} evaluations"
+            rollback = False
+            if breaches:
+                for b in breaches:
+                    tele.breach(b.guardrail)
+                msg = "; ".join(str(b) for b in breaches)
+                st.breaches.append({"step": st.step, "action": gspec.action, "breaches": [str(b) for b in breaches]})
+                log.warning("guardrail breached at step %d: %s (action: %s)", st.step, msg, gspec.action)
+                tele.guardrail(f"breached: {gspec.action} at step {st.step} ({msg})")
+                if gspec.action in ("stop", "rollback"):
+                    stop, why = True, f"guardrail {gspec.action}: {msg}"
+                    rollback = gspec.action == "rollback"
+            decision = {"rec": rec, "new_best": new_best, "monitored": mon, "stop": stop, "why": why,
+                        "rollback": rollback, "no_improve": st.no_improve, "best_monitored": st.best_monitored}
+        decision = broadcast_object(decision)
+        st.history.append(decision["rec"])
+        st.no_improve, st.best_monitored = decision["no_improve"], decision["best_monitored"]
+        if decision["new_best"]:
+            st.best = {"step": st.step, "figures": figs, "monitored": decision["monitored"], "metric": es.metric}
+        if decision["stop"]:
+            st.stopped = decision["why"]
+        return decision["new_best"], decision["stop"], decision["rollback"]
+
+    # ------------------------------------------------------------------------------- the loop
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=st.step, disable=not (is_main and progress), unit="step",
+               dynamic_ncols=True, desc=f"{spec.method.type}", file=sys.stderr)
+    interval = spec.evaluation.interval_steps
+    ck_interval = spec.training.checkpoint_interval
+    rollback_done = False
+    window = {"loss": 0.0, "n": 0, "tokens": 0, "t": time.perf_counter()}
+    step_times: list[float] = []
+    stop = st.stopped is not None or st.step >= total_steps
+    t_train0 = time.perf_counter()
+    while not stop:
+        epoch, offset = divmod(st.micro, micro_per_epoch)
+        sampler.set_epoch(epoch)
+        order = list(iter(sampler))
+        batches = [order[i:i + bs] for i in range(0, len(order), bs)]
+        for b in batches[offset:]:
+            feats = [encoded[i] for i in b]
+            batch = collate(feats, tok.pad_token_id)
+            batch["index"] = torch.tensor(b, dtype=torch.long)
+            batch = {k: v.to(engine.device) for k, v in batch.items()}
+            res = objective(engine, batch)
+            engine.backward(res.loss)
+            engine.step()
+            st.micro += 1
+            window["loss"] += float(res.loss.detach())
+            window["n"] += 1
+            window["tokens"] += int(batch["attention_mask"].sum())
+            if st.micro % ga:
+                continue
+            # ------------------------------------------------------- one optimizer step done
+            st.step += 1
+            stats = torch.tensor([window["loss"], window["n"], window["tokens"]], dtype=torch.float64)
+            dist = _dist()
+            if dist is not None and world > 1:
+                dist.all_reduce(stats)
+            now = time.perf_counter()
+            dt = now - window["t"]
+            step_times.append(dt)
+            st.train_seconds += dt
+            loss = float(stats[0] / max(stats[1], 1))
+            toks = int(stats[2])
+            st.tokens += toks
+            tps = toks / dt if dt > 0 else 0.0
+            st.train_loss.append({"step": st.step, "loss": round(loss, 6), "lr": eng.current_lr(engine)})
+            tele.step(st.step, st.micro / micro_per_epoch, loss, toks, tps)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
+            bar.update(1)
+            last = st.step >= total_steps
+            evaluated = new_best = False
+            if st.step % interval == 0 or last:
+                tele.stage("evaluating")
+                figs = evaluate_now()
+                new_best, stop_now, rollback = after_eval(figs)
+                evaluated = True
+                tele.figures(figs, "tuned")
+                if is_main:
+                    bar.write(_eval_line(st.step, figs, base_figures))
+                if new_best:
+                    save_best()
+                if rollback:
+                    _rollback(ckpt, engine.module, base, st, is_main)
+                    rollback_done = True
+                stop = stop_now or last
+                tele.stage("training")
+            if (ck_interval and st.step % ck_interval == 0) or (not ck_interval and evaluated) or (stop and not last):
+                checkpoint_now(keep_best=evaluated and new_best)
+            elif evaluated and new_best:
+                ckpt.mark_best(st.step)
+            window = {"loss": 0.0, "n": 0, "tokens": 0, "t": time.perf_counter()}
+            if stop:
+                break
+    bar.close()
+    timer.add("train_loop", time.perf_counter() - t_train0)
+
+    # ---------------------------------------------------------------------------------- the end
+    if not st.history:  # resumed at the last step: evaluate the restored model
+        figs = evaluate_now()
+        after_eval(figs)
+    if st.best is None and is_main and not (out / "best-model").exists():
+        # no evaluation within budget: the delivered model is the base model
+        log.warning("no evaluation stayed within the guardrail budgets; best-model is the base model")
+        ckpt.save_best_model(base, tok)
+    barrier()
+
+    frozen_check = None
+    if frozen_before is not None:
+        frozen_check = freezing.verify_frozen(engine.module, frozen_before)
+        frozen_check.update(p.freeze_plan.summary(engine.module))
+        if not frozen_check["identical"]:
+            log.error("frozen tensors changed: %s", frozen_check["changed"])
+
+    report = None
+    if is_main:
+        tele.stage("done")
+        final = dict(st.history[-1])
+        if rollback_done and st.best:
+            final = {"step": st.best["step"], "figures": st.best["figures"], "rolled_back_from": st.step}
+        timer.add("total", time.perf_counter() - wall0)
+        report = build_report(job, p, counts, splits, base_figures, final, st, total_steps, step_times,
+                              ds_cfg, world, frozen_check, resumed_from, timer, objective, guard.spec, out)
+        from . import report as rep
+
+        try:
+            plots = rep.plot(out, base_figures, st.history, st.train_loss)
+        except Exception as e:  # plots are a convenience: never fail a finished run on them
+            log.warning("plots failed: %s", e)
+            plots = []
+        report["outputs"]["plots"] = plots
+        rep.write_report(out, report)
+        if print_table:
+            label = f"step {final['step']}"
+            print("\n" + rep.table(base_figures, final["figures"], tuned_label=label))
+            print(_summary_lines(report))
+    barrier()
+    return RunResult(report=report or {}, out=out)
+
+
+def _rollback(ckpt, module, base, st: TrainState, is_main: bool) -> None:
+    import torch
+
+    barrier()
+    if st.best is not None and ckpt.load_best_weights(module):
+        log.warning("rollback: restored the best model of step %d", st.best["step"])
+    else:
+        with torch.no_grad():
+            module.load_state_dict(base.state_dict())
+        log.warning("rollback: no evaluation was within budget; restored the base model")
+        st.best = None
+
+
+def _eval_line(step: int, figs: dict, base: dict) -> str:
+    parts = []
+    for f in ("known_accuracy", "hallucination_rate", "new_fact_accuracy", "fabrication_rate", "drift_kl", "eval_loss"):
+        v = figs.get(f)
+        if v is not None:
+            parts.append(f"{f}={v:.3f}")
+    return f"[eval step {step}] " + " ".join(parts)
+
+
+def _summary_lines(report: dict) -> str:
+    lines = []
+    thr = report.get("throughput", {})
+    lines.append(f"\nsteps {thr.get('steps')}  tokens/s {thr.get('tokens_per_second')}  "
+                 f"step time {thr.get('step_seconds_mean')} s  wall {report['timings'].get('total')} s")
+    if report.get("best"):
+        lines.append(f"best checkpoint: step {report['best']['step']} ({report['best'].get('metric')}) -> "
+                     f"{report['outputs']['best_model']}")
+    g = report.get("guardrail", {})
+    lines.append(f"guardrail: {g.get('outcome')}")
+    if report.get("frozen_weights"):
+        fw = report["frozen_weights"]
+        lines.append(f"frozen weights identical to base: {fw['identical']} ({fw['checked_tensors']} tensors)")
+    if report.get("stopped_early"):
+        lines.append(f"stopped early: {report['stopped_early']}")
+    lines.append(f"report: {report['outputs']['report']}")
+    return "\n".join(lines)
+
+
+def _split_sizes(splits) -> dict:
+    out = {}
+    for k in ("train", "known_probe", "new_facts", "unknown_probe", "drift_prompts"):
+        v = getattr(splits, k, None)
+        if v is not None:
+            out[k] = len(v)
+    return out
+
+
+def build_report(job, p: Prepared, counts, splits, base_figures, final, st: TrainState, total_steps, step_times,
+                 ds_cfg, world, frozen_check, resumed_from, timer: Timer, objective, gspec, out: Path) -> dict:
+    from . import engine as eng
+
+    spec = job.spec
+    method = {"type": spec.method.type}
+    if spec.method.type == "self-distill":
+        method["selfDistill"] = spec.method.distill().wire()
+        if objective.cache is not None:
+            method["teacher_cache"] = {"k": objective.cache.k, "hits": objective.cache.hits,
+                                       "misses": objective.cache.misses}
+    if spec.method.type == "freeze":
+        method["freeze"] = spec.method.freeze.wire()
+    n_params = sum(x.numel() for x in p.model.parameters())
+    breaches = st.breaches
+    if not breaches:
+        outcome = "within budget"
+    else:
+        last = breaches[-1]
+        outcome = f"breached at step {last['step']} ({'; '.join(last['breaches'])}); action {last['action']}"
+    steady = step_times[1:] if len(step_times) > 1 else step_times
+    return {
+        "job": {"name": job.metadata.name, "namespace": job.metadata.namespace},
+        "method": method,
+        "model": {"uri": spec.model.uri, "path": str(p.model_path), "parameters": n_params,
+                  "architecture": type(p.model).__name__},
+        "dataset": {"train": spec.datasets.train, "format": spec.datasets.format, "examples": len(p.examples),
+                    "duplicates_dropped": getattr(p.examples, "duplicates", 0)},
+        "triage": {"counts": counts, "settings": spec.triage.wire()},
+        "splits": _split_sizes(splits),
+        "base": base_figures,
+        "final": final,
+        "best": ({"step": st.best["step"], "figures": st.best["figures"], "metric": st.best.get("metric")}
+                 if st.best else None),
+        "history": st.history,
+        "train_loss": st.train_loss,
+        "throughput": {
+            "steps": st.step, "total_steps": total_steps, "tokens": st.tokens,
+            "tokens_per_second": round(st.tokens / st.train_seconds, 1) if st.train_seconds else None,
+            "train_seconds": round(st.train_seconds, 2),
+            "step_seconds_mean": round(sum(steady) / len(steady), 4) if steady else None,
+        },
+        "guardrail": {"budgets": gspec.wire(), "breaches": breaches, "outcome": outcome},
+        "early_stopping": spec.training.early_stopping.wire(),
+        "stopped_early": st.stopped,
+        "frozen_weights": frozen_check,
+        "deepspeed": {"zero_stage": ds_cfg.get("zero_optimization", {}).get("stage"),
+                      "precision": eng.config_precision(ds_cfg), "world_size": world,
+                      "micro_batch": ds_cfg.get("train_micro_batch_size_per_gpu"),
+                      "gradient_accumulation": ds_cfg.get("gradient_accumulation_steps")},
+        "device": p.device,
+        "timings": timer.phases,
+        "resumed_from": resumed_from,
+        "outputs": {"report": str(out / "report.json"), "best_model": str(out / "best-model"),
+                    "checkpoints": str(out / "checkpoints")},
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }

@@ -1,0 +1,195 @@
+"""Live telemetry of rank 0: Prometheus metrics and the FineTuneJob's status.training.
+
+Metrics (names from tuneguard.contract, labels job, namespace, method):
+  tuneguard_train_loss, tuneguard_train_step, tuneguard_train_total_steps,
+  tuneguard_train_tokens_per_second, tuneguard_train_tokens_total (counter),
+  tuneguard_train_last_step_timestamp_seconds,
+  tuneguard_<figure>{model="base"|"tuned"} for every contract.FIGURES entry,
+  tuneguard_triage_examples{category}, tuneguard_guardrail_breaches_total{guardrail}.
+Served by prometheus-client on TUNEGUARD_METRICS_PORT (rank 0 only; no server when unset or 0).
+
+Status: with TUNEGUARD_STATUS_PATCH=1, rank 0 merge-patches the FineTuneJob's status subresource with
+``{"status": {"training": api.TrainingStatus.wire()}}`` (in-cluster config, else KUBECONFIG). Patches
+are rate-limited to one every 10 s except forced ones (stage changes, evaluations, the end); a failed
+patch is logged and training goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Optional
+
+from tuneguard import api, contract
+
+log = logging.getLogger("tuneguard.trainer")
+
+PATCH_MIN_INTERVAL_S = 10.0
+
+TRIAGE_CATEGORIES = ("highly_known", "maybe_known", "weakly_known", "unknown", "dropped", "relabelled")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Telemetry:
+    def __init__(self, *, job: str, namespace: str, method: str, enabled: bool = True,
+                 metrics_port: Optional[int] = None, status_patch: bool = False):
+        self.enabled = enabled
+        self.labels = {"job": job, "namespace": namespace, "method": method}
+        self.job, self.namespace = job, namespace
+        self.status = api.TrainingStatus()
+        self.status_patch = status_patch and enabled
+        self._last_patch = 0.0
+        self._patch_failures = 0
+        self._api = None
+        self._lock = threading.Lock()
+        self.registry = None
+        self.port: Optional[int] = None
+        if not enabled:
+            return
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        r = self.registry = CollectorRegistry()
+        L = list(contract.JOB_LABELS)
+        self.g_loss = Gauge(contract.TRAIN_LOSS, "Training loss (mean over the last optimizer step).", L, registry=r)
+        self.g_step = Gauge(contract.TRAIN_STEP, "Optimizer steps done.", L, registry=r)
+        self.g_total = Gauge(contract.TRAIN_TOTAL_STEPS, "Optimizer steps planned.", L, registry=r)
+        self.g_tps = Gauge(contract.TRAIN_TOKENS_PER_SECOND, "Training tokens per second (all ranks).", L, registry=r)
+        self.c_tokens = Counter(contract.TRAIN_TOKENS, "Training tokens processed (all ranks).", L, registry=r)
+        self.g_last = Gauge(contract.TRAIN_LAST_STEP_TIMESTAMP, "Unix time of the last optimizer step.", L, registry=r)
+        self.g_fig = {
+            f: Gauge(contract.figure_metric(f), f"Evaluation figure {f}.", L + ["model"], registry=r)
+            for f in contract.FIGURES
+        }
+        self.g_triage = Gauge(contract.TRIAGE_EXAMPLES, "Training examples per SliCK category.", L + ["category"], registry=r)
+        self.c_breach = Counter(contract.GUARDRAIL_BREACHES, "Guardrail breaches.", L + ["guardrail"], registry=r)
+        self.g_total.labels(**self.labels).set(0)
+        self.g_step.labels(**self.labels).set(0)
+        if metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(int(metrics_port), registry=r)
+            self.port = int(metrics_port)
+            log.info("metrics on :%d/metrics", self.port)
+
+    # --------------------------------------------------------------------------------- constructors
+    @classmethod
+    def from_env(cls, job: api.FineTuneJob, *, is_main: bool, serve_metrics: Optional[bool] = None) -> "Telemetry":
+        ns = os.environ.get(contract.ENV_JOB_NAMESPACE) or job.metadata.namespace or "default"
+        name = os.environ.get(contract.ENV_JOB_NAME) or job.metadata.name
+        port_env = os.environ.get(contract.ENV_METRICS_PORT, "")
+        port = int(port_env) if port_env.strip().isdigit() else None
+        if serve_metrics is False:
+            port = None
+        return cls(job=name, namespace=ns, method=job.spec.method.type, enabled=is_main,
+                   metrics_port=port if is_main else None,
+                   status_patch=os.environ.get(contract.ENV_STATUS_PATCH) == "1")
+
+    # -------------------------------------------------------------------------------------- updates
+    def stage(self, stage: str) -> None:
+        if not self.enabled:
+            return
+        self.status.stage = stage
+        self.flush(force=True)
+
+    def plan(self, total_steps: int) -> None:
+        if not self.enabled:
+            return
+        self.status.total_steps = int(total_steps)
+        self.g_total.labels(**self.labels).set(total_steps)
+
+    def step(self, step: int, epoch: float, loss: float, tokens: int, tokens_per_second: float) -> None:
+        if not self.enabled:
+            return
+        self.g_step.labels(**self.labels).set(step)
+        self.g_loss.labels(**self.labels).set(loss)
+        self.g_tps.labels(**self.labels).set(tokens_per_second)
+        self.c_tokens.labels(**self.labels).inc(max(tokens, 0))
+        self.g_last.labels(**self.labels).set(time.time())
+        s = self.status
+        s.step, s.epoch, s.loss = int(step), round(float(epoch), 4), round(float(loss), 6)
+        s.tokens_per_second = round(float(tokens_per_second), 2)
+        s.progress = f"{int(100 * step / max(s.total_steps, 1))}%"
+        self.flush()
+
+    def triage(self, counts: dict) -> None:
+        if not self.enabled:
+            return
+        for cat in TRIAGE_CATEGORIES:
+            self.g_triage.labels(**self.labels, category=cat).set(int(counts.get(cat, 0)))
+        self.status.triage = api.TriageCounts(**{k: int(counts.get(k, 0)) for k in TRIAGE_CATEGORIES})
+        self.flush(force=True)
+
+    def figures(self, figures: dict, model: str) -> None:
+        if not self.enabled:
+            return
+        for f in contract.FIGURES:
+            v = figures.get(f)
+            if v is not None:
+                self.g_fig[f].labels(**self.labels, model=model).set(float(v))
+        ef = api.EvalFigures(**{f: (None if figures.get(f) is None else float(figures[f])) for f in contract.FIGURES})
+        if model == "base":
+            self.status.base = ef
+        else:
+            self.status.metrics = ef
+        self.flush(force=True)
+
+    def breach(self, guardrail: str) -> None:
+        if self.enabled:
+            self.c_breach.labels(**self.labels, guardrail=guardrail).inc()
+
+    def guardrail(self, text: str) -> None:
+        if self.enabled:
+            self.status.guardrail = text
+            self.flush(force=True)
+
+    def best(self, step: int, path: str, figures: dict) -> None:
+        if self.enabled:
+            self.status.best_checkpoint = api.CheckpointRef(
+                step=step, path=path, hallucination_rate=figures.get("hallucination_rate"),
+                drift_kl=figures.get("drift_kl"))
+            self.flush(force=True)
+
+    # ------------------------------------------------------------------------------------- patching
+    def flush(self, force: bool = False) -> None:
+        if not self.status_patch:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_patch < PATCH_MIN_INTERVAL_S:
+            return
+        self._last_patch = now
+        self.status.updated_at = _now()
+        body = {"status": {"training": self.status.wire()}}
+        try:
+            self._patch(body)
+        except Exception as e:  # never fatal
+            self._patch_failures += 1
+            if self._patch_failures <= 3 or self._patch_failures % 20 == 0:
+                log.warning("status patch of %s/%s failed (%d so far): %s", self.namespace, self.job,
+                            self._patch_failures, e)
+
+    def _client(self):
+        if self._api is None:
+            from kubernetes import client, config
+
+            try:
+                config.load_incluster_config()
+            except Exception:
+                config.load_kube_config()
+            self._api = client.CustomObjectsApi()
+        return self._api
+
+    def _patch(self, body: dict) -> None:
+        with self._lock:
+            capi = self._client()
+            kwargs = dict(group=api.GROUP, version=api.VERSION, namespace=self.namespace, plural=api.PLURAL,
+                          name=self.job, body=body, _request_timeout=5)
+            try:
+                capi.patch_namespaced_custom_object_status(**kwargs, _content_type="application/merge-patch+json")
+            except TypeError:  # older clients without _content_type pick merge-patch for dict bodies
+                capi.patch_namespaced_custom_object_status(**kwargs)
