@@ -65,35 +65,40 @@ true
 
 {{/*
 The operator's permissions, the same rules for the ClusterRole (cluster-wide) and for each Role
-(namespaced). Exactly what tuneguard_operator does:
-- finetunejobs: watched by kopf, which patches its annotations/finalizers; status written by the operator.
+(namespaced). Exactly what tuneguard_operator does (kube.py, reconcile.py, handlers.py):
+- finetunejobs: watched through kopf (list/watch), read, patched by kopf, deleted after
+  runPolicy.ttlSecondsAfterFinished; status written with merge patches.
+- finetunejobs/finalizers update: the children's ownerReferences set blockOwnerDeletion, which the
+  OwnerReferencesPermissionEnforcement admission plugin (when a cluster enables it) allows only to
+  those who may update the owner's finalizers.
 - The children of each job: ConfigMap, headless Service, ServiceAccount + Role + RoleBinding for the
-  trainer, Indexed batch Job; created, read, patched, and deleted on group restart / cleanup.
+  trainer: get, create, merge-patch (never listed, watched or deleted: garbage collection removes them).
 - The trainer's Role grants get on its FineTuneJob and get/patch on its status: RBAC's escalation
   check lets the operator create that Role only because it holds those verbs itself (above).
-- pods: read, to report worker counts and find the failed worker of a group restart.
-- events: kopf and the operator post Events on transitions.
+- batch jobs: watched (label-selected) and deleted (Foreground) for a group restart.
+- events (core/v1): the reconciler posts its own; kopf's posting is off.
+No pods, no secrets, no nodes, nothing cluster-scoped in namespaced mode.
 */}}
 {{- define "tuneguard.rbacRules" -}}
 - apiGroups: ["tuneguard.io"]
   resources: ["finetunejobs"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 - apiGroups: ["tuneguard.io"]
   resources: ["finetunejobs/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["get", "patch"]
+- apiGroups: ["tuneguard.io"]
+  resources: ["finetunejobs/finalizers"]
+  verbs: ["update"]
 - apiGroups: [""]
   resources: ["configmaps", "services", "serviceaccounts"]
-  verbs: ["create", "get", "list", "watch", "patch", "update", "delete"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["create", "get", "list", "watch", "patch", "update", "delete"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["create", "get", "list", "watch", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["get", "list", "watch"]
-- apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
