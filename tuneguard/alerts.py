@@ -156,8 +156,8 @@ def alerts(p: dict | None = None) -> list[Alert]:
         Alert(
             "TuneguardTrainerMetricsMissing",
             f"({running})\nunless on (namespace, job)\nmax by (namespace, job) ({c.TRAIN_STEP})",
-            f"{int(p['noProgressSeconds']) // 60}m" if p["noProgressSeconds"].isdigit()
-            else "{{ div .Values.alerts.noProgressSeconds 60 }}m",
+            "{{ div .Values.alerts.noProgressSeconds 60 }}m" if p["noProgressSeconds"].startswith("{{")
+            else f"{max(int(p['noProgressSeconds']), 0) // 60}m",
             "warning",
             "FineTuneJob {{ $labels.namespace }}/{{ $labels.job }} is Running but exports no training metrics",
             "{{ $labels.namespace }}/{{ $labels.job }} has been Running without any scraped trainer step metric.",
