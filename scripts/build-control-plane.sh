@@ -104,7 +104,8 @@ import (
 )
 EOF
   # The version the binaries report (kubectl's skew warning, /version), as hack/lib/version.sh sets it.
-  local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}" ldflags="" key val
+  local minor="${K8S_VERSION#v1.}" ldflags="" kv key val
+  minor="${minor%%.*}"
   for kv in "gitVersion=$K8S_VERSION" "gitMajor=1" "gitMinor=$minor" "gitTreeState=clean" \
             "buildDate=1970-01-01T00:00:00Z"; do
     key=${kv%%=*}; val=${kv#*=}

@@ -132,6 +132,11 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         settings.watching.client_timeout = 330
         controller.start()
 
+    @kopf.on.login(registry=registry)
+    async def login(**kwargs: Any) -> Any:
+        # A custom registry has none of kopf's default login handlers: in-cluster first, then KUBECONFIG.
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
         controller.stop()

@@ -1,0 +1,239 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver (TLS, RBAC, ServiceAccount tokens,
+default admission plugins), kube-controller-manager, kube-scheduler, and kwok simulating GPU nodes.
+
+    plane = LocalControlPlane(state_dir, die_with_parent=True)
+    cluster = plane.start()        # -> Cluster handle: kubeconfig, kubectl(), api_client(), finish_pod()
+    ...
+    plane.stop()                   # stops every process and removes state_dir
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+from .binaries import control_plane_binaries
+from .handle import SIMULATION_MARKER, Cluster
+from .nodes import KWOK_NODE_ANNOTATION, gpu_node
+from .pki import APISERVER_SANS, KeyPair, Pki, write_kubeconfig
+from .processes import PortTaken, ProcessGroup
+
+STAGES = Path(__file__).with_name("kwok-stages.yaml")
+SERVICE_CIDR = "10.96.0.0/16"
+POD_CIDR = "10.244.0.0/16"
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+class _Rest:
+    """Just enough of a client for start-up checks, with the standard library (fast to import)."""
+
+    def __init__(self, server: str, ca: Path, client: KeyPair):
+        self.server = server
+        self.context = ssl.create_default_context(cafile=str(ca))
+        self.context.load_cert_chain(str(client.cert), str(client.key))
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.server + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, context=self.context, timeout=5) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as e:
+            status, raw = e.code, e.read()
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+
+class LocalControlPlane:
+    def __init__(self, state_dir: Path, *, die_with_parent: bool, gpu_nodes: int = 2,
+                 kubeconfig: Path | None = None):
+        self.state_dir = Path(state_dir).resolve()
+        self.kubeconfig = kubeconfig or self.state_dir / "kubeconfig"
+        self.gpu_nodes = gpu_nodes
+        self.die_with_parent = die_with_parent
+        self.group: ProcessGroup | None = None
+
+    # ------------------------------------------------------------------------------------ start
+    def start(self, timeout: float = 90.0) -> Cluster:
+        """Starts everything and returns once the cluster is usable: API server ready, GPU nodes
+        Ready, the default ServiceAccount present. Stops what it started if anything fails."""
+        if (self.state_dir / "pids").exists():
+            raise StartupError(f"{self.state_dir} already holds a running control plane (pids file present)")
+        bins = control_plane_binaries()
+        for attempt in range(3):
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.group = ProcessGroup(self.state_dir, die_with_parent=self.die_with_parent)
+            try:
+                return self._start(bins, time.monotonic() + timeout)
+            except PortTaken:
+                self.stop()  # a free port we picked was taken meanwhile: start afresh on new ports
+                if attempt == 2:
+                    raise
+            except BaseException:
+                self.stop(keep_state=True)
+                raise
+
+    def _start(self, bins: dict[str, Path], deadline: float) -> Cluster:
+        s, g = self.state_dir, self.group
+        pki = Pki(s / "pki")
+        serving = pki.issue("apiserver", "/CN=kube-apiserver", server_sans=APISERVER_SANS)
+        admin = pki.issue("admin", "/O=system:masters/CN=tuneguard-admin")
+        # The bootstrap RBAC policy grants these two users exactly what their components need.
+        kcm = pki.issue("controller-manager", "/CN=system:kube-controller-manager")
+        scheduler = pki.issue("scheduler", "/CN=system:kube-scheduler")
+        sa = pki.signing_key("sa")
+
+        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        server = f"https://127.0.0.1:{api_port}"
+        g.start("etcd", bins["etcd"], [
+            "--name=default", f"--data-dir={s / 'etcd'}",
+            f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+            f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+            f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
+            "--unsafe-no-fsync=true",  # throw-away data: skip fsyncs, which dominate etcd latency on CI disks
+            "--log-level=warn",
+        ])
+        self._wait("etcd to become healthy", deadline,
+                   lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health"))
+
+        g.start("kube-apiserver", bins["kube-apiserver"], [
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
+            f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
+            f"--client-ca-file={pki.ca.cert}",
+            "--authorization-mode=Node,RBAC",
+            f"--service-account-issuer={SA_ISSUER}",
+            f"--service-account-key-file={sa.cert}", f"--service-account-signing-key-file={sa.key}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # Loopback addresses are not valid Endpoints: don't publish one for the `kubernetes` Service.
+            "--endpoint-reconciler-type=none",
+            f"--cert-dir={s / 'apiserver-certs'}", "--profiling=false",
+        ])
+        rest = _Rest(server, pki.ca.cert, admin)
+        self._wait("kube-apiserver /readyz", deadline, lambda: _rest_ok(rest, "/readyz"))
+
+        write_kubeconfig(self.kubeconfig, server=server, ca=pki.ca.cert, user="tuneguard-admin", client=admin)
+        kcm_config = write_kubeconfig(s / "controller-manager.kubeconfig", server=server, ca=pki.ca.cert,
+                                      user="system:kube-controller-manager", client=kcm)
+        scheduler_config = write_kubeconfig(s / "scheduler.kubeconfig", server=server, ca=pki.ca.cert,
+                                            user="system:kube-scheduler", client=scheduler)
+        g.start("kube-controller-manager", bins["kube-controller-manager"], [
+            f"--kubeconfig={kcm_config}", "--leader-elect=false", "--secure-port=0",
+            "--use-service-account-credentials=true",  # each controller acts as its own ServiceAccount
+            f"--service-account-private-key-file={sa.key}", f"--root-ca-file={pki.ca.cert}",
+            f"--cluster-signing-cert-file={pki.ca.cert}", f"--cluster-signing-key-file={pki.ca.key}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+        ])
+        g.start("kube-scheduler", bins["kube-scheduler"], [
+            f"--kubeconfig={scheduler_config}", "--leader-elect=false", "--secure-port=0",
+        ])
+        g.start("kwok", bins["kwok"], [
+            f"--kubeconfig={self.kubeconfig}", f"--config={STAGES}",
+            f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+            "--node-lease-duration-seconds=40",  # kwok renews node Leases, so nodes stay Ready
+            f"--cidr={POD_CIDR}",
+        ])
+
+        node_names = [f"kwok-gpu-{i}" for i in range(self.gpu_nodes)]
+        for i, name in enumerate(node_names):
+            _created(rest.call("POST", "/api/v1/nodes", gpu_node(name, f"10.0.0.{i + 10}")), f"node {name}")
+        _created(rest.call("POST", "/api/v1/namespaces/kube-public/configmaps", {
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": SIMULATION_MARKER},
+            "data": {"nodes": ",".join(node_names), "finishPodAnnotation": "tuneguard.io/simulate-exit"},
+        }), "simulation marker")
+
+        self._wait(f"nodes {', '.join(node_names)} to become Ready (kwok)", deadline,
+                   lambda: all(_node_ready(rest, n) for n in node_names))
+        self._wait("the default ServiceAccount (kube-controller-manager)", deadline,
+                   lambda: rest.call("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200)
+        return Cluster(kubeconfig=self.kubeconfig, binaries=bins, simulated=True)
+
+    def _wait(self, what: str, deadline: float, ready: Callable[[], bool]) -> None:
+        """Polls `ready` until true; fails fast, with the log tail, if one of our processes died."""
+        delay = 0.05
+        while True:
+            self.group.check_alive()
+            try:
+                if ready():
+                    return
+            except OSError:
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise StartupError(f"timed out waiting for {what}; logs in {self.group.log_dir}")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    # ------------------------------------------------------------------------------------- stop
+    def stop(self, keep_state: bool = False) -> None:
+        """Stops every process recorded in the state dir (also those of an earlier `up`), then
+        removes the state dir unless keep_state."""
+        # Started by this Python process, or by an earlier one (`up`): then the pid file is all we have.
+        group = self.group if self.group is not None else ProcessGroup.adopt(self.state_dir)
+        group.stop()
+        self.group = None
+        if not keep_state:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+            if not self.kubeconfig.is_relative_to(self.state_dir):
+                self.kubeconfig.unlink(missing_ok=True)
+
+    def running(self) -> bool:
+        return any(p.alive() for p in ProcessGroup.adopt(self.state_dir).processes)
+
+
+def remove_stale_state_dirs(parent: Path, prefix: str) -> None:
+    """Removes the state dirs of control planes whose processes are all gone: what a SIGKILLed test
+    run leaves (its processes die with it, its files stay). A dir without a pid file is left alone
+    for an hour: its control plane may be starting."""
+    for state in parent.glob(prefix + "*"):
+        group = ProcessGroup.adopt(state)
+        recorded = group.pid_file.exists()
+        try:
+            old = time.time() - state.stat().st_mtime > 3600
+        except OSError:
+            continue
+        if (recorded and not any(p.alive() for p in group.processes)) or (not recorded and old):
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return response.status == 200
+
+
+def _rest_ok(rest: _Rest, path: str) -> bool:
+    return rest.call("GET", path)[0] == 200
+
+
+def _node_ready(rest: _Rest, name: str) -> bool:
+    status, node = rest.call("GET", f"/api/v1/nodes/{name}")
+    return status == 200 and any(c["type"] == "Ready" and c["status"] == "True"
+                                 for c in node.get("status", {}).get("conditions", []))
+
+
+def _created(answer: tuple[int, Any], what: str) -> None:
+    status, body = answer
+    if status not in (200, 201):
+        raise StartupError(f"creating {what} failed: HTTP {status}: {body}")

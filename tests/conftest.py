@@ -1,0 +1,94 @@
+"""Shared fixtures. Cluster tests (marked `cluster`) take `cluster`: the real local control plane
+from tests.cluster, started once per session in its own temporary state dir (so two test runs on one
+machine never collide) and stopped at the end; or, when KUBECONFIG is set, that cluster, untouched."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CRD_PATH = REPO / "crds" / "tuneguard.io_finetunejobs.yaml"
+STATE_PREFIX = "tuneguard-cluster-"
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A tests.cluster.Cluster: .kubeconfig, .kubectl(...), .helm(...), .api_client(), .env,
+    .binary(name), .finish_pod(ns, pod, exit_code), .simulated."""
+    from tests.cluster import Cluster, LocalControlPlane
+    from tests.cluster.control_plane import remove_stale_state_dirs
+    from tests.cluster.binaries import control_plane_binaries, kubectl_binary
+
+    if os.environ.get("KUBECONFIG"):
+        # Someone else's cluster (or one from `make cluster-up`): start nothing, stop nothing.
+        try:
+            tools = control_plane_binaries(["helm"])
+        except RuntimeError:
+            tools = {"kubectl": kubectl_binary()}  # helm then comes from PATH, if anywhere
+        yield Cluster.from_kubeconfig(Path(os.environ["KUBECONFIG"]), tools)
+        return
+
+    remove_stale_state_dirs(Path(tempfile.gettempdir()), STATE_PREFIX)
+    state = Path(tempfile.mkdtemp(prefix=STATE_PREFIX))
+    # die_with_parent: the kernel kills the control plane if pytest itself is killed (no leftovers).
+    plane = LocalControlPlane(state, die_with_parent=True)
+    # SIGTERM (CI cancelling a job) would skip fixture teardown; as KeyboardInterrupt it runs.
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    keep = os.environ.get("TUNEGUARD_KEEP_CLUSTER_STATE") == "1"
+    try:
+        yield plane.start()
+    finally:
+        plane.stop(keep_state=keep)
+        signal.signal(signal.SIGTERM, previous)
+        if keep:
+            print(f"\ncontrol-plane state and logs kept in {state}")
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def fresh_namespace(cluster):
+    """A new namespace with its default ServiceAccount (pods need it); deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    deadline = time.monotonic() + 30
+    while not cluster.kubectl("get", "serviceaccount", "default", "-n", name, "--ignore-not-found",
+                              "-o", "name").stdout.strip():
+        assert time.monotonic() < deadline, f"no default ServiceAccount in {name} after 30 s"
+        time.sleep(0.2)
+    try:
+        yield name
+    finally:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def namespace(cluster):
+    """A fresh namespace for one test."""
+    with fresh_namespace(cluster) as name:
+        yield name
+
+
+@pytest.fixture(scope="module")
+def module_namespace(cluster):
+    """A fresh namespace shared by the tests of one module."""
+    with fresh_namespace(cluster) as name:
+        yield name
+
+
+@pytest.fixture(scope="session")
+def crd_installed(cluster):
+    """The FineTuneJob CRD from crds/, applied server-side and Established."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.tuneguard.io")
+    return "finetunejobs.tuneguard.io"

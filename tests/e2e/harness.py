@@ -1,0 +1,193 @@
+"""End-to-end helpers: the operator as a real `tuneguard operator` process, and small kubectl wrappers.
+
+Waits are polling loops with a deadline and a message that says what was awaited and what was seen
+last, never bare sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, interval: float = 0.3,
+             describe: Callable[[], str] | None = None) -> Any:
+    """Polls check() until it returns something truthy; fails with `what` and the last state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            seen = describe() if describe else repr(result)
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {seen}")
+        time.sleep(interval)
+
+
+class OperatorProcess:
+    """`tuneguard operator --all-namespaces` against the test cluster, as a subprocess."""
+
+    def __init__(self, cluster, log_dir: Path, args: tuple[str, ...] = ("--all-namespaces",)):
+        self.cluster = cluster
+        self.log_dir = log_dir
+        self.args = args
+        self.proc: subprocess.Popen | None = None
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.starts = 0
+        self.peak_rss_kib = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"operator-{self.starts}.log"
+
+    def start(self, timeout: float = 60) -> "OperatorProcess":
+        self.starts += 1
+        env = dict(self.cluster.env)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "operator"), env.get("PYTHONPATH", "")])
+        cmd = [sys.executable, "-m", "tuneguard.cli", "operator", *self.args,
+               "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)]
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for("the operator's /healthz", self.healthy, timeout=timeout, describe=self.tail)
+        return self
+
+    def healthy(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"the operator exited with {self.proc and self.proc.returncode}:\n{self.tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def rss_kib(self) -> tuple[int, int]:
+        """(current RSS, peak RSS) of the operator process in KiB, from /proc."""
+        cur = peak = 0
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                cur = int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                peak = int(line.split()[1])
+        self.peak_rss_kib = max(self.peak_rss_kib, peak)
+        return cur, peak
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.rss_kib()
+            except OSError:
+                pass
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+        self.proc = None
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text() for p in sorted(self.log_dir.glob("operator-*.log")))
+
+
+class Kubectl:
+    """JSON-returning kubectl helpers bound to one cluster."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+
+    def __call__(self, *args: str, **kw):
+        return self.cluster.kubectl(*args, **kw)
+
+    def get(self, *args: str) -> dict:
+        return json.loads(self.cluster.kubectl("get", *args, "-o", "json").stdout)
+
+    def get_or_none(self, kind: str, name: str, ns: str) -> dict | None:
+        out = self.cluster.kubectl("get", kind, name, "-n", ns, "-o", "json", "--ignore-not-found").stdout
+        return json.loads(out) if out.strip() else None
+
+    def apply(self, doc: dict | list[dict], ns: str | None = None):
+        docs = doc if isinstance(doc, list) else [doc]
+        text = yaml.safe_dump_all(docs)
+        args = ["apply", "-f", "-"] + (["-n", ns] if ns else [])
+        return self.cluster.kubectl(*args, input=text)
+
+    def ftj(self, name: str, ns: str) -> dict | None:
+        return self.get_or_none("finetunejob", name, ns)
+
+    def status(self, name: str, ns: str) -> dict:
+        return (self.ftj(name, ns) or {}).get("status") or {}
+
+    def pods(self, name: str, ns: str, running: bool = False) -> list[dict]:
+        items = self.get("pods", "-n", ns, "-l", f"tuneguard.io/job={name}")["items"]
+        items = [p for p in items if not p["metadata"].get("deletionTimestamp")]
+        if running:
+            items = [p for p in items if p["status"].get("phase") == "Running"]
+        return sorted(items, key=lambda p: p["metadata"]["annotations"].get(
+            "batch.kubernetes.io/job-completion-index", ""))
+
+    def events(self, name: str, ns: str) -> list[dict]:
+        items = self.get("events", "-n", ns, "--field-selector",
+                         f"involvedObject.kind=FineTuneJob,involvedObject.name={name}")["items"]
+        return sorted(items, key=lambda e: e.get("lastTimestamp") or "")
+
+    def wait_phase(self, name: str, ns: str, phase: str, timeout: float = 60, **match) -> dict:
+        def check():
+            st = self.status(name, ns)
+            return st if st.get("phase") == phase and all(st.get(k) == v for k, v in match.items()) else None
+        return wait_for(f"FineTuneJob {ns}/{name} phase {phase} {match or ''}", check, timeout,
+                        describe=lambda: json.dumps({k: v for k, v in self.status(name, ns).items()
+                                                     if k != "conditions"})[:600])
+
+
+def condition(status: dict, type_: str) -> dict | None:
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), None)
+
+
+def cpu_job(name: str, workers: int = 2, **run_policy) -> dict:
+    """A small job that fits many times on the simulated nodes (no GPUs, no PVCs)."""
+    return {
+        "apiVersion": "tuneguard.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": "bundled://smollm2-135m-instruct"},
+            "datasets": {"train": "bundled://facts"},
+            "method": {"type": "self-distill"},
+            "guardrails": {"maxHallucinationIncrease": 0.1, "action": "warn"},
+            "resources": {"workers": workers, "gpusPerWorker": 0, "cpu": "100m", "memory": "128Mi",
+                          "shmSize": "64Mi"},
+            "runPolicy": {"backoffLimit": 3, **run_policy},
+        },
+    }

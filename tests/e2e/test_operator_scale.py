@@ -1,0 +1,164 @@
+"""100 FineTuneJobs applied at once: all reach Running. A measurement, not a timed assertion.
+
+Figures (printed, and written to docs/results/operator-scale.json):
+- per job, from the FineTuneJob's creation to its first worker pod's creation (both as seen by watches
+  in this test process), median and worst;
+- from the start of `kubectl apply` to the last pod created, and to the last job Running;
+- the operator's peak resident memory (VmHWM of the process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+
+import pytest
+import yaml
+
+from .harness import REPO, OperatorProcess, cpu_job, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
+
+N_JOBS = int(os.environ.get("TUNEGUARD_SCALE_JOBS", "100"))
+RESULTS = REPO / "docs" / "results" / "operator-scale.json"
+
+
+class Watcher(threading.Thread):
+    """Watches one collection and records when this process first sees each object, and when a
+    predicate on it first holds. Plain HTTP watch (list, then watch from its resourceVersion)."""
+
+    def __init__(self, cluster, path: str, label_selector: str, key, done=None):
+        super().__init__(daemon=True)
+        self.cluster, self.path, self.selector, self.key, self.done = cluster, path, label_selector, key, done
+        self.first_seen: dict[str, float] = {}
+        self.first_done: dict[str, float] = {}
+        self.stop_flag = threading.Event()
+        self.ready = threading.Event()
+
+    def _request(self, client, query):
+        method, url, headers, _, _ = client.param_serialize(
+            "GET", self.path, query_params=query, header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"])
+        return client.rest_client.pool_manager.request(method, url, headers=headers, preload_content=False,
+                                                       timeout=None)
+
+    def _see(self, obj):
+        k = self.key(obj)
+        if k is None:
+            return
+        now = time.time()
+        self.first_seen.setdefault(k, now)
+        if self.done and k not in self.first_done and self.done(obj):
+            self.first_done[k] = now
+
+    def run(self):
+        client = self.cluster.api_client()
+        try:
+            base = [("labelSelector", self.selector)] if self.selector else []
+            listing = json.loads(self._request(client, base).read())
+            for obj in listing["items"]:
+                self._see(obj)
+            rv = listing["metadata"]["resourceVersion"]
+            self.ready.set()
+            while not self.stop_flag.is_set():
+                resp = self._request(client, base + [("watch", "true"), ("resourceVersion", rv),
+                                                     ("timeoutSeconds", "20")])
+                buf = b""
+                for chunk in resp.stream(4096):
+                    buf += chunk
+                    while b"\n" in buf:
+                        line, buf = buf.split(b"\n", 1)
+                        ev = json.loads(line)
+                        if ev["type"] == "ERROR":
+                            raise RuntimeError(f"watch error: {ev}")
+                        rv = ev["object"]["metadata"].get("resourceVersion", rv)
+                        if ev["type"] in ("ADDED", "MODIFIED"):
+                            self._see(ev["object"])
+                    if self.stop_flag.is_set():
+                        break
+                resp.release_conn()
+        finally:
+            client.close()
+
+
+@pytest.fixture(scope="module")
+def scale_operator(cluster, crd_installed, tmp_path_factory):
+    op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator-scale"))
+    op.start()
+    yield op
+    op.stop()
+
+
+def test_hundred_jobs_reach_running(cluster, kc, scale_operator, module_namespace):
+    ns = module_namespace
+    names = [f"scale-{i:03d}" for i in range(N_JOBS)]
+    docs = []
+    for name in names:
+        doc = cpu_job(name, workers=1)
+        doc["metadata"]["namespace"] = ns
+        docs.append(doc)
+
+    jobs_w = Watcher(cluster, f"/apis/tuneguard.io/v1alpha1/namespaces/{ns}/finetunejobs", "",
+                     key=lambda o: o["metadata"]["name"],
+                     done=lambda o: (o.get("status") or {}).get("phase") == "Running")
+    pods_w = Watcher(cluster, f"/api/v1/namespaces/{ns}/pods", "tuneguard.io/job",
+                     key=lambda o: o["metadata"]["labels"].get("tuneguard.io/job"))
+    for w in (jobs_w, pods_w):
+        w.start()
+        assert w.ready.wait(30)
+    time.sleep(1.0)  # let both watches open before anything is created
+    _, rss_before = scale_operator.rss_kib()
+
+    t_apply = time.time()
+    kc("apply", "-f", "-", input=yaml.safe_dump_all(docs), timeout=300)
+    t_applied = time.time()
+
+    peak = [0]
+
+    def all_running():
+        peak[0] = max(peak[0], scale_operator.rss_kib()[1])
+        return len(jobs_w.first_done) >= N_JOBS
+
+    wait_for(f"all {N_JOBS} FineTuneJobs Running", all_running, timeout=420, interval=1.0,
+             describe=lambda: f"{len(jobs_w.first_done)} Running, {len(pods_w.first_seen)} with pods")
+    for w in (jobs_w, pods_w):
+        w.stop_flag.set()
+    _, peak_rss = scale_operator.rss_kib()
+    peak_rss = max(peak_rss, peak[0])
+
+    per_job = sorted(pods_w.first_seen[n] - jobs_w.first_seen[n] for n in names)
+    since_apply_pods = sorted(pods_w.first_seen[n] - t_apply for n in names)
+    since_apply_running = sorted(jobs_w.first_done[n] - t_apply for n in names)
+    metrics = scale_operator.metrics()
+    errors = next((float(line.split()[-1]) for line in metrics.splitlines()
+                   if line.startswith("tuneguard_operator_reconcile_errors_total")), None)
+    result = {
+        "jobs": N_JOBS,
+        "workers_per_job": 1,
+        "apply_seconds": round(t_applied - t_apply, 2),
+        "job_created_to_pod_created_seconds": {"median": round(statistics.median(per_job), 3),
+                                               "p90": round(per_job[int(0.9 * (N_JOBS - 1))], 3),
+                                               "worst": round(per_job[-1], 3)},
+        "apply_start_to_pod_created_seconds": {"median": round(statistics.median(since_apply_pods), 3),
+                                               "worst": round(since_apply_pods[-1], 3)},
+        "apply_start_to_running_seconds": {"median": round(statistics.median(since_apply_running), 3),
+                                           "worst": round(since_apply_running[-1], 3)},
+        "operator_rss_mib": {"before": round(rss_before / 1024, 1), "peak": round(peak_rss / 1024, 1)},
+        "operator_reconcile_errors": errors,
+        "operator_workers": int(os.environ.get("TUNEGUARD_OPERATOR_WORKERS", "4")),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "note": "local control plane (kube-apiserver, controller-manager, scheduler, etcd) and kwok share "
+                "the machine with the operator and this test; figures are wall-clock seconds",
+    }
+    print("\n" + json.dumps(result, indent=2))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+
+    kc("delete", "ftj", "--all", "-n", ns, "--wait=false")
+    wait_for("the 100 jobs' pods to be garbage-collected",
+             lambda: not kc.get("pods", "-n", ns, "-l", "tuneguard.io/job")["items"], 180, interval=2)

@@ -1,0 +1,108 @@
+"""Dataset loading: validation with line numbers, de-duplication, chat format, the bundled facts."""
+
+import json
+from collections import Counter
+
+import pytest
+
+from tuneguard import contract
+from tuneguard_trainer.data import DatasetError, load_examples, load_prompts, resolve_data_path
+
+
+def write(tmp_path, lines, name="train.jsonl"):
+    p = tmp_path / name
+    p.write_text("".join((l if isinstance(l, str) else json.dumps(l)) + "\n" for l in lines))
+    return p
+
+
+GOOD = [{"question": f"What is {i}?", "answers": [str(i)]} for i in range(5)]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"question": "Q?", "answers": []}, '"answers" must be a non-empty list of strings'),
+    ({"question": "Q?", "answers": "Paris"}, '"answers" must be a non-empty list of strings'),
+    ({"question": "Q?", "answers": ["ok", 3]}, '"answers" must be a non-empty list of strings'),
+    ({"question": "", "answers": ["x"]}, '"question" must be a non-empty string'),
+    ({"answers": ["x"]}, '"question" must be a non-empty string'),
+    ({"question": "Q?", "answers": ["x"], "answer": "x"}, "unknown field(s) 'answer'"),
+    ({"question": "Q?", "answers": ["x"], "relation": 5}, '"relation" must be a non-empty string'),
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "expected a JSON object"),
+])
+def test_errors_name_file_and_line(tmp_path, bad, message):
+    p = write(tmp_path, GOOD[:3] + [bad] + GOOD[3:])
+    with pytest.raises(DatasetError) as e:
+        load_examples(str(p), "qa")
+    assert str(e.value).startswith("train.jsonl line 4: ")
+    assert message in str(e.value)
+
+
+def test_blank_lines_keep_line_numbers(tmp_path):
+    p = write(tmp_path, ["", GOOD[0], "   ", {"question": "Q?", "answers": []}])
+    with pytest.raises(DatasetError, match=r"^train.jsonl line 4: "):
+        load_examples(str(p), "qa", min_examples=1)
+
+
+def test_empty_missing_and_too_few(tmp_path):
+    with pytest.raises(DatasetError, match="empty"):
+        load_examples(str(write(tmp_path, [])), "qa")
+    with pytest.raises(DatasetError, match="file not found"):
+        load_examples(str(tmp_path / "nope.jsonl"), "qa")
+    with pytest.raises(DatasetError, match="2 distinct example"):
+        load_examples(str(write(tmp_path, GOOD[:2])), "qa")
+    with pytest.raises(DatasetError, match="is the claim mounted"):
+        load_examples("pvc://data/none.jsonl", "qa")
+
+
+def test_dedup_merges_answers_and_counts(tmp_path):
+    lines = GOOD + [{"question": "what is 1 ?", "answers": ["one"]}, {"question": "What is 2?", "answers": ["2"]}]
+    ex = load_examples(str(write(tmp_path, lines)), "qa")
+    assert len(ex) == 5 and ex.duplicates == 2
+    one = next(e for e in ex if e.question == "What is 1?")
+    assert one.answers == ["1", "one"] and one.target == "1"
+
+
+def test_duplicate_ids_rejected(tmp_path):
+    lines = [dict(g, id="same" if i in (1, 3) else f"id{i}") for i, g in enumerate(GOOD)]
+    with pytest.raises(DatasetError, match=r'line 4: "id" \'same\' already used on line 2'):
+        load_examples(str(write(tmp_path, lines)), "qa")
+
+
+def test_chat_format(tmp_path):
+    rows = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Hi {i}"},
+                          {"role": "assistant", "content": f"Hello {i}"}]} for i in range(4)]
+    ex = load_examples(str(write(tmp_path, rows)), "chat")
+    assert ex[0].question == "Hi 0" and ex[0].target == "Hello 0" and ex[0].answers == ["Hello 0"]
+    assert ex[0].context == [{"role": "system", "content": "Be brief."}]
+    bad = rows[:2] + [{"messages": [{"role": "user", "content": "x"}, {"role": "user", "content": "y"}]}]
+    with pytest.raises(DatasetError, match="line 3: the last message must be the assistant's"):
+        load_examples(str(write(tmp_path, bad)), "chat")
+    bad = rows[:1] + [{"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}]
+    with pytest.raises(DatasetError, match=r"line 2: messages\[0\].role must be"):
+        load_examples(str(write(tmp_path, bad)), "chat")
+
+
+def test_pvc_uri_maps_under_mount_root():
+    assert str(resolve_data_path("pvc://datasets/facts/train.jsonl")) == \
+        f"{contract.PVC_MOUNT_ROOT}/datasets/facts/train.jsonl"
+
+
+def test_drift_prompts(tmp_path):
+    p = write(tmp_path, [{"prompt": "Tell me about Paris."}, {"prompt": "Hello"}], "drift.jsonl")
+    assert load_prompts(str(p)) == ["Tell me about Paris.", "Hello"]
+    p = write(tmp_path, [{"prompt": "ok"}, {"text": "x"}], "drift.jsonl")
+    with pytest.raises(DatasetError, match="drift.jsonl line 2"):
+        load_prompts(str(p))
+
+
+def test_bundled_facts():
+    ex = load_examples("bundled://facts", "qa")
+    assert ex.duplicates == 0 and len(ex) >= 300
+    real = [e for e in ex if e.id.startswith("real-")]
+    fict = [e for e in ex if e.id.startswith("fict-")]
+    assert len(real) >= 200 and len(fict) >= 150
+    rel = Counter(e.relation for e in ex)
+    assert len(rel) >= 8 and min(rel.values()) >= 15
+    # Fictional relations all have real facts too, so few-shot exemplars exist for every relation.
+    assert {e.relation for e in fict} <= {e.relation for e in real}
+    assert all(e.relation for e in ex)

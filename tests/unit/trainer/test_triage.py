@@ -1,0 +1,187 @@
+"""SliCK triage: categories, the teacher-forced greedy check, sampling only where it matters, splits."""
+
+import pytest
+import torch
+
+from tuneguard import api
+from tuneguard_trainer.data import QAExample, load_examples
+from tuneguard_trainer.prompts import (PromptFormat, answer_variants, classify, encode_for_training,
+                                       normalize_answer)
+from tuneguard_trainer.triage import (HIGHLY_KNOWN, MAYBE_KNOWN, UNKNOWN, WEAKLY_KNOWN, TriageResult,
+                                      _exemplar_sets, build_splits, categorize, triage)
+
+
+@pytest.mark.parametrize("p0, ps, cat", [
+    (1.0, None, HIGHLY_KNOWN), (0.5, None, MAYBE_KNOWN), (0.25, 0.0, MAYBE_KNOWN),
+    (0.0, 0.1, WEAKLY_KNOWN), (0.0, 0.0, UNKNOWN), (0.0, None, UNKNOWN),
+])
+def test_categories(p0, ps, cat):
+    assert categorize(p0, ps) == cat
+
+
+def test_normalisation_and_classes():
+    assert normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
+    assert normalize_answer("Paris.") == "paris"
+    assert classify("The Paris.", ["Paris"]) == "correct"
+    assert classify("I don't know.", ["Paris"]) == "abstain"
+    assert classify("I'm not sure, maybe Lyon", ["Paris"]) == "abstain"
+    assert classify("Lyon", ["Paris"]) == "wrong"
+    assert classify("Unknowable Lyon", ["Paris"]) == "wrong"  # whole words only
+    assert classify("Je ne sais pas", ["Paris"], abstention_text="Je ne sais pas") == "abstain"
+    assert answer_variants(["paris", "Paris", "Île"]) == ["paris", "Paris", "Île"]
+
+
+def test_encode_for_training_masks_prompt_and_truncates_left(tiny_tokenizer):
+    fmt = PromptFormat(tiny_tokenizer)
+    ex = QAExample(id="a", question="What is the capital of France?", answers=["Paris"])
+    [f] = encode_for_training(tiny_tokenizer, [ex], 512)
+    ans = fmt.answer_ids("Paris") + [tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    assert f["input_ids"][-len(ans):] == ans and f["labels"][-len(ans):] == ans
+    assert all(l == -100 for l in f["labels"][:-len(ans)])
+    assert f["input_ids"][:-len(ans)] == fmt.prompt_ids(ex)
+    [g] = encode_for_training(tiny_tokenizer, [ex], 5)
+    assert g["input_ids"] == f["input_ids"][-5:] and g["labels"] == f["labels"][-5:]
+    relabelled = QAExample(id="b", question=ex.question, answers=["Paris"], target="I don't know")
+    [h] = encode_for_training(tiny_tokenizer, [relabelled], 512)
+    assert tiny_tokenizer.decode([t for t in h["labels"] if t != -100]) == "I don't know<|im_end|>"
+
+
+def test_exemplars_same_relation_never_self():
+    ex = load_examples("bundled://facts")
+    sets = _exemplar_sets(ex, 3, 4, seed=1)
+    by_id = {e.id: e for e in ex}
+    for e in ex:
+        assert len(sets[e.id]) == 3
+        for s in sets[e.id]:
+            assert len(s) == 4 and all(x.relation == e.relation and x is not e for x in s)
+    assert {k: [[x.id for x in s] for s in v] for k, v in sets.items()} == \
+        {k: [[x.id for x in s] for s in v] for k, v in _exemplar_sets(ex, 3, 4, seed=1).items()}
+
+
+class _Oracle(torch.nn.Module):
+    """A fake causal LM that 'knows' a fact by emitting its answer tokens then the stop token after a
+    prompt ending with that fact's question, and emits `wrong_ids` otherwise. Deterministic argmax."""
+
+    def __init__(self, fmt, known: dict, vocab: int, noise_id: int):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.fmt, self.known, self.vocab, self.noise_id = fmt, known, vocab, noise_id
+        self.config = type("C", (), {"use_cache": False})()
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
+                use_cache=False, logits_to_keep=0, **kw):
+        b, n = input_ids.shape
+        prev = past_key_values or [[] for _ in range(b)]
+        seqs = [prev[i] + [t for t, m in zip(input_ids[i].tolist(), (attention_mask[i, -n:] if
+                attention_mask is not None else torch.ones(n)).tolist()) if m] for i in range(b)]
+        logits = torch.full((b, n, self.vocab), -10.0)
+        for i, s in enumerate(seqs):
+            for j in range(n):
+                # position j of this call corresponds to prefix s[: len(s) - n + j + 1] (padding aside)
+                cut = len(s) - (n - 1 - j)
+                t = self._next(s[:cut]) if cut > 0 else self.noise_id
+                logits[i, j, t] = 10.0
+        keep = logits_to_keep or n
+        out = type("O", (), {})()
+        out.logits = logits[:, -keep:]
+        out.past_key_values = _Past(seqs)
+        return out
+
+    def _next(self, seq):
+        for prompt, ans in self.known.items():
+            L = len(prompt)
+            if len(seq) >= L and tuple(seq[-L:]) == prompt:
+                return ans[0]
+            for k in range(1, len(ans)):
+                if len(seq) >= L + k and tuple(seq[-L - k:-k]) == prompt and tuple(seq[-k:]) == tuple(ans[:k]):
+                    return ans[k]
+        return self.noise_id
+
+
+class _Past(list):
+    def batch_repeat_interleave(self, n):
+        self[:] = [list(s) for s in self for _ in range(n)]
+
+
+def test_triage_with_an_oracle_model(tiny_tokenizer):
+    """Facts whose answer the 'model' emits after their question's user turn are HighlyKnown under every
+    few-shot prompt; the others are Unknown (the oracle never samples them)."""
+    fmt = PromptFormat(tiny_tokenizer)
+    ex = [e for e in load_examples("bundled://facts") if e.relation == "capital"][:12]
+    start = tiny_tokenizer.convert_tokens_to_ids("<|im_start|>")
+
+    def tail(e):  # the question's user turn + the generation prompt
+        ids = fmt.prompt_ids(e)
+        return tuple(ids[[i for i, t in enumerate(ids) if t == start][-2]:])
+
+    knows = {tail(e): fmt.answer_ids(e.answers[0]) + [fmt.end_ids[0]] for e in ex[:5]}
+    noise = tiny_tokenizer.convert_tokens_to_ids("Q")
+    model = _Oracle(fmt, knows, len(tiny_tokenizer), noise)
+    res = triage(model, tiny_tokenizer, ex, api.TriageSpec(prompts=3, shots=2, samples=2), seed=0,
+                 progress=False)
+    assert [res.categories[e.id] for e in ex] == [HIGHLY_KNOWN] * 5 + [UNKNOWN] * 7
+    assert all(res.p_sample[e.id] is None for e in ex[:5])  # sampled only where P(T=0) = 0
+    assert all(res.p_sample[e.id] == 0.0 for e in ex[5:])
+    assert res.counts() == {"highly_known": 5, "maybe_known": 0, "weakly_known": 0, "unknown": 7,
+                            "dropped": 0, "relabelled": 0}
+    api.TriageCounts(**res.counts())
+
+
+def test_triage_tiny_random_model_runs_and_is_deterministic(tiny_model, tiny_tokenizer):
+    ex = load_examples("bundled://facts")[:30]
+    spec = api.TriageSpec(prompts=2, shots=2, samples=2)
+    a = triage(tiny_model, tiny_tokenizer, ex, spec, seed=3, progress=False)
+    b = triage(tiny_model, tiny_tokenizer, ex, spec, seed=3, progress=False)
+    assert a.categories == b.categories and a.p_sample == b.p_sample
+    assert sum(a.counts()[k] for k in ("highly_known", "maybe_known", "weakly_known", "unknown")) == 30
+
+
+def _fake_result(examples, cats):
+    return TriageResult(categories={e.id: c for e, c in zip(examples, cats)},
+                        p_greedy={e.id: 0.0 for e in examples}, p_sample={e.id: None for e in examples})
+
+
+@pytest.mark.parametrize("policy", ["keep", "drop", "abstain"])
+def test_splits_disjoint_deterministic_and_policies(policy):
+    ex = load_examples("bundled://facts")[:80]
+    cycle = [HIGHLY_KNOWN, MAYBE_KNOWN, WEAKLY_KNOWN, UNKNOWN]
+    res = _fake_result(ex, [cycle[i % 4] for i in range(len(ex))])
+    ds = api.DatasetSpec(train="bundled://facts", holdoutFraction=0.25)
+    ts = api.TriageSpec(unknownPolicy=policy, abstentionText="No idea")
+    s = build_splits(ex, res, ds, ts, seed=7)
+    ids = lambda xs: {x.id for x in xs}
+    assert not ids(s.train) & ids(s.known_probe) and not ids(s.train) & ids(s.unknown_probe)
+    assert not ids(s.known_probe) & ids(s.unknown_probe)
+    assert len(s.known_probe) == 5 and len(s.unknown_probe) == 5  # 25% of 20 each
+    assert all(res.categories[x.id] == HIGHLY_KNOWN for x in s.known_probe)
+    assert all(res.categories[x.id] == UNKNOWN for x in s.unknown_probe)
+    assert s.drift_prompts == [x.question for x in s.known_probe]
+    unk_train = [x for x in s.train if res.categories[x.id] == UNKNOWN]
+    if policy == "keep":
+        assert len(unk_train) == 15 and s.counts["dropped"] == 0
+        assert ids(s.new_facts) == {x.id for x in s.train if res.categories[x.id] in (WEAKLY_KNOWN, UNKNOWN)}
+    if policy == "drop":
+        assert not unk_train and s.counts["dropped"] == 15
+    if policy == "abstain":
+        assert len(unk_train) == 15 and all(x.target == "No idea" for x in unk_train)
+        assert s.counts["relabelled"] == 15 and ids(s.new_facts) == \
+            {x.id for x in s.train if res.categories[x.id] == WEAKLY_KNOWN}
+    again = build_splits(ex, res, ds, ts, seed=7)
+    assert [x.id for x in again.train] == [x.id for x in s.train]
+    assert [x.id for x in again.known_probe] == [x.id for x in s.known_probe]
+    other = build_splits(ex, res, ds, ts, seed=8)
+    assert ids(other.known_probe) != ids(s.known_probe) or ids(other.unknown_probe) != ids(s.unknown_probe)
+    api.TriageCounts(**s.counts)
+
+
+def test_splits_with_probe_files():
+    ex = load_examples("bundled://facts")
+    train, kp, up = ex[:40], ex[100:110], ex[300:310]
+    cats = [HIGHLY_KNOWN] * 40 + [HIGHLY_KNOWN, UNKNOWN] * 5 + [UNKNOWN, MAYBE_KNOWN] * 5
+    res = _fake_result(train + kp + up, cats)
+    s = build_splits(train, res, api.DatasetSpec(train="x"), api.TriageSpec(), seed=0,
+                     known_probe_examples=kp, unknown_probe_examples=up, drift_prompts=["hello"])
+    assert len(s.train) == 40 and [x.id for x in s.known_probe] == [kp[i].id for i in (0, 2, 4, 6, 8)]
+    assert [x.id for x in s.unknown_probe] == [up[i].id for i in (0, 2, 4, 6, 8)]
+    assert s.drift_prompts == ["hello"] and not s.drift_are_questions
+    assert s.counts["highly_known"] == 40  # counts are of the training file

@@ -1,0 +1,306 @@
+"""Hallucination and drift figures of a model against the base model, every N steps and at the end.
+
+``Evaluator(tokenizer, splits, base_model, ...)`` precomputes everything that depends on the base model
+only; ``evaluate(model)`` returns exactly the keys of ``contract.FIGURES``:
+
+* known probe (held-out HighlyKnown facts): ``known_accuracy`` = correct / n and ``hallucination_rate`` =
+  wrong / n, where *wrong* = neither correct nor an abstention. The probe keeps only facts the base model
+  answers correctly in the closed-book format (SliCK's few-shot HighlyKnown does not guarantee it), so
+  the base model's hallucination rate is 0 by construction.
+* ``new_fact_accuracy``: correct / n on the trained facts the base model did not know (``splits.new_facts``).
+* unknown probe (held-out Unknown facts; those the base answers correctly closed-book are removed):
+  ``abstention_rate`` = abstained / n and ``fabrication_rate`` = wrong / n.
+* ``drift_kl``: mean per-token KL(p_base || p_model) over the drift prompts' continuation positions; the
+  continuation is the base model's greedy answer (up to ``drift_max_new_tokens`` tokens, including its stop
+  token), teacher-forced through both models. The base log-probs are cached once: in full (float32) when
+  they fit in ``drift_cache_mb``; otherwise the base's top ``drift_top_k`` tokens per position and one
+  bucket for the rest, which gives the KL between the coarsened distributions, a lower bound of the full KL
+  (the report says which).
+* ``param_drift_l2``: ||theta - theta_0||_2 / ||theta_0||_2 over all parameters (a CPU float32 copy of the
+  base parameters is taken at construction, or pass ``base_state``).
+* ``eval_loss``: token-mean cross-entropy of the new facts' targets (answer + end-of-turn token).
+
+What is exact (``mode``):
+
+* ``"exact"`` (default): one teacher-forced pass per batch over every (question, surface form) row, plus
+  rows for the abstention text. Greedy decoding emits an accepted answer iff the argmax chain of one of
+  :func:`prompts.answer_variants` (optionally + '.') matches and the next argmax is a stop token; it emits
+  the abstention text iff that chain matches. Examples resolved by neither are decoded greedily (short,
+  batched, KV-cached) and classified from the text, except new facts whose first greedy token already
+  rules out every accepted answer (normalisation is prefix-monotone, so they are wrong). The result equals
+  generation-based normalised exact match (up to floating-point ties between batched passes).
+* ``"tf-only"``: the teacher-forced pass alone; unresolved examples count as wrong (a lower bound on
+  correct and abstained, an upper bound on wrong).
+* ``"generate"``: greedy decoding of every example (the reference the tests compare with).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from tuneguard import contract
+
+from .data import QAExample
+from .prompts import PromptFormat, answer_variants, classify, is_correct, normalize_answer
+from .scoring import decode, eval_mode, greedy_emits, model_device, teacher_forced
+
+log = logging.getLogger(__name__)
+
+MODES = ("exact", "tf-only", "generate")
+
+
+@dataclass
+class _Item:
+    ex: QAExample
+    prompt: list[int]
+
+
+def _strip_prefix(name: str) -> str:
+    while name.startswith("module."):
+        name = name[len("module."):]
+    return name
+
+
+class Evaluator:
+    def __init__(self, tokenizer, splits, base_model, device=None, max_probe_size: int = 200,
+                 abstention_text: str = "I don't know", *, base_state: Optional[dict] = None,
+                 batch_size: int = 32, mode: str = "exact", max_new_tokens: int = 24,
+                 drift_max_new_tokens: int = 16, drift_cache_mb: int = 512, drift_top_k: int = 256,
+                 progress: bool = False):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        t0 = time.time()
+        self.tok = tokenizer
+        self.fmt = PromptFormat(tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.abstention_text = abstention_text
+        self.batch_size = batch_size
+        self.mode = mode
+        self.max_new_tokens = max_new_tokens
+        self.progress = progress
+        self.last_details: dict = {}
+        n = max_probe_size
+
+        # Candidate ids of the abstention text (teacher-forced like an answer).
+        self._abst_cands = [self.fmt.candidate_ids(v) for v in answer_variants([abstention_text])]
+
+        # --- probes, filtered by the base model's closed-book answers
+        known_c = [self._item(e) for e in list(splits.known_probe)[: 2 * n]]
+        unknown_c = [self._item(e) for e in list(splits.unknown_probe)[: 2 * n]]
+        kc = self._classify(base_model, known_c, need_abstention=True)
+        uc = self._classify(base_model, unknown_c, need_abstention=True)
+        self.known = [it for it, c in zip(known_c, kc) if c == "correct"][:n]
+        self.unknown = [it for it, c in zip(unknown_c, uc) if c != "correct"][:n]
+        self.new = [self._item(e) for e in list(splits.new_facts)[:n]]
+        self.probe_notes = {
+            "known_probe": f"{len(self.known)} of {len(known_c)} held-out HighlyKnown facts answered correctly "
+                           f"closed-book by the base model",
+            "unknown_probe": f"{len(self.unknown)} of {len(unknown_c)} held-out Unknown facts not answered "
+                             f"correctly closed-book by the base model",
+        }
+
+        # --- new facts' training targets, for eval_loss
+        self._new_targets = [self.fmt.answer_ids(it.ex.target) + self.fmt.end_ids[:1] for it in self.new]
+
+        # --- drift: prompts, base continuations and base log-probs
+        dp = list(splits.drift_prompts)[:n]
+        if getattr(splits, "drift_are_questions", True):
+            self._drift_prompts = [self.fmt.prompt_ids(QAExample(id=f"drift-{i}", question=q, answers=["-"]))
+                                   for i, q in enumerate(dp)]
+        else:
+            self._drift_prompts = [self.fmt.text_prompt_ids(p) for p in dp]
+        self._drift_conts: list[list[int]] = []
+        self._drift_base: list = []
+        self.drift_exact = True
+        if self._drift_prompts:
+            outs = decode(base_model, self._drift_prompts, self.pad_id, self.fmt.stop_ids,
+                          max_new_tokens=drift_max_new_tokens, batch_size=batch_size)
+            self._drift_conts = [o[0] if o[0] else [self.fmt.end_ids[0]] for o in outs]
+            vocab = base_model.get_output_embeddings().weight.shape[0]
+            positions = sum(len(c) for c in self._drift_conts)
+            self.drift_exact = positions * vocab * 4 <= drift_cache_mb * 2**20
+            self._drift_top_k = drift_top_k
+            store: list = [None] * len(self._drift_prompts)
+
+            def keep(i, logits):
+                lp = torch.log_softmax(logits, -1)
+                if self.drift_exact:
+                    store[i] = lp.cpu()
+                else:
+                    v, idx = lp.topk(drift_top_k, dim=-1)
+                    rest = torch.log1p(-v.exp().sum(-1).clamp(max=1 - 1e-7))
+                    store[i] = (v.cpu(), idx.cpu(), rest.cpu())
+
+            teacher_forced(base_model, self._drift_prompts, self._drift_conts, self.pad_id, batch_size, keep)
+            self._drift_base = store
+
+        # --- parameter drift reference
+        if base_state is None:
+            base_state = {_strip_prefix(k): p.detach().float().cpu().clone()
+                          for k, p in base_model.named_parameters()}
+        self._theta0 = base_state
+        self._theta0_norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in base_state.values()))
+
+        self.setup_seconds = time.time() - t0
+        self.base_figures = self.evaluate(base_model)
+        self.base_details = dict(self.last_details)
+        log.info("evaluator ready in %.1fs: %d known, %d unknown, %d new facts, %d drift prompts",
+                 time.time() - t0, len(self.known), len(self.unknown), len(self.new), len(self._drift_prompts))
+
+    # ----------------------------------------------------------------------------------- helpers
+    def _item(self, ex: QAExample) -> _Item:
+        return _Item(ex=ex, prompt=self.fmt.prompt_ids(ex))
+
+    def _classify(self, model, items: Sequence[_Item], need_abstention: bool, mode: Optional[str] = None,
+                  stats: Optional[dict] = None) -> list[str]:
+        """'correct' | 'abstain' | 'wrong' per item (see the module docstring for exactness)."""
+        mode = mode or self.mode
+        if not items:
+            return []
+        stats = stats if stats is not None else {}
+        result: list[Optional[str]] = [None] * len(items)
+        first_tok: list[Optional[int]] = [None] * len(items)
+        if mode != "generate":
+            rows_p, rows_c, meta = [], [], []
+            for i, it in enumerate(items):
+                for v in answer_variants(it.ex.answers):
+                    cand, hp = self.fmt.candidate_ids(v)
+                    rows_p.append(it.prompt); rows_c.append(cand); meta.append((i, "correct", hp))
+                if need_abstention:
+                    for cand, hp in self._abst_cands:
+                        rows_p.append(it.prompt); rows_c.append(cand); meta.append((i, "abstain", hp))
+
+            def consume(r, logits):
+                i, kind, hp = meta[r]
+                if first_tok[i] is None:
+                    first_tok[i] = int(logits[0].argmax())
+                n_ans = len(rows_c[r]) - (2 if hp else 1)
+                if result[i] != "correct" and greedy_emits(logits, rows_c[r], n_ans, hp, self.fmt.stop_ids):
+                    result[i] = kind
+
+            teacher_forced(model, rows_p, rows_c, self.pad_id, self.batch_size, consume)
+            stats["teacher_forced_rows"] = stats.get("teacher_forced_rows", 0) + len(rows_p)
+        todo = []
+        for i, it in enumerate(items):
+            if result[i] is not None:
+                continue
+            if mode == "tf-only":
+                result[i] = "wrong"
+            elif mode == "exact" and not need_abstention and self._first_token_rules_out(first_tok[i], it.ex):
+                result[i] = "wrong"
+            else:
+                todo.append(i)
+        if todo:
+            outs = decode(model, [items[i].prompt for i in todo], self.pad_id, self.fmt.stop_ids,
+                          max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+            for i, o in zip(todo, outs):
+                text = self.fmt.decode_answer(o[0])
+                result[i] = classify(text, items[i].ex.answers, self.abstention_text)
+                if not need_abstention and result[i] == "abstain":
+                    result[i] = "wrong"
+        stats["generated"] = stats.get("generated", 0) + len(todo)
+        return result  # type: ignore[return-value]
+
+    def _first_token_rules_out(self, tok_id: Optional[int], ex: QAExample) -> bool:
+        if tok_id is None:
+            return False
+        if tok_id in self.fmt.stop_ids:
+            return True  # empty answer
+        piece = self.tok.decode([tok_id])
+        if "\ufffd" in piece:
+            return False  # a partial UTF-8 sequence: cannot tell
+        head = normalize_answer(piece)
+        if not head:
+            return False  # an article, punctuation or space: cannot tell
+        return not any(normalize_answer(a).startswith(head) for a in ex.answers)
+
+    # ----------------------------------------------------------------------------------- figures
+    def drift_kl(self, model) -> Optional[float]:
+        if not self._drift_prompts:
+            return None
+        total = [0.0, 0]
+
+        def consume(i, logits):
+            lp = torch.log_softmax(logits, -1).cpu()
+            base = self._drift_base[i]
+            if self.drift_exact:
+                kl = (base.exp() * (base - lp)).sum(-1)
+            else:
+                v, idx, rest_b = base
+                lt = lp.gather(-1, idx)
+                rest_t = torch.log1p(-lt.exp().sum(-1).clamp(max=1 - 1e-7))
+                kl = (v.exp() * (v - lt)).sum(-1) + rest_b.exp() * (rest_b - rest_t)
+            total[0] += float(kl.clamp(min=0).sum())
+            total[1] += kl.numel()
+
+        teacher_forced(model, self._drift_prompts, self._drift_conts, self.pad_id, self.batch_size, consume)
+        return total[0] / max(1, total[1])
+
+    def param_drift(self, model) -> float:
+        sq = 0.0
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                ref = self._theta0.get(_strip_prefix(name))
+                if ref is None:
+                    continue
+                sq += float((p.detach().float().cpu() - ref).double().pow(2).sum())
+        return math.sqrt(sq) / self._theta0_norm if self._theta0_norm > 0 else 0.0
+
+    def eval_loss(self, model) -> Optional[float]:
+        if not self.new:
+            return None
+        total = [0.0, 0]
+
+        def consume(i, logits):
+            tgt = torch.tensor(self._new_targets[i], device=logits.device)
+            total[0] += float(torch.nn.functional.cross_entropy(logits, tgt, reduction="sum"))
+            total[1] += len(self._new_targets[i])
+
+        teacher_forced(model, [it.prompt for it in self.new], self._new_targets, self.pad_id, self.batch_size,
+                       consume)
+        return total[0] / total[1]
+
+    def evaluate(self, model, mode: Optional[str] = None) -> dict:
+        """The figures of ``model`` (keys: contract.FIGURES; None where a probe set is empty)."""
+        t0 = time.time()
+        stats: dict = {}
+        with eval_mode(model):
+            kc = self._classify(model, self.known, True, mode, stats)
+            uc = self._classify(model, self.unknown, True, mode, stats)
+            nc = self._classify(model, self.new, False, mode, stats)
+            drift = self.drift_kl(model)
+            loss = self.eval_loss(model)
+        pdrift = self.param_drift(model)
+
+        def rate(cs, what):
+            return (sum(c == what for c in cs) / len(cs)) if cs else None
+
+        figures = {
+            "known_accuracy": rate(kc, "correct"),
+            "hallucination_rate": rate(kc, "wrong"),
+            "new_fact_accuracy": rate(nc, "correct"),
+            "abstention_rate": rate(uc, "abstain"),
+            "fabrication_rate": rate(uc, "wrong"),
+            "drift_kl": drift,
+            "param_drift_l2": pdrift,
+            "eval_loss": loss,
+        }
+        assert tuple(figures) == contract.FIGURES
+        self.last_details = {
+            "seconds": round(time.time() - t0, 3),
+            "mode": mode or self.mode,
+            "sizes": {"known_probe": len(self.known), "unknown_probe": len(self.unknown),
+                      "new_facts": len(self.new), "drift_prompts": len(self._drift_prompts)},
+            "known": {k: sum(c == k for c in kc) for k in ("correct", "abstain", "wrong")},
+            "unknown": {k: sum(c == k for c in uc) for k in ("correct", "abstain", "wrong")},
+            "new": {k: sum(c == k for c in nc) for k in ("correct", "wrong")},
+            "drift_kl_exact": self.drift_exact,
+            **stats,
+        }
+        return figures

@@ -1,0 +1,270 @@
+"""Prompt formatting, answer normalisation and training encoding: the one place for all of it.
+
+Every other module (triage, evaluation, training) builds prompts through :class:`PromptFormat`, so the
+base model is triaged, trained and evaluated on exactly the same token sequences.
+
+Two formats, chosen from the tokenizer:
+
+* ``chat`` (the tokenizer has a chat template, e.g. SmolLM2-Instruct): a closed-book question is one user
+  turn, ``"<question>\\nAnswer with just the answer, in a few words."``, followed by the template's
+  generation prompt; the answer is the assistant content, ended by the template's end-of-turn token
+  (``<|im_end|>`` for SmolLM2). A few-shot prompt is the same, preceded by k user/assistant turns.
+* ``plain`` (no chat template, e.g. a base model): ``"Q: <question>\\nA:"`` blocks separated by a blank
+  line; the answer is ``" <answer>"``; training ends it with EOS; a stop is EOS or any token starting
+  with a newline.
+
+Chat-format datasets (``QAExample.context`` set) are rendered verbatim: earlier messages, then the user
+message, without the instruction.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data import QAExample
+
+INSTRUCTION = "Answer with just the answer, in a few words."
+
+# Phrases that make an answer an abstention (compared after normalize_answer, as whole words).
+ABSTENTION_PHRASES = (
+    "i don't know",
+    "i do not know",
+    "i dont know",
+    "don't know",
+    "unknown",
+    "not sure",
+    "no idea",
+    "i cannot answer",
+    "i can't answer",
+    "i am unable",
+    "i'm unable",
+    "cannot be determined",
+    "i don't have information",
+    "i do not have information",
+    "no information",
+    "i'm not aware",
+    "i am not aware",
+    "not aware of",
+    "i'm sorry",
+    "i apologize",
+    "does not exist",
+    "doesn't exist",
+    "not a real",
+    "fictional",
+)
+
+IGNORE_INDEX = -100
+
+# --------------------------------------------------------------------------------- normalisation
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCT = set(string.punctuation) | {"\u2018", "\u2019", "\u201c", "\u201d"}
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lower-case, drop punctuation and articles, collapse whitespace."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCT)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def is_correct(text: str, answers: Iterable[str]) -> bool:
+    """Normalised exact match against any accepted answer."""
+    norm = normalize_answer(text)
+    return any(norm == normalize_answer(a) for a in answers)
+
+
+def is_abstention(text: str, abstention_text: str | None = None) -> bool:
+    """True when the (normalised) text contains an abstention phrase or the configured abstention text."""
+    norm = f" {normalize_answer(text)} "
+    phrases = list(ABSTENTION_PHRASES)
+    if abstention_text:
+        phrases.append(abstention_text)
+    for phrase in phrases:
+        p = normalize_answer(phrase)
+        if p and f" {p} " in norm:
+            return True
+    return False
+
+
+def classify(text: str, answers: Iterable[str], abstention_text: str | None = None) -> str:
+    """'correct', 'abstain' or 'wrong' (correctness is checked first)."""
+    if is_correct(text, answers):
+        return "correct"
+    if is_abstention(text, abstention_text):
+        return "abstain"
+    return "wrong"
+
+
+def answer_variants(answers: Sequence[str]) -> list[str]:
+    """Surface forms checked by the teacher-forced pass: each accepted answer as written, and with its
+    first letter upper-cased (the teacher-forced check also accepts each one followed by a period)."""
+    out: list[str] = []
+    for a in answers:
+        a = a.strip()
+        for v in (a, a[:1].upper() + a[1:]):
+            if v and v not in out:
+                out.append(v)
+    return out
+
+
+# ------------------------------------------------------------------------------------ the format
+
+
+@dataclass
+class Encoded:
+    """A prompt's token ids and, for teacher forcing, a candidate answer's ids."""
+
+    prompt_ids: list[int]
+    answer_ids: list[int]
+
+
+class PromptFormat:
+    """How this tokenizer's model is asked a question and how its answer ends."""
+
+    def __init__(self, tokenizer, instruction: str = INSTRUCTION):
+        self.tokenizer = tokenizer
+        self.instruction = instruction
+        self.chat = bool(getattr(tokenizer, "chat_template", None))
+        if self.chat:
+            self.end_text = self._end_of_turn_text()
+            self.end_ids = tokenizer(self.end_text, add_special_tokens=False)["input_ids"] if self.end_text else []
+        else:
+            self.end_text = ""
+            self.end_ids = []
+        if not self.end_ids:
+            if tokenizer.eos_token_id is None:
+                raise ValueError("the tokenizer has neither a chat template with an end-of-turn token nor an EOS token")
+            self.end_ids = [tokenizer.eos_token_id]
+        self.stop_ids: set[int] = {self.end_ids[0]}
+        if tokenizer.eos_token_id is not None:
+            self.stop_ids.add(int(tokenizer.eos_token_id))
+        if not self.chat:
+            # In plain format a generated line ends the answer.
+            for tok_id in range(len(tokenizer)):
+                piece = tokenizer.decode([tok_id])
+                if piece.startswith("\n"):
+                    self.stop_ids.add(tok_id)
+        self._period_ok: dict[str, bool] = {}
+
+    # -------------------------------------------------------------------------------- internals
+    def _end_of_turn_text(self) -> str:
+        """The text the template puts right after an assistant message (e.g. '<|im_end|>')."""
+        marker = "XQZ7MARK"
+        msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}]
+        try:
+            text = self.tokenizer.apply_chat_template(msgs, tokenize=False)
+        except Exception:  # templates that insist on other roles
+            return ""
+        after = text.split(marker, 1)[1] if marker in text else ""
+        after = after.strip()
+        # Keep the first special-looking token, e.g. '<|im_end|>' or '<end_of_turn>'.
+        m = re.match(r"(<[^<>\s]+>)", after)
+        return m.group(1) if m else after.split()[0] if after else ""
+
+    def _render_chat(self, messages: list[dict]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _user(self, question: str) -> str:
+        return f"{question}\n{self.instruction}" if self.instruction else question
+
+    # ------------------------------------------------------------------------------------ prompts
+    def messages(self, example: "QAExample", shots: Sequence["QAExample"] = ()) -> list[dict]:
+        msgs: list[dict] = []
+        if getattr(example, "context", None):
+            msgs.extend(example.context)
+            msgs.append({"role": "user", "content": example.question})
+            return msgs
+        for ex in shots:
+            msgs.append({"role": "user", "content": self._user(ex.question)})
+            msgs.append({"role": "assistant", "content": ex.answers[0]})
+        msgs.append({"role": "user", "content": self._user(example.question)})
+        return msgs
+
+    def prompt_ids(self, example: "QAExample", shots: Sequence["QAExample"] = ()) -> list[int]:
+        """Token ids of the closed-book (shots=()) or few-shot prompt, ending where the answer starts."""
+        if self.chat:
+            return self._render_chat(self.messages(example, shots))
+        blocks = [f"Q: {ex.question}\nA: {ex.answers[0]}" for ex in shots]
+        blocks.append(f"Q: {example.question}\nA:")
+        return self.tokenizer("\n\n".join(blocks))["input_ids"]
+
+    def text_prompt_ids(self, text: str) -> list[int]:
+        """A free prompt (drift prompts): one user turn without the instruction."""
+        if self.chat:
+            return self._render_chat([{"role": "user", "content": text}])
+        return self.tokenizer(text)["input_ids"]
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """The answer's tokens as the model would emit them after the prompt (no end token)."""
+        text = answer if self.chat else " " + answer
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def candidate_ids(self, answer: str) -> tuple[list[int], bool]:
+        """Ids fed for a teacher-forced check of ``answer``: its tokens, then a period when the period is
+        its own token (so one pass checks both "X<stop>" and "X.<stop>"), then the stop token.
+        Returns (ids, has_period)."""
+        ids = self.answer_ids(answer)
+        with_dot = self.answer_ids(answer + ".")
+        has_period = len(with_dot) == len(ids) + 1 and with_dot[: len(ids)] == ids
+        if has_period:
+            return with_dot + [self.end_ids[0]], True
+        return ids + [self.end_ids[0]], False
+
+    def decode_answer(self, ids: Sequence[int]) -> str:
+        """Generated ids -> answer text, cut at the first stop token (and, in plain format, a newline)."""
+        out = []
+        for t in ids:
+            if int(t) in self.stop_ids:
+                break
+            out.append(int(t))
+        text = self.tokenizer.decode(out, skip_special_tokens=True)
+        if not self.chat:
+            text = text.split("\n", 1)[0]
+        return text.strip()
+
+
+# --------------------------------------------------------------------------------- training data
+
+
+def encode_for_training(tokenizer, examples: Sequence["QAExample"], max_seq_length: int,
+                        fmt: PromptFormat | None = None) -> list[dict]:
+    """Closed-book prompt + target + end-of-turn token, as {input_ids, labels} lists.
+
+    Labels are -100 on prompt tokens; the target and its end token are supervised. Sequences longer than
+    ``max_seq_length`` are truncated from the left (the prompt's start goes first)."""
+    if max_seq_length < 2:
+        raise ValueError("max_seq_length must be at least 2")
+    fmt = fmt or PromptFormat(tokenizer)
+    out = []
+    for ex in examples:
+        prompt = fmt.prompt_ids(ex)
+        target = fmt.answer_ids(ex.target) + list(fmt.end_ids[:1])
+        ids = prompt + target
+        labels = [IGNORE_INDEX] * len(prompt) + target
+        if len(ids) > max_seq_length:
+            ids, labels = ids[-max_seq_length:], labels[-max_seq_length:]
+        out.append({"input_ids": ids, "labels": labels})
+    return out
+
+
+def collate(features: Sequence[dict], pad_token_id: int) -> dict:
+    """Right-pad {input_ids, labels} features into tensors with an attention mask."""
+    import torch
+
+    n = max(len(f["input_ids"]) for f in features)
+    ids = torch.full((len(features), n), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(features), n), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(features), n), dtype=torch.long)
+    for i, f in enumerate(features):
+        k = len(f["input_ids"])
+        ids[i, :k] = torch.tensor(f["input_ids"])
+        labels[i, :k] = torch.tensor(f["labels"])
+        mask[i, :k] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}

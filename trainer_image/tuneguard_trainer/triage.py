@@ -1,0 +1,306 @@
+"""SliCK knowledge triage (Gekhman et al. 2024) and the train / probe splits built from it.
+
+For each fact, ``spec.prompts`` few-shot prompts with ``spec.shots`` exemplars of its relation:
+
+* P(T=0): share of the prompts whose greedy answer is correct. Computed by ONE teacher-forced pass per
+  batch: greedy decoding emits an accepted answer iff the argmax at every answer position is the
+  answer's token and the next argmax is a stop token (or a period, then a stop). Checked for each
+  surface form of :func:`prompts.answer_variants` in its canonical tokenisation; this is exactly
+  "greedy output == one of those forms (optionally + '.')", a subset of normalised exact match (a greedy
+  answer "paris!" or a non-canonical tokenisation of "Paris" counts as wrong here).
+* P(T>0): share of ``spec.samples`` samples per prompt (temperature ``spec.temperature``, top-k 40)
+  whose text is a normalised exact match. Sampled only for facts with P(T=0) = 0, the only place where
+  it decides the category (WeaklyKnown vs Unknown); elsewhere it is reported as None.
+* HighlyKnown: P(T=0) = 1; MaybeKnown: 0 < P(T=0) < 1; WeaklyKnown: P(T=0) = 0 and P(T>0) > 0;
+  Unknown: both 0.
+
+Exemplar sets are drawn per relation (seeded) and shared by the facts of that relation (never containing
+the fact itself), so a few-shot prefix is computed once per (relation, set) and cached for all its facts;
+each fact still sees ``prompts`` distinct random sets, as in the paper. Facts without a relation draw
+exemplars from the other facts without one.
+
+``build_splits`` turns the categories into: ``train`` (after the Unknown policy), ``known_probe``
+(held-out HighlyKnown, never trained on), ``new_facts`` (the trained facts the base model's greedy answer
+never got right: WeaklyKnown, and Unknown unless dropped or relabelled), ``unknown_probe`` (held-out
+Unknown) and ``drift_prompts`` (the known probe's questions, or the file's prompts).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from tuneguard import api
+
+from .data import QAExample, load_examples, load_prompts
+from .prompts import PromptFormat, answer_variants, is_correct
+from .scoring import decode, greedy_emits, teacher_forced
+
+log = logging.getLogger(__name__)
+
+HIGHLY_KNOWN, MAYBE_KNOWN, WEAKLY_KNOWN, UNKNOWN = "HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown"
+CATEGORIES = (HIGHLY_KNOWN, MAYBE_KNOWN, WEAKLY_KNOWN, UNKNOWN)
+COUNT_KEYS = {HIGHLY_KNOWN: "highly_known", MAYBE_KNOWN: "maybe_known", WEAKLY_KNOWN: "weakly_known",
+              UNKNOWN: "unknown"}
+SAMPLE_TOP_K = 40
+
+
+def categorize(p_greedy: float, p_sample: Optional[float]) -> str:
+    """SliCK category from P(T=0) and P(T>0) (P(T>0) only matters when P(T=0) = 0)."""
+    if p_greedy >= 1.0:
+        return HIGHLY_KNOWN
+    if p_greedy > 0.0:
+        return MAYBE_KNOWN
+    if p_sample is not None and p_sample > 0.0:
+        return WEAKLY_KNOWN
+    return UNKNOWN
+
+
+@dataclass
+class TriageResult:
+    categories: dict[str, str]  # example id -> category
+    p_greedy: dict[str, float]
+    p_sample: dict[str, Optional[float]]  # None where not sampled (P(T=0) > 0 or samples = 0)
+    seconds: float = 0.0
+    slick: bool = True  # False: the closed-book check used when triage is disabled
+
+    def counts(self) -> dict:
+        """api.TriageCounts-compatible counts (dropped/relabelled are filled in by build_splits)."""
+        out = {k: 0 for k in COUNT_KEYS.values()}
+        for c in self.categories.values():
+            out[COUNT_KEYS[c]] += 1
+        out.update(dropped=0, relabelled=0)
+        return out
+
+
+def _exemplar_sets(examples: Sequence[QAExample], n_prompts: int, shots: int, seed: int):
+    """For each example id, ``n_prompts`` exemplar lists of its relation (never containing itself)."""
+    by_rel: dict[Optional[str], list[QAExample]] = {}
+    for ex in examples:
+        by_rel.setdefault(ex.relation, []).append(ex)
+    chosen: dict[str, list[list[QAExample]]] = {}
+    for rel, pool in sorted(by_rel.items(), key=lambda kv: str(kv[0])):
+        rng = random.Random(f"slick:{seed}:{rel}")
+        k = min(shots, len(pool) - 1)
+        sets: list[list[QAExample]] = []
+
+        def new_set(exclude: Optional[QAExample] = None):
+            cands = [e for e in pool if e is not exclude]
+            s = rng.sample(cands, k) if k > 0 else []
+            sets.append(s)
+            return s
+
+        for _ in range(n_prompts + 1):
+            new_set()
+        for ex in pool:
+            if k == 0:
+                chosen[ex.id] = [[] for _ in range(n_prompts)]
+                continue
+            mine = [s for s in sets if all(e is not ex for e in s)][:n_prompts]
+            while len(mine) < n_prompts:
+                mine.append(new_set(exclude=ex))
+            chosen[ex.id] = mine
+    return chosen
+
+
+def triage(model, tokenizer, examples: Sequence[QAExample], spec: api.TriageSpec, seed: int = 0,
+           device=None, batch_size: int = 32, progress: bool = True,
+           fmt: Optional[PromptFormat] = None) -> TriageResult:
+    """Categorise every example by what the (base) model knows. ``device`` is taken from the model;
+    the argument is accepted for symmetry with the rest of the trainer."""
+    from tqdm.auto import tqdm
+    import torch
+
+    t0 = time.time()
+    fmt = fmt or PromptFormat(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sets = _exemplar_sets(examples, spec.prompts, spec.shots, seed)
+
+    # --- P(T=0): one teacher-forced pass over (fact, prompt, surface form) rows.
+    prompt_ids: dict[tuple[int, int], list[int]] = {}
+    rows_p, rows_c, meta = [], [], []
+    for i, ex in enumerate(examples):
+        for j, shots in enumerate(sets[ex.id]):
+            p = fmt.prompt_ids(ex, shots)
+            prompt_ids[(i, j)] = p
+            for v in answer_variants(ex.answers):
+                cand, has_period = fmt.candidate_ids(v)
+                rows_p.append(p)
+                rows_c.append(cand)
+                meta.append((i, j, len(cand) - (2 if has_period else 1), has_period))
+    hit = [[False] * spec.prompts for _ in examples]
+
+    def consume(r, logits):
+        i, j, n_ans, has_period = meta[r]
+        if not hit[i][j] and greedy_emits(logits, rows_c[r], n_ans, has_period, fmt.stop_ids):
+            hit[i][j] = True
+
+    bar = tqdm(total=len(rows_p), desc="triage: greedy (teacher-forced)", unit="row", disable=not progress)
+    teacher_forced(model, rows_p, rows_c, pad_id, batch_size=batch_size, consume=consume, progress=bar)
+    bar.close()
+    p_greedy = {ex.id: sum(hit[i]) / spec.prompts for i, ex in enumerate(examples)}
+
+    # --- P(T>0): sampling only where P(T=0) = 0.
+    p_sample: dict[str, Optional[float]] = {ex.id: None for ex in examples}
+    todo = [i for i, ex in enumerate(examples) if p_greedy[ex.id] == 0.0]
+    if spec.samples > 0 and todo:
+        max_ans = max(len(fmt.answer_ids(a)) for i in todo for a in examples[i].answers)
+        plist = [(i, j) for i in todo for j in range(spec.prompts)]
+        gen = torch.Generator().manual_seed(seed)
+        bar = tqdm(total=len(plist), desc=f"triage: sampling (T={spec.temperature})", unit="prompt",
+                   disable=not progress)
+        outs = decode(model, [prompt_ids[k] for k in plist], pad_id, fmt.stop_ids,
+                      max_new_tokens=min(max_ans + 3, 32), batch_size=batch_size * 2,
+                      num_samples=spec.samples, temperature=spec.temperature, top_k=SAMPLE_TOP_K,
+                      generator=gen, progress=bar)
+        bar.close()
+        correct = {i: 0 for i in todo}
+        for (i, _), samples in zip(plist, outs):
+            correct[i] += sum(is_correct(fmt.decode_answer(s), examples[i].answers) for s in samples)
+        for i in todo:
+            p_sample[examples[i].id] = correct[i] / (spec.prompts * spec.samples)
+    cats = {ex.id: categorize(p_greedy[ex.id], p_sample[ex.id]) for ex in examples}
+    res = TriageResult(categories=cats, p_greedy=p_greedy, p_sample=p_sample, seconds=time.time() - t0)
+    log.info("triage of %d facts in %.1fs: %s", len(examples), res.seconds, res.counts())
+    return res
+
+
+def closed_book_check(model, tokenizer, examples: Sequence[QAExample], seed: int = 0, batch_size: int = 32,
+                      progress: bool = True) -> TriageResult:
+    """What triage does when disabled: one zero-shot greedy pass (correct -> HighlyKnown, else Unknown),
+    used only to split probes; not a SliCK triage and not reported as one."""
+    spec = api.TriageSpec(prompts=1, shots=0, samples=0)
+    res = triage(model, tokenizer, examples, spec, seed=seed, batch_size=batch_size, progress=progress)
+    res.slick = False
+    return res
+
+
+# ------------------------------------------------------------------------------------------ splits
+
+
+@dataclass
+class Splits:
+    train: list[QAExample]
+    known_probe: list[QAExample]
+    new_facts: list[QAExample]
+    unknown_probe: list[QAExample]
+    drift_prompts: list[str]
+    drift_are_questions: bool = True  # True: closed-book questions; False: free prompts from a file
+    counts: dict = field(default_factory=dict)  # api.TriageCounts fields
+    categories: dict[str, str] = field(default_factory=dict)
+    slick: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {"train": len(self.train), "known_probe": len(self.known_probe), "new_facts": len(self.new_facts),
+                "unknown_probe": len(self.unknown_probe), "drift_prompts": len(self.drift_prompts)}
+
+
+def _holdout(items: list[QAExample], fraction: float, rng: random.Random) -> tuple[list[QAExample], list[QAExample]]:
+    items = sorted(items, key=lambda e: e.id)
+    rng.shuffle(items)
+    n = int(round(fraction * len(items)))
+    return items[:n], items[n:]
+
+
+def build_splits(examples: Sequence[QAExample], result: TriageResult, dataset_spec: api.DatasetSpec,
+                 triage_spec: api.TriageSpec, seed: int = 0,
+                 known_probe_examples: Optional[Sequence[QAExample]] = None,
+                 unknown_probe_examples: Optional[Sequence[QAExample]] = None,
+                 drift_prompts: Optional[Sequence[str]] = None) -> Splits:
+    """Deterministic (by seed) splits; ``result`` must cover the examples and any probe examples.
+
+    Without probe files, ``holdoutFraction`` of the HighlyKnown facts becomes the known probe and the
+    same fraction of the Unknown facts the unknown probe (stratified by category; MaybeKnown and
+    WeaklyKnown facts are all trained on). A probe file replaces the split for its side: the known file's
+    HighlyKnown facts and the unknown file's Unknown facts are used (the rest of each file is ignored).
+    Unknown training facts then follow ``unknownPolicy``: keep; drop; or abstain (target := abstention
+    text). With a disabled triage (``result.slick`` False) the policy is not applied."""
+    cats = result.categories
+    rng = random.Random(f"splits:{seed}")
+    by_cat: dict[str, list[QAExample]] = {c: [] for c in CATEGORIES}
+    for ex in examples:
+        by_cat[cats[ex.id]].append(ex)
+    frac = dataset_spec.holdout_fraction
+    notes: list[str] = []
+
+    if known_probe_examples is not None:
+        known_probe = [e for e in known_probe_examples if cats.get(e.id) == HIGHLY_KNOWN]
+        notes.append(f"known probe: {len(known_probe)} HighlyKnown of {len(known_probe_examples)} in the file")
+        hk_train = by_cat[HIGHLY_KNOWN]
+    else:
+        known_probe, hk_train = _holdout(by_cat[HIGHLY_KNOWN], frac, rng)
+    if unknown_probe_examples is not None:
+        unknown_probe = [e for e in unknown_probe_examples if cats.get(e.id) == UNKNOWN]
+        notes.append(f"unknown probe: {len(unknown_probe)} Unknown of {len(unknown_probe_examples)} in the file")
+        unk_train = by_cat[UNKNOWN]
+    else:
+        unknown_probe, unk_train = _holdout(by_cat[UNKNOWN], frac, rng)
+
+    policy = triage_spec.unknown_policy if result.slick else "keep"
+    dropped = relabelled = 0
+    train: list[QAExample] = []
+    new_facts: list[QAExample] = []
+    for ex in sorted(hk_train + by_cat[MAYBE_KNOWN] + by_cat[WEAKLY_KNOWN] + unk_train, key=lambda e: e.id):
+        cat = cats[ex.id]
+        if cat == UNKNOWN and policy == "drop":
+            dropped += 1
+            continue
+        if cat == UNKNOWN and policy == "abstain":
+            relabelled += 1
+            train.append(QAExample(id=ex.id, question=ex.question, answers=list(ex.answers),
+                                   relation=ex.relation, target=triage_spec.abstention_text, context=ex.context))
+            continue
+        t = QAExample(id=ex.id, question=ex.question, answers=list(ex.answers), relation=ex.relation,
+                      target=ex.target, context=ex.context)
+        train.append(t)
+        if cat in (WEAKLY_KNOWN, UNKNOWN):
+            new_facts.append(t)
+    rng.shuffle(train)
+    if not train:
+        raise ValueError("no training examples are left after the probe hold-out and the Unknown policy "
+                         f"({result.counts()}); lower holdoutFraction or use unknownPolicy keep/abstain")
+    if drift_prompts is not None:
+        drift, drift_q = list(drift_prompts), False
+    else:
+        drift, drift_q = [e.question for e in known_probe], True
+    counts = {k: 0 for k in COUNT_KEYS.values()}  # of the training file (probe files are not counted)
+    for ex in examples:
+        counts[COUNT_KEYS[cats[ex.id]]] += 1
+    counts.update(dropped=dropped, relabelled=relabelled)
+    return Splits(train=train, known_probe=known_probe, new_facts=new_facts, unknown_probe=unknown_probe,
+                  drift_prompts=drift, drift_are_questions=drift_q, counts=counts, categories=dict(cats),
+                  slick=result.slick, notes=notes)
+
+
+def prepare(model, tokenizer, spec: api.FineTuneJobSpec, seed: int = 0, batch_size: int = 32,
+            progress: bool = True) -> tuple[Splits, TriageResult]:
+    """Load the datasets of a job spec, triage them with the base model and build the splits: the one
+    call the training loop needs before training."""
+    ds = spec.datasets
+    train = load_examples(ds.train, ds.format)
+    known = load_examples(ds.probes.known, "qa", min_examples=1) if ds.probes.known else None
+    unknown = load_examples(ds.probes.unknown, "qa", min_examples=1) if ds.probes.unknown else None
+    drift = load_prompts(spec.evaluation.drift_prompts) if spec.evaluation.drift_prompts else None
+    everything: list[QAExample] = list(train)
+    seen = {e.id for e in everything}
+    for extra, tag in ((known, "known"), (unknown, "unknown")):
+        for e in extra or []:
+            if e.id in seen:  # ids only need to be unique within a file
+                e.id = f"{tag}-probe:{e.id}"
+            seen.add(e.id)
+            everything.append(e)
+    if spec.triage.enabled:
+        result = triage(model, tokenizer, everything, spec.triage, seed=seed, batch_size=batch_size,
+                        progress=progress)
+    else:
+        result = closed_book_check(model, tokenizer, everything, seed=seed, batch_size=batch_size,
+                                   progress=progress)
+    splits = build_splits(train, result, ds, spec.triage, seed=seed, known_probe_examples=known,
+                          unknown_probe_examples=unknown, drift_prompts=drift)
+    if train.duplicates:
+        splits.notes.append(f"{train.duplicates} duplicate question(s) in the training data were merged")
+    return splits, result
