@@ -1,6 +1,8 @@
 """Shared fixtures. Cluster tests (marked `cluster`) take `cluster`: the real local control plane
 from tests.cluster, started once per session in its own temporary state dir (so two test runs on one
-machine never collide) and stopped at the end; or, when KUBECONFIG is set, that cluster, untouched."""
+machine never collide) and stopped at the end; or, when KUBECONFIG is set, that cluster, untouched.
+Cluster tests set their timeouts with func_only=True: the fixture's set-up may include the first
+build of the binaries (about 25 minutes on a fresh 2-core machine)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ def cluster():
 
     if os.environ.get("KUBECONFIG"):
         # Someone else's cluster (or one from `make cluster-up`): start nothing, stop nothing.
+        if os.pathsep in os.environ["KUBECONFIG"]:
+            pytest.fail("KUBECONFIG must name a single file for the tests (they hand it to other tools)")
         try:
             tools = control_plane_binaries(["helm"])
         except RuntimeError:
@@ -44,7 +48,12 @@ def cluster():
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     keep = os.environ.get("TUNEGUARD_KEEP_CLUSTER_STATE") == "1"
     try:
-        yield plane.start()
+        started = plane.start()  # on failure it has stopped its processes and kept the logs it names
+    except BaseException:
+        signal.signal(signal.SIGTERM, previous)
+        raise
+    try:
+        yield started
     finally:
         plane.stop(keep_state=keep)
         signal.signal(signal.SIGTERM, previous)

@@ -362,6 +362,16 @@ class Toleration(ApiModel):
     toleration_seconds: Optional[int] = None
 
 
+# The launch contract the operator sets on every worker; spec.resources.env may not override it.
+RESERVED_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NNODES", "NPROC_PER_NODE", "NODE_RANK", "RANK",
+                "LOCAL_RANK", "HF_TOKEN")
+
+
+class EnvVar(ApiModel):
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128, description="Variable name.")
+    value: str = Field("", max_length=4096, description="Value.")
+
+
 class ResourceSpec(ApiModel):
     workers: int = Field(1, ge=1, le=1024, description="Worker pods (nodes); rank 0 is worker 0.")
     gpus_per_worker: int = Field(1, ge=0, le=16, description="nvidia.com/gpu per worker; 0 runs on CPU.")
@@ -376,9 +386,24 @@ class ResourceSpec(ApiModel):
     priority_class_name: Optional[str] = Field(None, description="PriorityClass of the worker pods.")
     scheduler_name: Optional[str] = Field(None, description="Scheduler, e.g. volcano for gang scheduling.")
     queue_name: Optional[str] = Field(None, description="Kueue LocalQueue; sets the kueue.x-k8s.io/queue-name label.")
+    env: Optional[list[EnvVar]] = Field(
+        None, max_length=64,
+        description="Extra environment of the workers, e.g. NCCL_SOCKET_IFNAME, NCCL_IB_HCA, NCCL_DEBUG=INFO. "
+        "Overrides the operator's defaults (NCCL_DEBUG) but not the launch variables ("
+        + ", ".join(RESERVED_ENV) + ", TUNEGUARD_*). Takes effect at the next (re)start of the workers.",
+    )
 
     # Placement (selector, tolerations, queue) stays editable, as Kueue expects of suspended jobs.
     __rules__ = (
+        Rule(
+            cel="!has(self.env) || self.env.all(e, !(e.name in " + str(list(RESERVED_ENV)).replace("'", '"')
+            + ") && !e.name.startsWith('TUNEGUARD_'))",
+            message="env may not set the launch variables the operator owns (" + ", ".join(RESERVED_ENV)
+            + ", TUNEGUARD_*); remove them",
+            field=".env",
+            check=lambda r: not r.env or all(e.name not in RESERVED_ENV and not e.name.startswith("TUNEGUARD_")
+                                             for e in r.env),
+        ),
         _immutable(".workers", "spec.resources.workers"),
         _immutable(".gpusPerWorker", "spec.resources.gpusPerWorker"),
     )

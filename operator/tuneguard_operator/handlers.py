@@ -30,7 +30,7 @@ from .workqueue import WorkQueue
 
 log = logging.getLogger("tuneguard.operator")
 
-RESYNC_SECONDS = 60.0  # re-look at every known job even without events (clock-driven changes)
+RESYNC_SECONDS = 300.0  # re-look at every known job even without events (a safety net; clocks use delayed re-adds)
 
 
 class Controller:
@@ -55,6 +55,8 @@ class Controller:
             return
         self.known.add(key)
         self.metrics.observe(obj)
+        if meta.get("resourceVersion") and self.reconciler.own_writes.get(key) == meta.get("resourceVersion"):
+            return  # the echo of the operator's own status write: nothing new to converge
         self.queue.add(key)
 
     def on_job_event(self, event: dict) -> None:

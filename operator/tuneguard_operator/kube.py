@@ -28,6 +28,7 @@ KINDS = {
     "Service": ("/api/v1", "services"),
     "ServiceAccount": ("/api/v1", "serviceaccounts"),
     "Event": ("/api/v1", "events"),
+    "Pod": ("/api/v1", "pods"),
     "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "Job": ("/apis/batch/v1", "jobs"),
@@ -80,6 +81,9 @@ class Kube:
             if e.status == 404:
                 return None
             raise
+
+    def list(self, p: str, label_selector: str) -> list[dict]:
+        return (self._call("GET", p, query={"labelSelector": label_selector}) or {}).get("items") or []
 
     def create(self, p: str, body: dict) -> dict:
         return self._call("POST", p, body)

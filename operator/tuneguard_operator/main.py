@@ -57,7 +57,7 @@ def run_operator(namespaces: list[str], all_namespaces: bool, metrics_port: int,
     if not namespaces and not all_namespaces:
         log.error("give --namespace NAME (repeatable) or --all-namespaces")
         return 2
-    workers = int(os.environ.get("TUNEGUARD_OPERATOR_WORKERS", "4"))
+    workers = int(os.environ.get("TUNEGUARD_OPERATOR_WORKERS", "8"))
     metrics = Metrics()
     metrics.serve(metrics_port)
     kube = Kube(load_client(connections=workers + 2))

@@ -16,13 +16,13 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
-from tuneguard import api
+from tuneguard import api, contract
 from tuneguard.validation import InvalidManifest, parse_job
 
 from . import render
 from .kube import ApiError, path
 from .metrics import Metrics
-from .status import Plan, decide, rfc3339
+from .status import Plan, decide, pod_issues, rfc3339
 
 log = logging.getLogger("tuneguard.operator")
 
@@ -81,6 +81,10 @@ class Reconciler:
         self.component = component
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
         self._ensured: dict[tuple, float] = {}  # (ns, name, uid, generation) -> when
+        # resourceVersion of each job after the operator's own last status write: the watch event
+        # that write causes needs no reconcile (see handlers.Controller.on_ftj_event).
+        self.own_writes: dict[tuple[str, str], str] = {}
+        self._warned_pods = False
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------- entry point
@@ -104,17 +108,48 @@ class Reconciler:
         if ftj is not None:
             # A job the operator never wrote status for has no children yet: create without a GET first.
             fresh = not (body.get("status") or {}).get("phase")
-            self._ensure_children(ftj, uid, meta.get("generation"), fresh)
-            job = self.kube.get(path("Job", namespace, render.worker_job_name(name)))
+            try:
+                self._ensure_children(ftj, uid, meta.get("generation"), fresh)
+            except Retry as e:
+                if fresh:  # say what it waits for instead of showing no phase at all
+                    self.kube.patch(path(api.KIND, namespace, name, "status"), {"status": {
+                        "phase": "Pending", "message": str(e), "observedGeneration": meta.get("generation")}})
+                raise
+            # A fresh job has no worker Job (were one left by a crash, creating it answers 409).
+            job = None if fresh else self.kube.get(path("Job", namespace, render.worker_job_name(name)))
             if job is not None and not self._owned(job, uid):
                 raise Retry(f"Job {render.worker_job_name(name)} exists but belongs to another owner; "
                             "waiting for it to be garbage-collected")
-        plan = decide(body, ftj, job, self.clock(), invalid=invalid)
+        issues = self._pod_issues(ftj, job) if ftj is not None else None
+        plan = decide(body, ftj, job, self.clock(), invalid=invalid, issues=issues)
         self._apply(body, ftj, job, plan)
         return plan.requeue_after
 
+    def _pod_issues(self, ftj: api.FineTuneJob, job: dict | None) -> list[str] | None:
+        """Only for a running, unsuspended Job whose workers are not all ready: one pod list."""
+        if job is None or (job.get("spec") or {}).get("suspend") or (job.get("metadata") or {}).get("deletionTimestamp"):
+            return None
+        st = job.get("status") or {}
+        if int(st.get("ready") or 0) >= ftj.spec.resources.workers or any(
+                c.get("status") == "True" for c in st.get("conditions") or []):
+            return None
+        try:
+            pods = self.kube.list(path("Pod", ftj.metadata.namespace),
+                                  f"{contract.LABEL_JOB}={ftj.metadata.name},{contract.LABEL_ROLE}=worker")
+        except ApiError as e:
+            if e.status != 403:
+                raise
+            # Diagnostics only: without `list pods` the job still runs, the status just says less.
+            if not self._warned_pods:
+                self._warned_pods = True
+                log.warning("cannot list pods (%s): status messages will not say why workers are stuck; "
+                            "grant `list` on pods to the operator", e)
+            return None
+        return pod_issues(pods)
+
     def forget(self, namespace: str, name: str) -> None:
         self.metrics.forget(namespace, name)
+        self.own_writes.pop((namespace, name), None)
         with self._lock:
             for key in [k for k in self._ensured if k[0] == namespace and k[1] == name]:
                 del self._ensured[key]
@@ -186,7 +221,10 @@ class Reconciler:
         old = body.get("status") or {}
         patch = plan.patch(old)
         if patch:
-            self.kube.patch(path(api.KIND, ns, name, "status"), {"status": patch})
+            written = self.kube.patch(path(api.KIND, ns, name, "status"), {"status": patch})
+            rv = ((written or {}).get("metadata") or {}).get("resourceVersion")
+            if rv:
+                self.own_writes[(ns, name)] = rv
             body = {**body, "status": {**old, **{k: v for k, v in patch.items()}}}
         new_restarts = plan.status["restarts"]
         if new_restarts > int(old.get("restarts") or 0):

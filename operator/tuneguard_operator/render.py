@@ -290,6 +290,15 @@ def _env(ftj: api.FineTuneJob, restart_attempt: int) -> list[dict]:
     cred = ftj.spec.model.credentials_secret
     if cred is not None:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": cred.name, "key": cred.key}}})
+    # The user's knobs (NCCL_SOCKET_IFNAME, NCCL_IB_HCA, ...) last: they replace defaults such as
+    # NCCL_DEBUG; the API refuses the launch variables (api.RESERVED_ENV, TUNEGUARD_*).
+    for extra in res.env or []:
+        entry = v(extra.name, extra.value)
+        at = next((i for i, e in enumerate(env) if e["name"] == extra.name), None)
+        if at is None:
+            env.append(entry)
+        else:
+            env[at] = entry
     return env
 
 

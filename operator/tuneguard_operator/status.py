@@ -33,6 +33,7 @@ OWNED = ("phase", "conditions", "observedGeneration", "workers", "restarts", "st
 WARNING_REASONS = {"WorkerFailed", "BackoffLimitExceeded", "DeadlineExceeded", "InvalidSpec", "GuardrailBreached"}
 # How often to look again at a job that waits on something no watch event announces.
 POLL_SECONDS = 5.0
+STUCK_POLL_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -150,10 +151,36 @@ def _failure_text(job: dict) -> str:
     return f"worker failed: {msg}"
 
 
+# Container waiting reasons that leave a worker stuck until someone acts (Kubeflow users' #1 ask:
+# say why a job is not running).
+STUCK_REASONS = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
+                 "CreateContainerError", "CrashLoopBackOff"}
+
+
+def pod_issues(pods: list[dict]) -> list[str]:
+    """Why workers are not ready, one line per stuck pod: unschedulable, image pull, bad config."""
+    out = []
+    for pod in sorted(pods, key=lambda p: (p.get("spec") or {}).get("hostname") or p["metadata"]["name"]):
+        who = (pod.get("spec") or {}).get("hostname") or pod["metadata"]["name"]
+        st = pod.get("status") or {}
+        if st.get("phase") in ("Succeeded", "Failed") or (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        sched = next((c for c in st.get("conditions") or [] if c.get("type") == "PodScheduled"), None)
+        if sched and sched.get("status") == "False":
+            out.append(f"{who}: {sched.get('reason', 'Unschedulable')}: {sched.get('message', '')}".strip())
+            continue
+        for cs in st.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_REASONS:
+                out.append(f"{who}: {waiting['reason']}: {waiting.get('message', '')}".strip())
+    return out
+
+
 def decide(body: dict, ftj: api.FineTuneJob | None, job: dict | None, now: datetime,
-           invalid: str | None = None) -> Plan:
+           invalid: str | None = None, issues: list[str] | None = None) -> Plan:
     """Plan the next step for one FineTuneJob. `ftj` is None (and `invalid` says why) when the stored
-    object does not validate; `job` is the worker Job as observed, or None."""
+    object does not validate; `job` is the worker Job as observed, or None; `issues` says why
+    workers that exist are not ready (pod_issues)."""
     meta = body.get("metadata") or {}
     gen = meta.get("generation")
     old = body.get("status") or {}
@@ -268,7 +295,10 @@ def decide(body: dict, ftj: api.FineTuneJob | None, job: dict | None, now: datet
                     reason = "WorkerFailed" if phase == RESTARTING else "WaitingForWorkers"
                     message = (f"{counts['ready']}/{desired} workers ready, {counts['active']} created; "
                                "waiting for the rest to be scheduled and start")
-                    requeue = None  # Job status events announce progress
+                    if issues:
+                        message += "; " + "; ".join(issues[:4])
+                    # Scheduling failures and image pulls change no Job status: look again.
+                    requeue = STUCK_POLL_SECONDS
 
         if phase in TERMINAL and rp.ttl_seconds_after_finished is not None and completion:
             left = (parse_time(completion) - now).total_seconds() + rp.ttl_seconds_after_finished

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .binaries import control_plane_binaries
-from .handle import SIMULATION_MARKER, Cluster
+from .handle import SIMULATE_EXIT_ANNOTATION, SIMULATION_MARKER, Cluster
 from .nodes import KWOK_NODE_ANNOTATION, gpu_node
 from .pki import APISERVER_SANS, KeyPair, Pki, write_kubeconfig
 from .processes import PortTaken, ProcessGroup
@@ -115,9 +115,6 @@ class LocalControlPlane:
             "--unsafe-no-fsync=true",  # throw-away data: skip fsyncs, which dominate etcd latency on CI disks
             "--log-level=warn",
         ])
-        self._wait("etcd to become healthy", deadline,
-                   lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health"))
-
         g.start("kube-apiserver", bins["kube-apiserver"], [
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
@@ -131,6 +128,9 @@ class LocalControlPlane:
             "--endpoint-reconciler-type=none",
             f"--cert-dir={s / 'apiserver-certs'}", "--profiling=false",
         ])
+        # Started together: the API server retries etcd while it initialises (a second saved).
+        self._wait("etcd to become healthy", deadline,
+                   lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health"))
         rest = _Rest(server, pki.ca.cert, admin)
         self._wait("kube-apiserver /readyz", deadline, lambda: _rest_ok(rest, "/readyz"))
 
@@ -145,6 +145,9 @@ class LocalControlPlane:
             f"--service-account-private-key-file={sa.key}", f"--root-ca-file={pki.ca.cert}",
             f"--cluster-signing-cert-file={pki.ca.cert}", f"--cluster-signing-key-file={pki.ca.key}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # Its start-up makes ~100 requests (a ServiceAccount and a token per controller): at the
+            # default 20 requests/s client limit that alone takes 5 s.
+            "--kube-api-qps=500", "--kube-api-burst=1000",
         ])
         g.start("kube-scheduler", bins["kube-scheduler"], [
             f"--kubeconfig={scheduler_config}", "--leader-elect=false", "--secure-port=0",
@@ -162,7 +165,7 @@ class LocalControlPlane:
         _created(rest.call("POST", "/api/v1/namespaces/kube-public/configmaps", {
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": SIMULATION_MARKER},
-            "data": {"nodes": ",".join(node_names), "finishPodAnnotation": "tuneguard.io/simulate-exit"},
+            "data": {"nodes": ",".join(node_names), "finishPodAnnotation": SIMULATE_EXIT_ANNOTATION},
         }), "simulation marker")
 
         self._wait(f"nodes {', '.join(node_names)} to become Ready (kwok)", deadline,

@@ -27,8 +27,11 @@ class Cluster:
 
     @property
     def env(self) -> dict[str, str]:
-        """The environment for a child process (kubectl, helm, an operator) that should use this cluster."""
-        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        """The environment for a child process (an operator, a script) that should use this cluster:
+        KUBECONFIG set, and kubectl and helm first on PATH."""
+        tools = [str(self.binaries[t].parent) for t in ("kubectl", "helm") if t in self.binaries]
+        path = os.pathsep.join(dict.fromkeys([*tools, os.environ.get("PATH", "")]))
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PATH": path}
 
     def _run(self, tool: str, args: tuple[str, ...], input: str | None, check: bool, timeout: float):
         done = subprocess.run([str(self.binary(tool)), *args], input=input, capture_output=True, text=True,

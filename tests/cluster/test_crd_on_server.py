@@ -10,7 +10,7 @@ import yaml
 
 from tests.bad_manifests import BAD_CASES, bad_job, valid_job
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300, func_only=True)]
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 SERVER_CASES = [c for c in BAD_CASES if c.server]

@@ -10,7 +10,7 @@ import yaml
 
 from tests.cluster import GPU_PRODUCT, GPU_RESOURCE, GPUS_PER_NODE
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180, func_only=True)]
 
 
 def gpu_pod(name: str, gpus: int) -> dict:
@@ -85,3 +85,5 @@ def test_finish_pod_ends_a_running_pod(cluster, namespace, exit_code, phase):
     pod = get(cluster, namespace, "pod", "worker")
     assert pod["status"]["phase"] == phase
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == exit_code
+    conditions = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+    assert conditions["Ready"] == "False" and conditions["PodScheduled"] == "True"

@@ -3,6 +3,7 @@ ServiceAccount will meet. A separate kubectl process acts with a token from `kub
 
 from __future__ import annotations
 
+import base64
 import ssl
 import urllib.error
 import urllib.request
@@ -10,7 +11,7 @@ import urllib.request
 import pytest
 import yaml
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180, func_only=True)]
 
 ROLE = """
 apiVersion: rbac.authorization.k8s.io/v1
@@ -80,13 +81,7 @@ def test_role_allows_and_everything_else_is_forbidden(cluster, namespace, robot_
 
 def test_forbidden_is_http_403(cluster, namespace, robot_kubeconfig):
     _, token, server = robot_kubeconfig
-    import base64
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("wb", suffix=".crt") as ca:
-        ca.write(base64.b64decode(server["certificate-authority-data"]))
-        ca.flush()
-        context = ssl.create_default_context(cafile=ca.name)
+    context = ssl.create_default_context(cadata=base64.b64decode(server["certificate-authority-data"]).decode())
 
     def status(path: str) -> int:
         request = urllib.request.Request(server["server"] + path, headers={"Authorization": f"Bearer {token}"})

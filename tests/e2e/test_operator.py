@@ -141,6 +141,33 @@ def test_multinode_example_runs_on_gpu_nodes(operator, kc, ml_team):
     assert not [a for a in ftj["metadata"].get("annotations") or {} if "kopf" in a]
 
 
+def test_pending_job_says_why(operator, kc, namespace):
+    """Pods stuck Pending are the most asked-about training-operator problem: the status says why."""
+    ns = namespace
+    doc = cpu_job("toobig", workers=2)
+    doc["spec"]["resources"]["gpusPerWorker"] = 16  # the simulated nodes have 8 each
+    kc.apply(doc, ns)
+    st = wait_for("the scheduler's reason in status.message",
+                  lambda: (s := kc.status("toobig", ns)).get("message", "").count("Insufficient nvidia.com/gpu") == 2
+                  and s, 60, describe=lambda: kc.status("toobig", ns).get("message"))
+    assert st["phase"] == "Pending" and st["workers"]["ready"] == 0
+    assert "toobig-worker-0: Unschedulable" in st["message"]
+    kc("delete", "ftj", "toobig", "-n", ns)
+
+
+def test_spec_the_server_accepts_but_the_models_refuse_fails_clearly(operator, kc, namespace):
+    """A regular expression is checked by the shared models only (CEL cannot compile it): the operator
+    runs nothing and says which field is wrong."""
+    ns = namespace
+    doc = cpu_job("badregex", workers=1)
+    doc["spec"]["method"] = {"type": "freeze", "freeze": {"trainablePatterns": ["self_attn("]}}
+    kc.apply(doc, ns)
+    st = kc.wait_phase("badregex", ns, "Failed", 30)
+    cond = condition(st, "Failed")
+    assert cond["reason"] == "InvalidSpec" and "trainablePatterns" in cond["message"], cond
+    assert not children(kc, "badregex", ns)
+
+
 # ------------------------------------------------------------------- 2. failures and success
 
 
@@ -225,6 +252,25 @@ def test_delete_removes_children(operator, kc, namespace):
              lambda: not children(kc, "gone", ns) and not kc.pods("gone", ns), 60,
              describe=lambda: str(children(kc, "gone", ns)))
     assert f'job="gone"' not in operator.metrics()
+
+
+def test_recreated_under_the_same_name_gets_fresh_children(operator, kc, namespace):
+    """Delete and re-apply at once: the old children (owned by the old uid) are left to the garbage
+    collector and the new job gets its own, never the old ones."""
+    ns = namespace
+    old_uid = start(kc, ns, cpu_job("again"))["metadata"]["uid"]
+    kc("delete", "ftj", "again", "-n", ns, "--wait=true")
+    kc.apply(cpu_job("again"), ns)
+    waiting = wait_for("a Pending status while the old children go", lambda: kc.status("again", ns).get("phase"))
+    assert waiting in ("Pending", "Running")
+    kc.wait_phase("again", ns, "Running", 90)
+    new_uid = kc.ftj("again", ns)["metadata"]["uid"]
+    assert new_uid != old_uid
+    assert children(kc, "again", ns) == expected_children("again")
+    for kind in ("configmap", "service", "serviceaccount", "role", "rolebinding", "job"):
+        for obj in kc.get(kind, "-n", ns, "-l", "tuneguard.io/job=again")["items"]:
+            assert [r["uid"] for r in obj["metadata"]["ownerReferences"]] == [new_uid], (kind, obj["metadata"])
+    assert all(p["metadata"]["labels"]["tuneguard.io/restart-attempt"] == "0" for p in kc.pods("again", ns))
 
 
 # ---------------------------------------------------------------------- 4. operator restart
@@ -315,8 +361,13 @@ def test_immutable_fields_are_refused_and_mutable_ones_take_effect(operator, kc,
         assert out.returncode != 0, f"{field} change was accepted"
         assert f"{field} is immutable once the job exists" in out.stderr, out.stderr
 
+    out = kc("patch", "ftj", "edit", "-n", ns, "--type=merge", "-p",
+             '{"spec":{"resources":{"env":[{"name":"MASTER_ADDR","value":"elsewhere"}]}}}', check=False)
+    assert out.returncode != 0 and "env may not set the launch variables" in out.stderr, out.stderr
+
     kc("patch", "ftj", "edit", "-n", ns, "--type=merge", "-p",
-       '{"spec":{"guardrails":{"maxDriftKL":0.25,"action":"stop"},"runPolicy":{"backoffLimit":5}}}')
+       '{"spec":{"guardrails":{"maxDriftKL":0.25,"action":"stop"},"runPolicy":{"backoffLimit":5},'
+       '"resources":{"env":[{"name":"NCCL_SOCKET_IFNAME","value":"eth0"}]}}}')
 
     def config():
         cm = kc.get("configmap", "edit-config", "-n", ns)
@@ -326,6 +377,7 @@ def test_immutable_fields_are_refused_and_mutable_ones_take_effect(operator, kc,
                     lambda: (s := config())["guardrails"].get("maxDriftKL") == 0.25 and s, 30,
                     describe=lambda: str(config()["guardrails"]))
     assert spec["guardrails"]["action"] == "stop" and spec["runPolicy"]["backoffLimit"] == 5
+    assert spec["resources"]["env"] == [{"name": "NCCL_SOCKET_IFNAME", "value": "eth0"}]
     gen = kc.ftj("edit", ns)["metadata"]["generation"]
     wait_for("observedGeneration to follow", lambda: kc.status("edit", ns).get("observedGeneration") == gen)
     assert kc.status("edit", ns)["phase"] == "Running"  # the workers keep running; the trainer re-reads

@@ -83,12 +83,29 @@ def init_distributed(device: str) -> DistInfo:
     import torch.distributed as dist
 
     _quiet_deepspeed()
+    if device == "cpu" and os.environ.get("TUNEGUARD_DS_SHM_COMM", "0") != "1":
+        _skip_shm_comm_build()
     if not dist.is_initialized():
         if device == "cuda":
             torch.cuda.set_device(info.local_rank)
         deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl",
                                    auto_mpi_discovery=False, verbose=False, timeout=PROCESS_GROUP_TIMEOUT)
     return info
+
+
+def _skip_shm_comm_build() -> None:
+    """On the CPU accelerator DeepSpeed JIT-compiles a shared-memory all-reduce op (1-2 minutes of C++ on a
+    fresh machine) whenever its comm backend starts, even for a world of one. gloo does the same job
+    for our sizes, so skip it unless TUNEGUARD_DS_SHM_COMM=1."""
+    try:
+        import importlib
+
+        # importlib, not `import deepspeed.comm.torch as m`: the package's `torch` attribute is the torch
+        # library itself, which that statement would return.
+        ds_torch_comm = importlib.import_module("deepspeed.comm.torch")
+        ds_torch_comm.build_shm_op = lambda: None
+    except Exception:  # pragma: no cover - layout of another DeepSpeed version
+        pass
 
 
 def _quiet_deepspeed() -> None:

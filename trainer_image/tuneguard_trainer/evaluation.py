@@ -1,14 +1,22 @@
 """Hallucination and drift figures of a model against the base model, every N steps and at the end.
 
 ``Evaluator(tokenizer, splits, base_model, ...)`` precomputes everything that depends on the base model
-only; ``evaluate(model)`` returns exactly the keys of ``contract.FIGURES``:
+only; ``evaluate(model)`` returns exactly the keys of ``contract.FIGURES`` (below).
+
+Questions are asked in the SliCK format: ``shots`` exemplars of the question's relation (fixed per
+relation, drawn once by seed from the training examples as trained, i.e. showing their targets, so with
+unknownPolicy abstain some exemplars answer "I don't know"; never the question itself) as earlier chat
+turns, then the question. The same prompt for the base and the tuned model, so a small instruct model's
+habit of answering in full sentences zero-shot does not count as not knowing; the exemplar prefix is
+shared by a relation's questions and computed once. Training may use the same format
+(``encode_for_training(..., shots=evaluator.shots_for)``) or the zero-shot one.
 
 * known probe (held-out HighlyKnown facts): ``known_accuracy`` = correct / n and ``hallucination_rate`` =
   wrong / n, where *wrong* = neither correct nor an abstention. The probe keeps only facts the base model
-  answers correctly in the closed-book format (SliCK's few-shot HighlyKnown does not guarantee it), so
-  the base model's hallucination rate is 0 by construction.
+  answers correctly in this evaluation prompt (HighlyKnown under random few-shot prompts nearly implies
+  it), so the base model's hallucination rate is 0 by construction.
 * ``new_fact_accuracy``: correct / n on the trained facts the base model did not know (``splits.new_facts``).
-* unknown probe (held-out Unknown facts; those the base answers correctly closed-book are removed):
+* unknown probe (held-out Unknown facts; any the base answers correctly in this prompt are removed):
   ``abstention_rate`` = abstained / n and ``fabrication_rate`` = wrong / n.
 * ``drift_kl``: mean per-token KL(p_base || p_model) over the drift prompts' continuation positions; the
   continuation is the base model's greedy answer (up to ``drift_max_new_tokens`` tokens, including its stop
@@ -38,6 +46,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -47,7 +56,7 @@ import torch
 from tuneguard import contract
 
 from .data import QAExample
-from .prompts import PromptFormat, answer_variants, classify, is_correct, normalize_answer
+from .prompts import PromptFormat, answer_variants, classify, could_become
 from .scoring import decode, eval_mode, greedy_emits, model_device, teacher_forced
 
 log = logging.getLogger(__name__)
@@ -72,7 +81,7 @@ class Evaluator:
                  abstention_text: str = "I don't know", *, base_state: Optional[dict] = None,
                  batch_size: int = 32, mode: str = "exact", max_new_tokens: int = 24,
                  drift_max_new_tokens: int = 16, drift_cache_mb: int = 512, drift_top_k: int = 256,
-                 progress: bool = False):
+                 shots: int = 4, seed: int = 0, progress: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         t0 = time.time()
@@ -86,6 +95,18 @@ class Evaluator:
         self.progress = progress
         self.last_details: dict = {}
         n = max_probe_size
+
+        # Fixed few-shot exemplars per relation, from the training facts as trained (target shown).
+        self.shots = shots
+        self._exemplars: dict = {}
+        pools: dict = {}
+        for e in splits.train:
+            if e.context is None:
+                pools.setdefault(e.relation, []).append(e)
+        for rel, pool in sorted(pools.items(), key=lambda kv: str(kv[0])):
+            pool = sorted(pool, key=lambda e: e.id)
+            random.Random(f"eval:{seed}:{rel}").shuffle(pool)
+            self._exemplars[rel] = pool[: shots + 1]
 
         # Candidate ids of the abstention text (teacher-forced like an answer).
         self._abst_cands = [self.fmt.candidate_ids(v) for v in answer_variants([abstention_text])]
@@ -154,8 +175,14 @@ class Evaluator:
                  time.time() - t0, len(self.known), len(self.unknown), len(self.new), len(self._drift_prompts))
 
     # ----------------------------------------------------------------------------------- helpers
+    def shots_for(self, ex: QAExample) -> list[QAExample]:
+        """The evaluation prompt's exemplars for ``ex``: the relation's fixed exemplars, never ex itself."""
+        if ex.context is not None or self.shots == 0:
+            return []
+        return [e for e in self._exemplars.get(ex.relation, []) if e.id != ex.id][: self.shots]
+
     def _item(self, ex: QAExample) -> _Item:
-        return _Item(ex=ex, prompt=self.fmt.prompt_ids(ex))
+        return _Item(ex=ex, prompt=self.fmt.prompt_ids(ex, self.shots_for(ex)))
 
     def _classify(self, model, items: Sequence[_Item], need_abstention: bool, mode: Optional[str] = None,
                   stats: Optional[dict] = None) -> list[str]:
@@ -197,8 +224,11 @@ class Evaluator:
             else:
                 todo.append(i)
         if todo:
+            alive = None
+            if not need_abstention and mode == "exact":  # only correctness matters: stop hopeless rows
+                alive = lambda k, toks: could_become(self.tok.decode(toks), items[todo[k]].ex.answers)
             outs = decode(model, [items[i].prompt for i in todo], self.pad_id, self.fmt.stop_ids,
-                          max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+                          max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, alive=alive)
             for i, o in zip(todo, outs):
                 text = self.fmt.decode_answer(o[0])
                 result[i] = classify(text, items[i].ex.answers, self.abstention_text)
@@ -212,13 +242,7 @@ class Evaluator:
             return False
         if tok_id in self.fmt.stop_ids:
             return True  # empty answer
-        piece = self.tok.decode([tok_id])
-        if "\ufffd" in piece:
-            return False  # a partial UTF-8 sequence: cannot tell
-        head = normalize_answer(piece)
-        if not head:
-            return False  # an article, punctuation or space: cannot tell
-        return not any(normalize_answer(a).startswith(head) for a in ex.answers)
+        return not could_become(self.tok.decode([tok_id]), ex.answers)
 
     # ----------------------------------------------------------------------------------- figures
     def drift_kl(self, model) -> Optional[float]:

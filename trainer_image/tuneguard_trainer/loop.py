@@ -139,8 +139,11 @@ def prepare(config_path: Path, device: str, job: Optional[api.FineTuneJob] = Non
     if job is None:
         job = load_job(config_path)  # InvalidManifest with field paths
     spec = job.spec
-    device = eng.resolve_device(device)
-    precision = eng.resolve_precision(spec.deepspeed.precision, device)
+    try:
+        device = eng.resolve_device(device)
+        precision = eng.resolve_precision(spec.deepspeed.precision, device)
+    except eng.EngineConfigError as e:
+        raise JobFailed(str(e)) from None
     try:
         examples = data_mod.load_examples(spec.datasets.train, spec.datasets.format)
         probes = {}
@@ -182,20 +185,13 @@ def prepare(config_path: Path, device: str, job: Optional[api.FineTuneJob] = Non
 
 
 def triage_and_split(p: Prepared, device: str):
-    """(triage counts dict, Splits) computed on this process (rank 0)."""
+    """(triage counts dict, Splits) computed on this process (rank 0), with triage.prepare: it triages
+    the training file together with any probe files (SliCK, or a closed-book check when disabled)."""
     from . import triage as triage_mod
 
     spec = p.job.spec
-    result = triage_mod.triage(p.model, p.tokenizer, p.examples, spec.triage, seed=spec.training.seed, device=device)
-    splits = triage_mod.build_splits(
-        result, spec=spec, known_probe=p.probes.get("known"), unknown_probe=p.probes.get("unknown"),
-        drift_prompts=p.drift_prompts, seed=spec.training.seed,
-    )
-    counts = result.counts() if callable(getattr(result, "counts", None)) else dict(getattr(result, "counts", {}))
-    counts = dict(counts)
-    for k in ("dropped", "relabelled"):
-        if hasattr(splits, k):
-            counts[k] = int(getattr(splits, k))
+    splits, result = triage_mod.prepare(p.model, p.tokenizer, spec, seed=spec.training.seed)
+    counts = dict(getattr(splits, "counts", None) or result.counts())
     return counts, splits
 
 
@@ -322,7 +318,8 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
         from .evaluation import Evaluator
 
         evaluator = Evaluator(tok, splits, base, str(dev), max_probe_size=spec.evaluation.max_probe_size,
-                              abstention_text=spec.triage.abstention_text)
+                              abstention_text=spec.triage.abstention_text, shots=spec.triage.shots,
+                              seed=spec.training.seed)
         base_figures = dict(evaluator.base_figures)
     base_figures = broadcast_object(base_figures)
     tele.figures(base_figures, "base")
@@ -330,8 +327,8 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
 
     # -------------------------------------------------------------------------------- objective
     from . import freezing
-    from .methods import Objective
-    from .prompts import collate, encode_for_training
+    from .methods import Objective, collate
+    from .prompts import encode_for_training
 
     model.train()
     if p.freeze_plan is not None:
@@ -527,6 +524,7 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
             elif evaluated and new_best:
                 ckpt.mark_best(st.step)
             window = {"loss": 0.0, "n": 0, "tokens": 0, "t": time.perf_counter()}
+            _fault_injection(st.step)
             if stop:
                 break
     bar.close()
@@ -573,6 +571,17 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
             print(_summary_lines(report))
     barrier()
     return RunResult(report=report or {}, out=out)
+
+
+def _fault_injection(step: int) -> None:
+    """Tests of kill -9 safety: TUNEGUARD_DEBUG_KILL_AT_STEP=N sends SIGKILL to this process right after
+    optimizer step N (and its checkpoint, if one was due) -- no clean-up runs, as with a node failure."""
+    kill_at = os.environ.get("TUNEGUARD_DEBUG_KILL_AT_STEP")
+    if kill_at and int(kill_at) == step:
+        import signal
+
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _rollback(ckpt, module, base, st: TrainState, is_main: bool) -> None:

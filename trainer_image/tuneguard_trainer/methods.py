@@ -49,21 +49,50 @@ class LossOutput:
     teacher_forward: bool = False
 
 
-def _answer_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask over the shifted logits (B, T-1) of answer positions, and the targets there (N,)."""
-    target = labels[:, 1:]
+def _answer_targets(labels: torch.Tensor, n_logits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask over the shifted logits (B, K-1) of answer positions, and the targets there (N,).
+    The logits cover the last K = n_logits positions of the sequence."""
+    target = labels[:, labels.shape[1] - n_logits:][:, 1:]
     mask = target != IGNORE_INDEX
     return mask, target[mask]
 
 
+def collate(features, pad_token_id: int) -> dict:
+    """Left-pad {input_ids, labels} features, with position ids that start at 0 on each row's first real
+    token (so padding changes nothing). Left padding puts every answer at the end of its row, so the
+    forward pass only projects the last ``keep`` positions to the vocabulary (``logits_to_keep``): for
+    short answers after long prompts that skips most of the LM-head matmul and its softmax."""
+    n = max(len(f["input_ids"]) for f in features)
+    b = len(features)
+    ids = torch.full((b, n), pad_token_id, dtype=torch.long)
+    labels = torch.full((b, n), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((b, n), dtype=torch.long)
+    for i, f in enumerate(features):
+        k = len(f["input_ids"])
+        ids[i, n - k:] = torch.tensor(f["input_ids"], dtype=torch.long)
+        labels[i, n - k:] = torch.tensor(f["labels"], dtype=torch.long)
+        mask[i, n - k:] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    answer_cols = (labels != IGNORE_INDEX).any(0).nonzero()
+    first = int(answer_cols[0]) if answer_cols.numel() else n - 1
+    keep = min(n, n - first + 1)  # the logit at column first-1 predicts the first answer token
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "position_ids": pos,
+            "keep": torch.tensor(keep)}
+
+
 def _forward_logits(model, batch: dict) -> torch.Tensor:
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    return out.logits
+    """Logits of the last ``batch['keep']`` positions (all positions when the batch has no ``keep``)."""
+    kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    if "position_ids" in batch:
+        kwargs["position_ids"] = batch["position_ids"]
+    if "keep" in batch:
+        kwargs["logits_to_keep"] = int(batch["keep"])
+    return model(**kwargs).logits
 
 
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Mean cross-entropy over answer tokens. Returns (loss, answer-position mask, n_tokens)."""
-    mask, target = _answer_targets(labels)
+    mask, target = _answer_targets(labels, logits.shape[1])
     sel = logits[:, :-1][mask].float()  # (N, V)
     n = int(target.numel())
     if n == 0:  # a batch whose answers were truncated away entirely: zero loss, graph kept

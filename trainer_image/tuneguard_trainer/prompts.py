@@ -8,7 +8,8 @@ Two formats, chosen from the tokenizer:
 * ``chat`` (the tokenizer has a chat template, e.g. SmolLM2-Instruct): a closed-book question is one user
   turn, ``"<question>\\nAnswer with just the answer, in a few words."``, followed by the template's
   generation prompt; the answer is the assistant content, ended by the template's end-of-turn token
-  (``<|im_end|>`` for SmolLM2). A few-shot prompt is the same, preceded by k user/assistant turns.
+  (``<|im_end|>`` for SmolLM2). A few-shot prompt is k user/assistant turns (question / target, i.e. the
+  first accepted answer unless relabelled), then the question, all without the instruction (the exemplars show the format).
 * ``plain`` (no chat template, e.g. a base model): ``"Q: <question>\\nA:"`` blocks separated by a blank
   line; the answer is ``" <answer>"``; training ends it with EOS; a stop is EOS or any token starting
   with a newline.
@@ -90,6 +91,16 @@ def is_abstention(text: str, abstention_text: str | None = None) -> bool:
         if p and f" {p} " in norm:
             return True
     return False
+
+
+def could_become(text: str, answers: Iterable[str]) -> bool:
+    """Can an answer that starts with ``text`` still normalise to one of ``answers``? Normalisation is
+    prefix-monotone (a non-empty normalised prefix of a text is a prefix of the normalised text), so
+    False is exact; a partial UTF-8 character keeps it open."""
+    if "\ufffd" in text:
+        return True
+    head = normalize_answer(text)
+    return not head or any(normalize_answer(a).startswith(head) for a in answers)
 
 
 def classify(text: str, answers: Iterable[str], abstention_text: str | None = None) -> str:
@@ -181,17 +192,20 @@ class PromptFormat:
             msgs.extend(example.context)
             msgs.append({"role": "user", "content": example.question})
             return msgs
+        # With exemplars the format is shown, not told: no instruction (shorter prompts, and SmolLM2-135M
+        # answers at least as often correctly without it).
+        user = (lambda q: q) if shots else self._user
         for ex in shots:
-            msgs.append({"role": "user", "content": self._user(ex.question)})
-            msgs.append({"role": "assistant", "content": ex.answers[0]})
-        msgs.append({"role": "user", "content": self._user(example.question)})
+            msgs.append({"role": "user", "content": user(ex.question)})
+            msgs.append({"role": "assistant", "content": ex.target or ex.answers[0]})
+        msgs.append({"role": "user", "content": user(example.question)})
         return msgs
 
     def prompt_ids(self, example: "QAExample", shots: Sequence["QAExample"] = ()) -> list[int]:
         """Token ids of the closed-book (shots=()) or few-shot prompt, ending where the answer starts."""
         if self.chat:
             return self._render_chat(self.messages(example, shots))
-        blocks = [f"Q: {ex.question}\nA: {ex.answers[0]}" for ex in shots]
+        blocks = [f"Q: {ex.question}\nA: {ex.target or ex.answers[0]}" for ex in shots]
         blocks.append(f"Q: {example.question}\nA:")
         return self.tokenizer("\n\n".join(blocks))["input_ids"]
 
@@ -234,17 +248,19 @@ class PromptFormat:
 
 
 def encode_for_training(tokenizer, examples: Sequence["QAExample"], max_seq_length: int,
-                        fmt: PromptFormat | None = None) -> list[dict]:
+                        fmt: PromptFormat | None = None, shots=None) -> list[dict]:
     """Closed-book prompt + target + end-of-turn token, as {input_ids, labels} lists.
 
     Labels are -100 on prompt tokens; the target and its end token are supervised. Sequences longer than
-    ``max_seq_length`` are truncated from the left (the prompt's start goes first)."""
+    ``max_seq_length`` are truncated from the left (the prompt's start goes first). ``shots`` (optional,
+    e.g. ``Evaluator.shots_for``) maps an example to exemplars, to train in the evaluation's few-shot
+    format instead of the zero-shot one."""
     if max_seq_length < 2:
         raise ValueError("max_seq_length must be at least 2")
     fmt = fmt or PromptFormat(tokenizer)
     out = []
     for ex in examples:
-        prompt = fmt.prompt_ids(ex)
+        prompt = fmt.prompt_ids(ex, shots(ex) if shots is not None else ())
         target = fmt.answer_ids(ex.target) + list(fmt.end_ids[:1])
         ids = prompt + target
         labels = [IGNORE_INDEX] * len(prompt) + target

@@ -50,10 +50,39 @@ def _lcp(seqs: Sequence[Sequence[int]]) -> int:
     return n
 
 
+def _pair_lcp(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 def _batches(prompts: Sequence[Sequence[int]], batch_size: int) -> Iterator[list[int]]:
-    order = sorted(range(len(prompts)), key=lambda i: (tuple(prompts[i]),))
-    for k in range(0, len(order), batch_size):
-        yield order[k:k + batch_size]
+    """Row indices in batches of at most batch_size. Rows are sorted by prompt and cut into groups
+    wherever two neighbours share less than half of the shorter prompt; a group fills batches of its own
+    (one long shared prefix each, computed once), prompts alike to no other are packed together."""
+    order = sorted(range(len(prompts)), key=lambda i: tuple(prompts[i]))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups:
+            prev = prompts[groups[-1][-1]]
+            if _pair_lcp(prev, prompts[i]) * 2 >= min(len(prev), len(prompts[i])):
+                groups[-1].append(i)
+                continue
+        groups.append([i])
+    mixed: list[int] = []
+    for g in groups:
+        if len(g) > 1:
+            for k in range(0, len(g), batch_size):
+                yield g[k:k + batch_size]
+        else:
+            if len(mixed) + len(g) > batch_size:
+                yield mixed
+                mixed = []
+            mixed.extend(g)
+    if mixed:
+        yield mixed
 
 
 def _prefix_cache(model, prefix: list[int], device):
@@ -98,30 +127,66 @@ def _run(model, prefix_len: int, cache, ids, mask, keep: int):
     return out.logits.float(), out.past_key_values, full_mask, pos[:, -1] + 1
 
 
+class _PrefixMemo:
+    """The last shared prefix's cache, reused while consecutive batches share the same prefix."""
+
+    def __init__(self, model, device):
+        self.model, self.device, self.key, self.cache = model, device, None, None
+
+    def get(self, prefix: list[int]):
+        if len(prefix) < MIN_PREFIX:
+            return None
+        key = tuple(prefix)
+        if key != self.key:
+            self.key, self.cache = key, _prefix_cache(self.model, prefix, self.device)
+        return self.cache
+
+
 def teacher_forced(model, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
                    pad_id: int, batch_size: int = 32,
                    consume: Optional[Callable[[int, torch.Tensor], None]] = None,
                    progress=None) -> None:
     """For every row i, call ``consume(i, logits)`` with the float32 logits [len(cont_i), V] that predict
-    each continuation token (teacher-forced on prompt_i + cont_i)."""
+    each continuation token (teacher-forced on prompt_i + cont_i).
+
+    Two stages per batch: the batch's distinct prompts are run once (after the shared prefix), then their
+    caches are selected per row and only the continuations are run, so several candidate answers to one
+    prompt cost one prompt pass."""
     assert len(prompts) == len(continuations)
     device = model_device(model)
     with eval_mode(model):
+        memo = _PrefixMemo(model, device)
         for idx in _batches(prompts, batch_size):
-            ps = [prompts[i] for i in idx]
+            uniq: dict[tuple, int] = {}
+            row_u = []
+            for i in idx:
+                row_u.append(uniq.setdefault(tuple(prompts[i]), len(uniq)))
+            ups = [list(p) for p in uniq]
             cs = [continuations[i] for i in idx]
-            plen = min(_lcp(ps), min(len(p) for p in ps) - 1)
-            cache = _prefix_cache(model, list(ps[0][:plen]), device) if plen >= MIN_PREFIX else None
+            plen = min(_lcp(ups), min(len(p) for p in ups) - 1)
+            cache = memo.get(ups[0][:plen]) if plen >= MIN_PREFIX else None
             if cache is None:
                 plen = 0
-            # Right-align: every row ends with its continuation; keep = the longest continuation + 1.
-            suffixes = [list(p[plen:]) + list(c[:-1]) for p, c in zip(ps, cs)]
-            keep = max(len(c) for c in cs)
-            ids, mask = _left_pad(suffixes, pad_id, device)
-            logits, *_ = _run(model, plen, cache, ids, mask, keep)
+            # Stage 1: distinct prompts -> logits predicting each continuation's first token.
+            ids, mask = _left_pad([p[plen:] for p in ups], pad_id, device)
+            first, past, full_mask, nxt_pos = _run(model, plen, cache, ids, mask, 1)
+            m = max(len(c) for c in cs) - 1
+            rest = None
+            if m > 0:
+                # Stage 2: every row's continuation (but its last token) after its prompt's cache.
+                sel = torch.tensor(row_u, device=device)
+                past.batch_select_indices(sel)
+                ids2, mask2 = _left_pad([list(c[:-1]) for c in cs], pad_id, device)
+                pos2 = nxt_pos[sel][:, None] + (mask2.cumsum(-1) - 1).clamp(min=0)
+                out = model(input_ids=ids2, attention_mask=torch.cat([full_mask[sel], mask2], dim=1),
+                            position_ids=pos2, past_key_values=past, use_cache=True, logits_to_keep=m)
+                rest = out.logits.float()
             for j, i in enumerate(idx):
                 n = len(cs[j])
-                consume(i, logits[j, keep - n:])
+                parts = [first[row_u[j], -1:]]
+                if n > 1:
+                    parts.append(rest[j, m - (n - 1):])
+                consume(i, torch.cat(parts, dim=0))
             if progress is not None:
                 progress.update(len(idx))
 
@@ -142,53 +207,63 @@ def greedy_emits(logits: torch.Tensor, cand: Sequence[int], n_answer: int, has_p
 
 def decode(model, prompts: Sequence[Sequence[int]], pad_id: int, stop_ids: set[int], max_new_tokens: int,
            batch_size: int = 32, num_samples: int = 1, temperature: float = 0.0, top_k: int = 0,
-           generator: Optional[torch.Generator] = None, progress=None) -> list[list[list[int]]]:
+           generator: Optional[torch.Generator] = None, progress=None,
+           alive: Optional[Callable[[int, list[int]], bool]] = None) -> list[list[list[int]]]:
     """Greedy (temperature 0) or sampled continuations: for each prompt, ``num_samples`` lists of new
-    token ids (ending with the stop token when one was emitted)."""
+    token ids (ending with the stop token when one was emitted). ``alive(prompt_index, tokens)`` may end a
+    row early (its output so far is returned) once the caller knows the rest cannot matter."""
     device = model_device(model)
     results: list[list[list[int]]] = [[] for _ in prompts]
-    stop = torch.tensor(sorted(stop_ids), device=device)
     per_batch = max(1, batch_size // max(1, num_samples))
     with eval_mode(model):
+        memo = _PrefixMemo(model, device)
         for idx in _batches(prompts, per_batch):
             ps = [prompts[i] for i in idx]
             plen = min(_lcp(ps), min(len(p) for p in ps) - 1)
-            cache = _prefix_cache(model, list(ps[0][:plen]), device) if plen >= MIN_PREFIX else None
+            cache = memo.get(list(ps[0][:plen])) if plen >= MIN_PREFIX else None
             if cache is None:
                 plen = 0
-            rows = [list(p[plen:]) for p in ps for _ in range(num_samples)]
+            rows = [list(p[plen:]) for p in ps]
             ids, mask = _left_pad(rows, pad_id, device)
             logits, past, full_mask, pos = _run(model, plen, cache, ids, mask, 1)
-            b = ids.shape[0]
-            out = torch.zeros((b, 0), dtype=torch.long, device=device)
-            done = torch.zeros(b, dtype=torch.bool, device=device)
+            if num_samples > 1:  # the prompt is run once; its cache is repeated for the samples
+                past.batch_repeat_interleave(num_samples)
+                logits = logits.repeat_interleave(num_samples, dim=0)
+                full_mask = full_mask.repeat_interleave(num_samples, dim=0)
+                pos = pos.repeat_interleave(num_samples, dim=0)
+            b = logits.shape[0]
+            rows_out: list[list[int]] = [[] for _ in range(b)]
+            active = list(range(b))  # rows still generating; finished rows leave the batch
+            scores = logits[:, -1]
             for step in range(max_new_tokens):
-                scores = logits[:, -1]
                 if temperature and temperature > 0:
-                    scores = scores / temperature
+                    sc = scores / temperature
                     if top_k:
-                        kth = torch.topk(scores, min(top_k, scores.shape[-1]), dim=-1).values[:, -1:]
-                        scores = scores.masked_fill(scores < kth, float("-inf"))
-                    probs = torch.softmax(scores, dim=-1)
+                        kth = torch.topk(sc, min(top_k, sc.shape[-1]), dim=-1).values[:, -1:]
+                        sc = sc.masked_fill(sc < kth, float("-inf"))
+                    probs = torch.softmax(sc, dim=-1)
                     nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)
                 else:
                     nxt = scores.argmax(-1)
-                nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-                out = torch.cat([out, nxt[:, None]], dim=1)
-                done = done | torch.isin(nxt, stop)
-                if bool(done.all()) or step == max_new_tokens - 1:
+                keep = []
+                for li, (r, t) in enumerate(zip(active, nxt.tolist())):
+                    rows_out[r].append(t)
+                    if t in stop_ids or (alive is not None and not alive(idx[r // num_samples], rows_out[r])):
+                        continue
+                    keep.append(li)
+                if not keep or step == max_new_tokens - 1:
                     break
-                full_mask = torch.cat([full_mask, torch.ones((b, 1), dtype=full_mask.dtype, device=device)], 1)
+                if len(keep) < len(active):
+                    sel = torch.tensor(keep, device=device)
+                    past.batch_select_indices(sel)
+                    full_mask, pos, nxt = full_mask[sel], pos[sel], nxt[sel]
+                    active = [active[li] for li in keep]
+                full_mask = torch.cat([full_mask, torch.ones((len(active), 1), dtype=full_mask.dtype,
+                                                             device=device)], 1)
                 o = model(input_ids=nxt[:, None], attention_mask=full_mask, position_ids=pos[:, None],
                           past_key_values=past, use_cache=True)
-                logits, past, pos = o.logits.float(), o.past_key_values, pos + 1
-            out_l = out.tolist()
-            for r, row in enumerate(out_l):
-                toks = []
-                for t in row:
-                    toks.append(t)
-                    if t in stop_ids:
-                        break
+                scores, past, pos = o.logits[:, -1].float(), o.past_key_values, pos + 1
+            for r, toks in enumerate(rows_out):
                 results[idx[r // num_samples]].append(toks)
             if progress is not None:
                 progress.update(len(idx))

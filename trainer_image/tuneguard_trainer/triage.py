@@ -9,7 +9,9 @@ For each fact, ``spec.prompts`` few-shot prompts with ``spec.shots`` exemplars o
   "greedy output == one of those forms (optionally + '.')", a subset of normalised exact match (a greedy
   answer "paris!" or a non-canonical tokenisation of "Paris" counts as wrong here).
 * P(T>0): share of ``spec.samples`` samples per prompt (temperature ``spec.temperature``, top-k 40)
-  whose text is a normalised exact match. Sampled only for facts with P(T=0) = 0, the only place where
+  whose text is a normalised exact match. A sample stops at its stop token or as soon as its text can no
+  longer normalise to an accepted answer (``prompts.could_become``; exact), which ends most batches of an
+  unknown fact after a token or two. Sampled only for facts with P(T=0) = 0, the only place where
   it decides the category (WeaklyKnown vs Unknown); elsewhere it is reported as None.
 * HighlyKnown: P(T=0) = 1; MaybeKnown: 0 < P(T=0) < 1; WeaklyKnown: P(T=0) = 0 and P(T>0) > 0;
   Unknown: both 0.
@@ -28,6 +30,7 @@ Unknown) and ``drift_prompts`` (the known probe's questions, or the file's promp
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -36,7 +39,7 @@ from typing import Optional, Sequence
 from tuneguard import api
 
 from .data import QAExample, load_examples, load_prompts
-from .prompts import PromptFormat, answer_variants, is_correct
+from .prompts import PromptFormat, answer_variants, could_become, is_correct
 from .scoring import decode, greedy_emits, teacher_forced
 
 log = logging.getLogger(__name__)
@@ -76,30 +79,38 @@ class TriageResult:
         return out
 
 
-def _exemplar_sets(examples: Sequence[QAExample], n_prompts: int, shots: int, seed: int):
-    """For each example id, ``n_prompts`` exemplar lists of its relation (never containing itself)."""
+def _exemplar_sets(examples: Sequence[QAExample], n_prompts: int, shots: int, seed: int,
+                   pool_examples: Optional[Sequence[QAExample]] = None):
+    """For each example id, ``n_prompts`` exemplar lists of its relation (never containing itself), drawn
+    from ``pool_examples`` (default: the examples themselves)."""
     by_rel: dict[Optional[str], list[QAExample]] = {}
-    for ex in examples:
+    for ex in (pool_examples if pool_examples is not None else examples):
         by_rel.setdefault(ex.relation, []).append(ex)
+    wanted = {ex.relation for ex in examples}
+    for ex in examples:  # an example whose relation has no pool forms its own
+        if ex.relation not in by_rel:
+            by_rel[ex.relation] = [ex]
     chosen: dict[str, list[list[QAExample]]] = {}
     for rel, pool in sorted(by_rel.items(), key=lambda kv: str(kv[0])):
+        if rel not in wanted:
+            continue
         rng = random.Random(f"slick:{seed}:{rel}")
         k = min(shots, len(pool) - 1)
         sets: list[list[QAExample]] = []
 
         def new_set(exclude: Optional[QAExample] = None):
-            cands = [e for e in pool if e is not exclude]
+            cands = [e for e in pool if e is not exclude and e.id != getattr(exclude, "id", None)]
             s = rng.sample(cands, k) if k > 0 else []
             sets.append(s)
             return s
 
         for _ in range(n_prompts + 1):
             new_set()
-        for ex in pool:
+        for ex in [e for e in examples if e.relation == rel]:
             if k == 0:
                 chosen[ex.id] = [[] for _ in range(n_prompts)]
                 continue
-            mine = [s for s in sets if all(e is not ex for e in s)][:n_prompts]
+            mine = [s for s in sets if all(e.id != ex.id for e in s)][:n_prompts]
             while len(mine) < n_prompts:
                 mine.append(new_set(exclude=ex))
             chosen[ex.id] = mine
@@ -108,16 +119,28 @@ def _exemplar_sets(examples: Sequence[QAExample], n_prompts: int, shots: int, se
 
 def triage(model, tokenizer, examples: Sequence[QAExample], spec: api.TriageSpec, seed: int = 0,
            device=None, batch_size: int = 32, progress: bool = True,
-           fmt: Optional[PromptFormat] = None) -> TriageResult:
-    """Categorise every example by what the (base) model knows. ``device`` is taken from the model;
-    the argument is accepted for symmetry with the rest of the trainer."""
+           fmt: Optional[PromptFormat] = None,
+           exemplars: Optional[Sequence[QAExample]] = None,
+           sampling: str = "generate") -> TriageResult:
+    """Categorise every example by what the (base) model knows. Few-shot exemplars come from
+    ``exemplars`` (default: the examples themselves). ``device`` is taken from the model; the argument is
+    accepted for symmetry with the rest of the trainer.
+
+    ``sampling``: "generate" draws the temperature samples with the model (the paper's procedure);
+    "probability" costs no extra forward pass: the teacher-forced logits give, per prompt, the exact
+    probability q that one temperature/top-40 sample is one of the candidate surface forms (answer
+    [+ '.'] + stop), and the number of correct samples is drawn from Binomial(samples, q) with the seed.
+    Same distribution as sampling those forms; samples that are other surface forms of a correct answer
+    (e.g. 'The Paris') are not counted."""
+    if sampling not in ("generate", "probability"):
+        raise ValueError("sampling must be 'generate' or 'probability'")
     from tqdm.auto import tqdm
     import torch
 
     t0 = time.time()
     fmt = fmt or PromptFormat(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    sets = _exemplar_sets(examples, spec.prompts, spec.shots, seed)
+    sets = _exemplar_sets(examples, spec.prompts, spec.shots, seed, exemplars)
 
     # --- P(T=0): one teacher-forced pass over (fact, prompt, surface form) rows.
     prompt_ids: dict[tuple[int, int], list[int]] = {}
@@ -132,11 +155,22 @@ def triage(model, tokenizer, examples: Sequence[QAExample], spec: api.TriageSpec
                 rows_c.append(cand)
                 meta.append((i, j, len(cand) - (2 if has_period else 1), has_period))
     hit = [[False] * spec.prompts for _ in examples]
+    q_sample = [[0.0] * spec.prompts for _ in examples]
+    stops = torch.tensor(sorted(fmt.stop_ids))
 
     def consume(r, logits):
         i, j, n_ans, has_period = meta[r]
         if not hit[i][j] and greedy_emits(logits, rows_c[r], n_ans, has_period, fmt.stop_ids):
             hit[i][j] = True
+        if sampling == "probability" and spec.samples > 0:
+            lp = _sampling_logprobs(logits, spec.temperature)
+            cand = rows_c[r]
+            head = float(sum(lp[k, cand[k]] for k in range(n_ans)))
+            p_stop = float(lp[n_ans, stops.to(lp.device)].exp().sum())
+            p = p_stop
+            if has_period:
+                p += float(lp[n_ans, cand[n_ans]].exp() * lp[n_ans + 1, stops.to(lp.device)].exp().sum())
+            q_sample[i][j] += math.exp(head) * p
 
     bar = tqdm(total=len(rows_p), desc="triage: greedy (teacher-forced)", unit="row", disable=not progress)
     teacher_forced(model, rows_p, rows_c, pad_id, batch_size=batch_size, consume=consume, progress=bar)
@@ -146,7 +180,13 @@ def triage(model, tokenizer, examples: Sequence[QAExample], spec: api.TriageSpec
     # --- P(T>0): sampling only where P(T=0) = 0.
     p_sample: dict[str, Optional[float]] = {ex.id: None for ex in examples}
     todo = [i for i, ex in enumerate(examples) if p_greedy[ex.id] == 0.0]
-    if spec.samples > 0 and todo:
+    if spec.samples > 0 and todo and sampling == "probability":
+        gen = torch.Generator().manual_seed(seed)
+        for i in todo:
+            q = torch.tensor([min(1.0, x) for x in q_sample[i]], dtype=torch.float64)
+            k = torch.binomial(torch.full_like(q, float(spec.samples)), q, generator=gen)
+            p_sample[examples[i].id] = float(k.sum()) / (spec.prompts * spec.samples)
+    elif spec.samples > 0 and todo:
         max_ans = max(len(fmt.answer_ids(a)) for i in todo for a in examples[i].answers)
         plist = [(i, j) for i in todo for j in range(spec.prompts)]
         gen = torch.Generator().manual_seed(seed)
@@ -155,7 +195,8 @@ def triage(model, tokenizer, examples: Sequence[QAExample], spec: api.TriageSpec
         outs = decode(model, [prompt_ids[k] for k in plist], pad_id, fmt.stop_ids,
                       max_new_tokens=min(max_ans + 3, 32), batch_size=batch_size * 2,
                       num_samples=spec.samples, temperature=spec.temperature, top_k=SAMPLE_TOP_K,
-                      generator=gen, progress=bar)
+                      generator=gen, progress=bar,
+                      alive=lambda k, toks: could_become(tokenizer.decode(toks), examples[plist[k][0]].answers))
         bar.close()
         correct = {i: 0 for i in todo}
         for (i, _), samples in zip(plist, outs):
@@ -166,6 +207,15 @@ def triage(model, tokenizer, examples: Sequence[QAExample], spec: api.TriageSpec
     res = TriageResult(categories=cats, p_greedy=p_greedy, p_sample=p_sample, seconds=time.time() - t0)
     log.info("triage of %d facts in %.1fs: %s", len(examples), res.seconds, res.counts())
     return res
+
+
+def _sampling_logprobs(logits, temperature: float):
+    """Log-probabilities of sampling at ``temperature`` with top-k (k = 40) filtering."""
+    import torch
+
+    scaled = logits / temperature
+    kth = torch.topk(scaled, min(SAMPLE_TOP_K, scaled.shape[-1]), dim=-1).values[:, -1:]
+    return torch.log_softmax(scaled.masked_fill(scaled < kth, float("-inf")), dim=-1)
 
 
 def closed_book_check(model, tokenizer, examples: Sequence[QAExample], seed: int = 0, batch_size: int = 32,

@@ -40,6 +40,12 @@ class FakeKube:
         obj = self.objects.get(p)
         return copy.deepcopy(obj) if obj is not None else None
 
+    def list(self, p, label_selector):
+        self.calls.append(("LIST", p))
+        want = dict(kv.split("=", 1) for kv in label_selector.split(","))
+        return [copy.deepcopy(o) for k, o in self.objects.items() if k.rsplit("/", 1)[0] == p
+                and all((o["metadata"].get("labels") or {}).get(a) == b for a, b in want.items())]
+
     def create(self, p, body):
         self.calls.append(("POST", p))
         meta = body["metadata"]
@@ -78,7 +84,7 @@ class FakeKube:
 
     # helpers for tests
     def writes(self):
-        return [c for c in self.calls if c[0] != "GET"]
+        return [c for c in self.calls if c[0] not in ("GET", "LIST")]
 
     def find(self, suffix):
         return [o for p, o in self.objects.items() if p.endswith(suffix)]

@@ -107,3 +107,35 @@ def test_deleted_job_is_forgotten():
     rec.reconcile("ml-team", "facts-sft")
     del kube.objects[FTJ]
     assert rec.reconcile("ml-team", "facts-sft") is None
+
+
+def test_the_echo_of_the_operators_own_status_write_is_not_reconciled():
+    from tuneguard_operator.handlers import Controller
+
+    kube, rec, metrics = setup()
+    ctl = Controller(rec, metrics)
+    rec.reconcile("ml-team", "facts-sft")
+    ours = kube.get(FTJ)
+    ctl.on_ftj_event({"type": "MODIFIED", "object": ours})
+    assert len(ctl.queue) == 0
+    kube.patch(FTJ + "/status", {"status": {"training": {"step": 1}}})  # the trainer writes
+    ctl.on_ftj_event({"type": "MODIFIED", "object": kube.get(FTJ)})
+    assert len(ctl.queue) == 1
+
+
+def test_without_permission_to_list_pods_the_job_still_runs():
+    from tuneguard_operator.kube import ApiError
+
+    kube, rec, _ = setup()
+
+    def forbidden(p, selector):
+        raise ApiError(403, "Forbidden", {"message": "pods is forbidden"})
+
+    kube.list = forbidden
+    rec.reconcile("ml-team", "facts-sft")
+    set_job_status(kube, active=2, ready=1)
+    rec.reconcile("ml-team", "facts-sft")
+    assert kube.objects[FTJ]["status"]["phase"] == "Pending"
+    set_job_status(kube, active=2, ready=2)
+    rec.reconcile("ml-team", "facts-sft")
+    assert kube.objects[FTJ]["status"]["phase"] == "Running"

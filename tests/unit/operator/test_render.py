@@ -145,3 +145,21 @@ def test_service_and_rbac():
     rb = render.role_binding(ftj, UID)
     assert rb["subjects"] == [{"kind": "ServiceAccount", "name": "facts-sft-trainer", "namespace": "ml-team"}]
     assert rb["roleRef"]["name"] == role["metadata"]["name"]
+
+
+def test_user_env_reaches_the_workers_and_overrides_defaults_only():
+    import pytest
+
+    from tuneguard.validation import InvalidManifest
+
+    doc = yaml.safe_load((ROOT / "examples" / "multinode-sft.yaml").read_text())
+    doc["spec"]["resources"]["env"] = [{"name": "NCCL_SOCKET_IFNAME", "value": "eth0"},
+                                       {"name": "NCCL_DEBUG", "value": "INFO"}]
+    env = env_of(render.pod_template(parse_job(doc), 0))
+    assert env["NCCL_SOCKET_IFNAME"]["value"] == "eth0" and env["NCCL_DEBUG"]["value"] == "INFO"
+    names = [e["name"] for e in render.pod_template(parse_job(doc), 0)["spec"]["containers"][0]["env"]]
+    assert len(names) == len(set(names))
+    for reserved in ("MASTER_ADDR", "TUNEGUARD_RESTART_ATTEMPT"):
+        doc["spec"]["resources"]["env"] = [{"name": reserved, "value": "x"}]
+        with pytest.raises(InvalidManifest, match="spec.resources.env: env may not set the launch variables"):
+            parse_job(doc)

@@ -161,3 +161,25 @@ def test_invalid_spec_fails_without_children():
     plan = decide(b, None, None, T0, invalid="spec.x: bad")
     assert plan.status["phase"] == "Failed" and plan.job_action is None
     assert cond(plan.status, "Failed")["reason"] == "InvalidSpec"
+
+
+def test_pending_says_why_workers_are_stuck():
+    from tuneguard_operator.status import pod_issues
+
+    pods = [
+        {"metadata": {"name": "facts-sft-worker-0-abcde"}, "spec": {"hostname": "facts-sft-worker-0"},
+         "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                    "reason": "Unschedulable", "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}]}},
+        {"metadata": {"name": "facts-sft-worker-1-fghij"}, "spec": {"hostname": "facts-sft-worker-1"},
+         "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}],
+                    "containerStatuses": [{"state": {"waiting": {"reason": "ImagePullBackOff",
+                                                                 "message": "Back-off pulling image"}}}]}},
+        {"metadata": {"name": "ok"}, "status": {"phase": "Running"}},
+    ]
+    issues = pod_issues(pods)
+    assert issues == ["facts-sft-worker-0: Unschedulable: 0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+                      "facts-sft-worker-1: ImagePullBackOff: Back-off pulling image"]
+    b, _ = step(body(), None)
+    plan = decide(b, parsed(b), job(active=2, ready=0), T0, issues=issues)
+    assert plan.status["phase"] == "Pending" and "Insufficient nvidia.com/gpu" in plan.status["message"]
+    assert plan.requeue_after == 10.0  # nothing in the Job's status announces a scheduling change

@@ -62,7 +62,7 @@ def tiny_tokenizer():
     return make_tokenizer()
 
 
-def make_tiny_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 64):
+def make_tiny_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 64, init_range: float = 0.02):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -71,7 +71,7 @@ def make_tiny_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 64)
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        pad_token_id=tokenizer.pad_token_id, initializer_range=init_range,
     )
     model = LlamaForCausalLM(cfg).float().eval()
     return model
@@ -94,3 +94,70 @@ def _one_thread():
     import torch
 
     torch.set_num_threads(1)
+
+
+import torch as _torch
+
+
+class Oracle(_torch.nn.Module):
+    """Stand-in for a causal LM with chosen greedy outputs: after a token sequence ending with one of the
+    ``outputs`` keys it emits that key's tokens one by one, and ``noise_id`` anywhere else. Supports what
+    scoring.py uses: left padding with an attention mask, logits_to_keep, and a key/value "cache" that
+    can be repeated per batch row. Argmax logit 10, all others -10."""
+
+    def __init__(self, outputs: dict, vocab: int, noise_id: int):
+        super().__init__()
+        self.w = _torch.nn.Parameter(_torch.zeros(4))
+        self.outputs, self.vocab, self.noise_id = outputs, vocab, noise_id
+
+    def get_output_embeddings(self):
+        return _torch.nn.Linear(1, self.vocab, bias=False)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
+                use_cache=False, logits_to_keep=0, **kw):
+        b, n = input_ids.shape
+        prev = past_key_values or [[] for _ in range(b)]
+        mask = attention_mask[:, -n:] if attention_mask is not None else _torch.ones_like(input_ids)
+        seqs = [prev[i] + [t for t, m in zip(input_ids[i].tolist(), mask[i].tolist()) if m] for i in range(b)]
+        logits = _torch.full((b, n, self.vocab), -10.0)
+        for i, s in enumerate(seqs):
+            for j in range(n):
+                cut = len(s) - (n - 1 - j)  # the prefix that position j of this call ends
+                for t, v in (self._row(s[:cut]) if cut > 0 else {self.noise_id: 10.0}).items():
+                    logits[i, j, t] = v
+        keep = logits_to_keep or n
+        out = type("Out", (), {})()
+        out.logits = logits[:, -keep:] + self.w.sum()
+        out.past_key_values = _Past(seqs)
+        return out
+
+    def _row(self, seq) -> dict:
+        """Logits above the -10 floor after ``seq``: {token: logit}."""
+        return {self._next(seq): 10.0}
+
+    def _next(self, seq):
+        for prompt, ans in self.outputs.items():
+            L = len(prompt)
+            for k in range(len(ans)):
+                if len(seq) >= L + k and tuple(seq[len(seq) - L - k:len(seq) - k]) == prompt \
+                        and tuple(seq[len(seq) - k:]) == tuple(ans[:k]):
+                    return ans[k]
+        return self.noise_id
+
+
+class _Past(list):
+    """The Oracle's "key/value cache": each row's tokens so far."""
+
+    def batch_repeat_interleave(self, n):
+        self[:] = [list(s) for s in self for _ in range(n)]
+
+    def batch_select_indices(self, indices):
+        self[:] = [list(self[i]) for i in indices.tolist()]
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct (bundled; converted once into the cache), fp32 on CPU."""
+    from tuneguard_trainer.models import load_model, resolve_model
+
+    return load_model(resolve_model("bundled://smollm2-135m-instruct"), "cpu")

@@ -101,3 +101,23 @@ def test_every_method_lowers_loss(method):
         opt.step()
         losses.append(float(out.ce))
     assert losses[-1] < losses[0] * 0.9, losses
+
+
+def test_left_padded_batch_with_kept_logits_equals_full_right_padded_loss():
+    from tuneguard_trainer.methods import collate
+    from tuneguard_trainer.prompts import collate as right_collate
+
+    torch.manual_seed(0)
+    feats = []
+    for n_prompt, n_answer in ((9, 3), (5, 2), (12, 4)):
+        ids = torch.randint(3, 64, (n_prompt + n_answer,)).tolist()
+        feats.append({"input_ids": ids, "labels": [-100] * n_prompt + ids[n_prompt:]})
+    left = collate(feats, pad_token_id=0)
+    right = right_collate(feats, pad_token_id=0)
+    assert int(left["keep"]) == 5 and left["input_ids"].shape[1] == 16
+    student, teacher = tiny_llama(seed=1), tiny_llama(seed=2)
+    for obj in (Objective("sft"), Objective("self-distill", teacher=teacher, lambda_=1.0, temperature=0.5)):
+        a = obj(student, {**left, "index": torch.arange(3)})
+        b = obj(student, {**right, "index": torch.arange(3)})
+        assert a.answer_tokens == b.answer_tokens == 9
+        assert torch.allclose(a.loss, b.loss, atol=1e-5), (a.loss, b.loss)

@@ -1,5 +1,7 @@
 """SliCK triage: categories, the teacher-forced greedy check, sampling only where it matters, splits."""
 
+from collections import Counter
+
 import pytest
 import torch
 
@@ -7,6 +9,7 @@ from tuneguard import api
 from tuneguard_trainer.data import QAExample, load_examples
 from tuneguard_trainer.prompts import (PromptFormat, answer_variants, classify, encode_for_training,
                                        normalize_answer)
+from .conftest import Oracle
 from tuneguard_trainer.triage import (HIGHLY_KNOWN, MAYBE_KNOWN, UNKNOWN, WEAKLY_KNOWN, TriageResult,
                                       _exemplar_sets, build_splits, categorize, triage)
 
@@ -58,51 +61,6 @@ def test_exemplars_same_relation_never_self():
         {k: [[x.id for x in s] for s in v] for k, v in _exemplar_sets(ex, 3, 4, seed=1).items()}
 
 
-class _Oracle(torch.nn.Module):
-    """A fake causal LM that 'knows' a fact by emitting its answer tokens then the stop token after a
-    prompt ending with that fact's question, and emits `wrong_ids` otherwise. Deterministic argmax."""
-
-    def __init__(self, fmt, known: dict, vocab: int, noise_id: int):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(1))
-        self.fmt, self.known, self.vocab, self.noise_id = fmt, known, vocab, noise_id
-        self.config = type("C", (), {"use_cache": False})()
-
-    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
-                use_cache=False, logits_to_keep=0, **kw):
-        b, n = input_ids.shape
-        prev = past_key_values or [[] for _ in range(b)]
-        seqs = [prev[i] + [t for t, m in zip(input_ids[i].tolist(), (attention_mask[i, -n:] if
-                attention_mask is not None else torch.ones(n)).tolist()) if m] for i in range(b)]
-        logits = torch.full((b, n, self.vocab), -10.0)
-        for i, s in enumerate(seqs):
-            for j in range(n):
-                # position j of this call corresponds to prefix s[: len(s) - n + j + 1] (padding aside)
-                cut = len(s) - (n - 1 - j)
-                t = self._next(s[:cut]) if cut > 0 else self.noise_id
-                logits[i, j, t] = 10.0
-        keep = logits_to_keep or n
-        out = type("O", (), {})()
-        out.logits = logits[:, -keep:]
-        out.past_key_values = _Past(seqs)
-        return out
-
-    def _next(self, seq):
-        for prompt, ans in self.known.items():
-            L = len(prompt)
-            if len(seq) >= L and tuple(seq[-L:]) == prompt:
-                return ans[0]
-            for k in range(1, len(ans)):
-                if len(seq) >= L + k and tuple(seq[-L - k:-k]) == prompt and tuple(seq[-k:]) == tuple(ans[:k]):
-                    return ans[k]
-        return self.noise_id
-
-
-class _Past(list):
-    def batch_repeat_interleave(self, n):
-        self[:] = [list(s) for s in self for _ in range(n)]
-
-
 def test_triage_with_an_oracle_model(tiny_tokenizer):
     """Facts whose answer the 'model' emits after their question's user turn are HighlyKnown under every
     few-shot prompt; the others are Unknown (the oracle never samples them)."""
@@ -110,13 +68,13 @@ def test_triage_with_an_oracle_model(tiny_tokenizer):
     ex = [e for e in load_examples("bundled://facts") if e.relation == "capital"][:12]
     start = tiny_tokenizer.convert_tokens_to_ids("<|im_start|>")
 
-    def tail(e):  # the question's user turn + the generation prompt
-        ids = fmt.prompt_ids(e)
+    def tail(e):  # the question's user turn (few-shot form) + the generation prompt
+        ids = fmt.prompt_ids(e, [ex[-1]])
         return tuple(ids[[i for i, t in enumerate(ids) if t == start][-2]:])
 
     knows = {tail(e): fmt.answer_ids(e.answers[0]) + [fmt.end_ids[0]] for e in ex[:5]}
     noise = tiny_tokenizer.convert_tokens_to_ids("Q")
-    model = _Oracle(fmt, knows, len(tiny_tokenizer), noise)
+    model = Oracle(knows, len(tiny_tokenizer), noise)
     res = triage(model, tiny_tokenizer, ex, api.TriageSpec(prompts=3, shots=2, samples=2), seed=0,
                  progress=False)
     assert [res.categories[e.id] for e in ex] == [HIGHLY_KNOWN] * 5 + [UNKNOWN] * 7
@@ -185,3 +143,58 @@ def test_splits_with_probe_files():
     assert [x.id for x in s.unknown_probe] == [up[i].id for i in (0, 2, 4, 6, 8)]
     assert s.drift_prompts == ["hello"] and not s.drift_are_questions
     assert s.counts["highly_known"] == 40  # counts are of the training file
+
+
+@pytest.mark.slow
+def test_real_smollm2_triage(smollm2):
+    """SmolLM2-135M knows some real facts and (almost) none of the fictional ones."""
+    import time
+
+    model, tok = smollm2
+    facts = load_examples("bundled://facts")
+    real = [e for e in facts if e.id.startswith("real-")][::12][:20]
+    fict = [e for e in facts if e.id.startswith("fict-")][::8][:20]
+    t0 = time.time()
+    res = triage(model, tok, real + fict, api.TriageSpec(prompts=2, samples=4), seed=0, progress=False,
+                 exemplars=facts)  # exemplars from the whole relation pool, as in a real run
+    dt = time.time() - t0
+    cr = Counter(res.categories[e.id] for e in real)
+    cf = Counter(res.categories[e.id] for e in fict)
+    print(f"\ntriage of 40 facts (prompts=2, shots=4, samples=4): {dt:.1f}s; real {dict(cr)}; fictional {dict(cf)}")
+    assert cr[HIGHLY_KNOWN] >= 3
+    assert cf[UNKNOWN] >= 14 and cf[HIGHLY_KNOWN] <= 1
+
+
+def test_sampling_by_probability_matches_sampling(tiny_tokenizer):
+    """P(T>0) by exact probabilities + binomial draws agrees in distribution with real sampling: on a
+    model that says each answer with probability ~1/2 at T=0.5, both give shares near 1/2."""
+    fmt = PromptFormat(tiny_tokenizer)
+    ex = [e for e in load_examples("bundled://facts") if e.relation == "capital"][:6]
+    start = tiny_tokenizer.convert_tokens_to_ids("<|im_start|>")
+
+    def tail(e):
+        ids = fmt.prompt_ids(e, [ex[-1]])
+        return tuple(ids[[i for i, t in enumerate(ids) if t == start][-2]:])
+
+    noise = tiny_tokenizer.convert_tokens_to_ids("Q")
+    outputs = {tail(e): fmt.answer_ids(e.answers[0]) + [fmt.end_ids[0]] for e in ex}
+
+    class Coin(Oracle):
+        """Greedy says noise right after a question; the answer's first token is a whisker behind (so
+        about half of the T=0.5 samples start the answer), then the answer follows deterministically."""
+
+        def _row(self, seq):
+            for t, ans in self.outputs.items():
+                if tuple(seq[-len(t):]) == t:
+                    return {noise: 10.0, ans[0]: 9.999}
+            return super()._row(seq)
+
+    model = Coin(outputs, len(tiny_tokenizer), noise)
+    spec = api.TriageSpec(prompts=4, shots=1, samples=8, temperature=0.5)
+    a = triage(model, tiny_tokenizer, ex, spec, seed=0, progress=False, exemplars=ex, sampling="probability")
+    b = triage(model, tiny_tokenizer, ex, spec, seed=0, progress=False, exemplars=ex, sampling="generate")
+    assert set(a.categories.values()) == set(b.categories.values()) == {WEAKLY_KNOWN}
+    assert all(0.2 < r.p_sample[e.id] < 0.8 for r in (a, b) for e in ex)
+    assert all(r.p_greedy[e.id] == 0 for r in (a, b) for e in ex)
+    with pytest.raises(ValueError):
+        triage(model, tiny_tokenizer, ex, spec, sampling="nope")

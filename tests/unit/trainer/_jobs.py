@@ -1,0 +1,67 @@
+"""Job manifests over a tiny model directory, for the loop tests."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import yaml
+
+from .conftest import TRAINER_DATA, make_tiny_model, make_tokenizer
+
+
+def tiny_model_dir(root: Path, seed: int = 0) -> Path:
+    d = Path(root) / f"tiny-model-{seed}"
+    if not (d / "config.json").exists():
+        tok = make_tokenizer()
+        model = make_tiny_model(tok, seed=seed)
+        model.save_pretrained(d)
+        tok.save_pretrained(d)
+    return d
+
+
+def small_facts(root: Path, n_per_relation: int = 6) -> Path:
+    """A few facts per relation from the bundled file (real and fictional)."""
+    out = Path(root) / "facts-small.jsonl"
+    if out.exists():
+        return out
+    seen: dict[str, int] = {}
+    lines = []
+    for line in (TRAINER_DATA / "facts.jsonl").read_text().splitlines():
+        obj = json.loads(line)
+        rel = obj.get("relation", "")
+        if seen.get(rel, 0) < n_per_relation:
+            seen[rel] = seen.get(rel, 0) + 1
+            lines.append(line)
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+BASE_SPEC = {
+    "method": {"type": "sft"},
+    "triage": {"prompts": 1, "shots": 2, "samples": 1},
+    "training": {"maxSteps": 6, "batchSize": 4, "learningRate": 1e-3, "maxSeqLength": 96, "seed": 0},
+    "deepspeed": {"zeroStage": 0, "precision": "fp32"},
+    "evaluation": {"intervalSteps": 3, "maxProbeSize": 8},
+    "resources": {"workers": 1, "gpusPerWorker": 0},
+}
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def write_job(root: Path, name: str = "tiny", data: Path | None = None, model: Path | None = None,
+              **spec_overrides) -> Path:
+    root = Path(root)
+    spec = _merge(BASE_SPEC, spec_overrides)
+    spec["model"] = {"uri": str(model or tiny_model_dir(root))}
+    spec.setdefault("datasets", {})["train"] = str(data or small_facts(root))
+    doc = {"apiVersion": "tuneguard.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec}
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path

@@ -1,0 +1,90 @@
+"""Prometheus metrics with the contract's names, and the status.training merge patch."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from tuneguard import contract
+from tuneguard_trainer import telemetry as tm
+from tuneguard_trainer.engine import free_port
+
+
+def _tele(**kw):
+    return tm.Telemetry(job="j1", namespace="ns1", method="self-distill", **kw)
+
+
+def test_metrics_endpoint_uses_contract_names():
+    port = free_port()
+    t = _tele(metrics_port=port)
+    t.plan(100)
+    t.step(10, 0.5, 1.25, tokens=4000, tokens_per_second=800.0)
+    t.figures({f: 0.1 for f in contract.FIGURES}, "base")
+    t.figures({"hallucination_rate": 0.3, "drift_kl": 0.02}, "tuned")
+    t.triage({"highly_known": 3, "unknown": 7})
+    t.breach("hallucination")
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, frozenset(s.labels.items())): s.value
+               for fam in text_string_to_metric_families(body) for s in fam.samples}
+    L = {"job": "j1", "namespace": "ns1", "method": "self-distill"}
+
+    def val(name, **extra):
+        return samples[(name, frozenset({**L, **extra}.items()))]
+
+    assert val(contract.TRAIN_LOSS) == 1.25
+    assert val(contract.TRAIN_STEP) == 10
+    assert val(contract.TRAIN_TOTAL_STEPS) == 100
+    assert val(contract.TRAIN_TOKENS_PER_SECOND) == 800
+    assert val(contract.TRAIN_TOKENS + "_total") == 4000
+    assert val(contract.TRAIN_LAST_STEP_TIMESTAMP) > 0
+    assert val(contract.figure_metric("hallucination_rate"), model="tuned") == 0.3
+    assert val(contract.figure_metric("eval_loss"), model="base") == 0.1
+    assert val(contract.TRIAGE_EXAMPLES, category="unknown") == 7
+    assert val(contract.GUARDRAIL_BREACHES + "_total", guardrail="hallucination") == 1
+
+
+class FakeApi:
+    def __init__(self, fail=False):
+        self.calls, self.fail = [], fail
+
+    def patch_namespaced_custom_object_status(self, **kw):
+        self.calls.append(kw)
+        if self.fail:
+            raise RuntimeError("apiserver down")
+
+
+def test_status_patch_body_and_rate_limit():
+    t = _tele(status_patch=True)
+    api = t._api = FakeApi()
+    t.stage("training")  # forced
+    t.plan(40)
+    t.step(18, 0.9, 0.5, tokens=100, tokens_per_second=50.0)  # within 10 s: skipped
+    assert len(api.calls) == 1
+    t.figures({"hallucination_rate": 0.2, "known_accuracy": 0.8}, "tuned")  # forced
+    t.best(18, "/out/best-model", {"hallucination_rate": 0.2, "drift_kl": 0.01})
+    call = api.calls[-1]
+    assert call["group"] == "tuneguard.io" and call["plural"] == "finetunejobs"
+    assert call["namespace"] == "ns1" and call["name"] == "j1"
+    assert call["_content_type"] == "application/merge-patch+json"
+    tr = call["body"]["status"]["training"]
+    assert tr["stage"] == "training" and tr["step"] == 18 and tr["totalSteps"] == 40
+    assert tr["progress"] == "45%" and tr["tokensPerSecond"] == 50.0
+    assert tr["metrics"]["hallucinationRate"] == 0.2
+    assert tr["bestCheckpoint"] == {"step": 18, "path": "/out/best-model", "hallucinationRate": 0.2, "driftKL": 0.01}
+    assert tr["updatedAt"].endswith("Z")
+
+
+def test_status_patch_failures_are_not_fatal():
+    t = _tele(status_patch=True)
+    t._api = FakeApi(fail=True)
+    for _ in range(3):
+        t.stage("training")
+    assert t._patch_failures == 3
+
+
+def test_other_ranks_export_nothing():
+    t = tm.Telemetry(job="j", namespace="n", method="sft", enabled=False, metrics_port=None, status_patch=True)
+    t.step(1, 0.1, 1.0, 1, 1.0)
+    t.stage("done")
+    assert t.registry is None and not t.status_patch
