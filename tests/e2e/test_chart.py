@@ -151,7 +151,7 @@ def test_the_chart_service_account_may_do_what_the_operator_needs(cluster, names
     ns = r["watched"]
     for verb, resource in [("watch", "finetunejobs.tuneguard.io"), ("patch", "finetunejobs.tuneguard.io/status"),
                            ("create", "jobs.batch"), ("delete", "jobs.batch"), ("create", "roles"),
-                           ("create", "rolebindings"), ("patch", "configmaps"), ("create", "events")]:
+                           ("create", "rolebindings"), ("patch", "configmaps"), ("list", "pods"), ("create", "events")]:
         p = cluster.kubectl("--kubeconfig", str(r["kubeconfig"]), "auth", "can-i", verb, resource, "-n", ns,
                             check=False)
         assert p.stdout.strip() == "yes", (verb, resource, p.stdout, p.stderr)

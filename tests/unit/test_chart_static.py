@@ -193,6 +193,8 @@ def test_rbac_covers_every_kind_the_operator_writes_and_nothing_cluster_scoped()
         verbs = ["create"] if kind == "Event" else ["create", "get", "patch"]
         if kind == "FineTuneJob":
             verbs = ["get", "list", "watch", "patch", "delete"]
+        if kind == "Pod":
+            verbs = ["list"]
         if kind == "Job":
             verbs = ["get", "list", "watch", "create", "patch", "delete"]
         for verb in verbs:
@@ -201,6 +203,8 @@ def test_rbac_covers_every_kind_the_operator_writes_and_nothing_cluster_scoped()
     assert not granted & {"secrets", "nodes", "namespaces", "clusterroles", "clusterrolebindings",
                           "customresourcedefinitions", "*"}
     assert not any("*" in r["verbs"] or "escalate" in r["verbs"] or "bind" in r["verbs"] for r in rules)
+    pods = [r for r in rules if "pods" in r["resources"]]
+    assert [r["verbs"] for r in pods] == [["list"]], "the operator only lists pods"
 
 
 # ------------------------------------------------------------------------------------------ helm

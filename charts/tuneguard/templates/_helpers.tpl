@@ -76,8 +76,9 @@ The operator's permissions, the same rules for the ClusterRole (cluster-wide) an
 - The trainer's Role grants get on its FineTuneJob and get/patch on its status: RBAC's escalation
   check lets the operator create that Role only because it holds those verbs itself (above).
 - batch jobs: watched (label-selected) and deleted (Foreground) for a group restart.
+- pods: list only (label-selected, while workers are not ready), to say in the status why they are stuck.
 - events (core/v1): the reconciler posts its own; kopf's posting is off.
-No pods, no secrets, no nodes, nothing cluster-scoped in namespaced mode.
+No secrets, no nodes, no pod writes, nothing cluster-scoped in namespaced mode.
 */}}
 {{- define "tuneguard.rbacRules" -}}
 - apiGroups: ["tuneguard.io"]
@@ -98,6 +99,9 @@ No pods, no secrets, no nodes, nothing cluster-scoped in namespaced mode.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
