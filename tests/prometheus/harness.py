@@ -1,0 +1,123 @@
+"""A real Prometheus (Debian's `prometheus` binary) on loopback, for the end-to-end tests.
+
+It scrapes static targets with the same semantics the chart's monitors configure: honor_labels, so the
+trainer's and operator's own `job`/`namespace` labels win, while `up{job=...}` carries the scrape job's
+name ("tuneguard-operator" as the chart's metrics Service is called for release "tuneguard").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from tests.chart_tools import find_prometheus
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape_config(jobs: dict[str, list[tuple[str, dict]]], interval: str = "1s") -> dict:
+    """jobs: scrape job name -> [(host:port, extra target labels)]."""
+    return {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval, "scrape_timeout": interval},
+        "scrape_configs": [
+            {"job_name": name, "honor_labels": True, "metrics_path": "/metrics",
+             "static_configs": [{"targets": [t], "labels": labels} for t, labels in targets]}
+            for name, targets in jobs.items()
+        ],
+    }
+
+
+class Prometheus:
+    def __init__(self, workdir: Path, jobs: dict[str, list[tuple[str, dict]]], interval: str = "1s"):
+        self.workdir = Path(workdir)
+        self.jobs, self.interval = jobs, interval
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.log = self.workdir / "prometheus.log"
+
+    def start(self, timeout: float = 60) -> "Prometheus":
+        exe = find_prometheus()
+        assert exe, "prometheus not found: run scripts/ensure-prometheus.sh"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cfg = self.workdir / "prometheus.yml"
+        cfg.write_text(yaml.safe_dump(scrape_config(self.jobs, self.interval), sort_keys=False))
+        self.proc = subprocess.Popen(
+            [exe, f"--config.file={cfg}", f"--storage.tsdb.path={self.workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
+             "--storage.tsdb.retention.time=1d"],
+            stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"prometheus did not become ready:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def api(self, path: str, **params) -> dict:
+        q = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{q}", timeout=30) as r:
+            body = json.load(r)
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str, at: float | None = None) -> list[dict]:
+        """Instant query; returns the result vector (a scalar comes back as one pseudo-series)."""
+        data = self.api("query", query=expr, time=at)
+        if data["resultType"] in ("scalar", "string"):
+            return [{"metric": {}, "value": data["result"]}]
+        return data["result"]
+
+    def targets(self) -> list[dict]:
+        return self.api("targets")["activeTargets"]
+
+    def wait_for(self, expr: str, timeout: float = 60, what: str = "") -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            res = self.query(expr)
+            if res:
+                return res
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no series for {expr} after {timeout}s {what}; targets: "
+                                     f"{[(t['scrapeUrl'], t['health'], t.get('lastError')) for t in self.targets()]}")
+            time.sleep(1)
+
+
+def env_with_repo_paths(root: Path) -> dict[str, str]:
+    """A child process sees this checkout's packages first (as pytest does through pythonpath)."""
+    paths = [str(root), str(root / "operator"), str(root / "trainer_image")]
+    old = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths + ([old] if old else []))}

@@ -1,0 +1,159 @@
+"""What can be checked of the two images without a container engine.
+
+Both install the project through the same pyproject extras the tests use, under constraints.txt; base
+images are pinned to exact tags; the final stage runs as a non-root user; entrypoints are real
+`tuneguard` subcommands; the operator image has a HEALTHCHECK on the health port the chart probes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tuneguard.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+
+def parse(path: Path) -> tuple[dict[str, str], list[Stage]]:
+    """Global ARG defaults and stages, with line continuations joined."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        op, _, rest = line.partition(" ")
+        op = op.upper()
+        if op == "ARG" and not stages and "=" in rest:
+            k, v = rest.split("=", 1)
+            args[k.strip()] = v.strip().strip('"')
+        elif op == "FROM":
+            parts = rest.split()
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], parts[0])
+            name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
+            stages.append(Stage(base, name))
+        else:
+            assert stages or op in ("ARG",), f"{path}: {op} before FROM"
+            if stages:
+                stages[-1].instructions.append((op, rest))
+    return args, stages
+
+
+def _json_or_shell(rest: str) -> list[str]:
+    rest = rest.strip()
+    return json.loads(rest) if rest.startswith("[") else shlex.split(rest)
+
+
+def _subcommands() -> set[str]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return set(sub.choices)
+
+
+IMAGES = {
+    "operator": (ROOT / "Dockerfile", "operator", "kopf", "torch"),
+    "trainer": (ROOT / "trainer_image" / "Dockerfile", "trainer", "deepspeed", "kopf"),
+}
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_base_images_are_pinned(image):
+    path = IMAGES[image][0]
+    _, stages = parse(path)
+    names = {s.name for s in stages if s.name}
+    for s in stages:
+        if s.base in names:
+            continue
+        assert ":" in s.base and not s.base.endswith((":latest", ":stable")), f"{path}: {s.base} is not pinned"
+        tag = s.base.rsplit(":", 1)[1]
+        assert re.search(r"\d+\.\d+\.\d+", tag), f"{path}: {s.base}: pin an exact version tag"
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_installs_through_the_pyproject_extra_with_constraints(image):
+    path, extra, must, must_not = IMAGES[image]
+    assert extra in PYPROJECT["project"]["optional-dependencies"], f"pyproject has no extra {extra!r}"
+    _, stages = parse(path)
+    runs = " ".join(rest for s in stages for op, rest in s.instructions if op == "RUN")
+    installs = re.findall(r"pip install ([^&;]*)", runs)
+    assert any(f'".[{extra}]"' in i and "-c constraints.txt" in i for i in installs), installs
+    for i in installs:  # nothing installed around the pinned constraints
+        assert "-c constraints.txt" in i, i
+    deps = " ".join(PYPROJECT["project"]["optional-dependencies"][extra])
+    assert must in deps and must_not not in deps
+    copies = " ".join(rest for s in stages for op, rest in s.instructions if op == "COPY")
+    for f in ("pyproject.toml", "constraints.txt"):
+        assert f in copies
+        assert (ROOT / f).exists()
+    # every file the build COPYs from the context exists (README.md is the pyproject's readme)
+    for op_rest in (rest for s in stages for op, rest in s.instructions if op == "COPY" and "--from" not in rest):
+        for src in op_rest.split()[:-1]:
+            assert (ROOT / src.rstrip("/")).exists(), f"{path}: COPY {src}: no such file in the build context"
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_final_stage_runs_as_non_root(image):
+    path = IMAGES[image][0]
+    _, stages = parse(path)
+    users = [rest for op, rest in stages[-1].instructions if op == "USER"]
+    assert users, f"{path}: the final stage sets no USER"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0"), f"{path}: runs as root"
+    assert user.isdigit(), f"{path}: use a numeric USER so runAsNonRoot can verify it"
+
+
+def test_operator_entrypoint_health_and_ports_match_the_chart():
+    _, stages = parse(ROOT / "Dockerfile")
+    ins = dict(stages[-1].instructions)
+    entry = _json_or_shell(ins["ENTRYPOINT"])
+    assert entry[:2] == ["tuneguard", "operator"] and "operator" in _subcommands()
+    cmd = _json_or_shell(ins["CMD"])
+    parser = build_parser()
+    args = parser.parse_args(entry[1:] + cmd)  # the CLI accepts the image's default arguments
+    assert args.all_namespaces and args.metrics_port == 8080 and args.health_port == 8081
+    assert "HEALTHCHECK" in ins and f":{args.health_port}/healthz" in ins["HEALTHCHECK"]
+    import yaml
+    values = yaml.safe_load((ROOT / "charts" / "tuneguard" / "values.yaml").read_text())
+    assert values["operator"]["healthPort"] == args.health_port
+    assert values["operator"]["metricsPort"] == args.metrics_port
+    user = [rest for op, rest in stages[-1].instructions if op == "USER"][-1].split(":")[0]
+    assert int(user) == values["operator"]["podSecurityContext"]["runAsUser"]
+    copies = " ".join(rest for s in stages for op, rest in s.instructions if op == "COPY")
+    assert "trainer_image" not in copies, "the operator image must not ship the trainer"
+
+
+def test_trainer_entrypoint_is_the_worker_command_the_operator_runs():
+    from tuneguard import contract
+    _, stages = parse(ROOT / "trainer_image" / "Dockerfile")
+    ins = dict(stages[-1].instructions)
+    entry = _json_or_shell(ins["ENTRYPOINT"]) + _json_or_shell(ins["CMD"])
+    assert entry == contract.WORKER_COMMAND
+    assert "worker" in _subcommands()
+    build_parser().parse_args(entry[1:])
+    assert re.search(r"cuda", stages[0].base) and re.search(r"cuda", stages[-1].base)
+    assert str(contract.METRICS_PORT) in ins["EXPOSE"] and str(contract.MASTER_PORT) in ins["EXPOSE"]
+    # the operator runs workers as this uid (tuneguard_operator.render.RUN_AS_USER)
+    user = ins["USER"].split(":")[0]
+    try:
+        from tuneguard_operator.render import RUN_AS_USER
+    except ImportError:
+        RUN_AS_USER = 1000
+    assert int(user) == RUN_AS_USER
+    copies = " ".join(rest for s in stages for op, rest in s.instructions if op == "COPY")
+    assert "operator/" not in copies.replace("trainer_image", ""), "the trainer image must not ship the operator"
