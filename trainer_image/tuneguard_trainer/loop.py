@@ -263,6 +263,7 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
     from .telemetry import Telemetry
 
     ckpt = CheckpointManager(out, info.rank, info.local_rank)
+    created_out = not out.exists()
     if info.local_rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     barrier()
@@ -295,10 +296,19 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
         if is_main:
             log.info("triage: %d examples, %d prompts x (1 greedy + %d samples) each", len(p.examples),
                      spec.triage.prompts, spec.triage.samples)
-            counts, splits = triage_and_split(p, str(dev))
-            payload = {"digest": digest, "counts": counts, "splits": splits}
-            atomic_torch_save(payload, tri_path)
-        cached = broadcast_object(payload)
+            try:
+                counts, splits = triage_and_split(p, str(dev))
+                payload = {"digest": digest, "counts": counts, "splits": splits}
+                atomic_torch_save(payload, tri_path)
+            except ValueError as e:  # e.g. nothing left to train on after the Unknown policy
+                payload = {"error": f"triage: {e}"}
+        cached = broadcast_object(payload)  # the other ranks learn of a failure too, instead of waiting
+        if "error" in cached:
+            if created_out and info.local_rank == 0:
+                import shutil
+
+                shutil.rmtree(out, ignore_errors=True)
+            raise JobFailed(cached["error"])
         timer.add("triage", time.perf_counter() - t0)
     else:
         log.info("triage: reusing %s", tri_path)
@@ -421,8 +431,11 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
                    "guardrail_breaches": [str(b) for b in breaches]}
             within = not breaches
             mon = _monitor(es, figs)
-            new_best = within and mon is not None and (st.best is None or st.best.get("monitored") is None
-                                                       or mon > st.best["monitored"])
+            # Candidates for the delivered model: evaluations within budget; under action warn (breaches
+            # accepted) every evaluation, the report saying whether the best one was within budget.
+            candidate = within or gspec.action == "warn"
+            new_best = candidate and mon is not None and (st.best is None or st.best.get("monitored") is None
+                                                          or mon > st.best["monitored"])
             stop, why = False, None
             if mon is not None:
                 if st.best_monitored is None or mon > st.best_monitored:
@@ -442,13 +455,14 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
                 if gspec.action in ("stop", "rollback"):
                     stop, why = True, f"guardrail {gspec.action}: {msg}"
                     rollback = gspec.action == "rollback"
-            decision = {"rec": rec, "new_best": new_best, "monitored": mon, "stop": stop, "why": why,
+            decision = {"rec": rec, "new_best": new_best, "within": within, "monitored": mon, "stop": stop, "why": why,
                         "rollback": rollback, "no_improve": st.no_improve, "best_monitored": st.best_monitored}
         decision = broadcast_object(decision)
         st.history.append(decision["rec"])
         st.no_improve, st.best_monitored = decision["no_improve"], decision["best_monitored"]
         if decision["new_best"]:
-            st.best = {"step": st.step, "figures": figs, "monitored": decision["monitored"], "metric": es.metric}
+            st.best = {"step": st.step, "figures": figs, "monitored": decision["monitored"], "metric": es.metric,
+                       "within_budget": decision["within"]}
         if decision["stop"]:
             st.stopped = decision["why"]
         return decision["new_best"], decision["stop"], decision["rollback"]
@@ -551,8 +565,9 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
     if is_main:
         tele.stage("done")
         final = dict(st.history[-1])
-        if rollback_done and st.best:
-            final = {"step": st.best["step"], "figures": st.best["figures"], "rolled_back_from": st.step}
+        if rollback_done:  # the live model is the best one within budget, or the base model
+            final = ({"step": st.best["step"], "figures": st.best["figures"], "rolled_back_from": st.step}
+                     if st.best else {"step": 0, "figures": base_figures, "rolled_back_from": st.step})
         timer.add("total", time.perf_counter() - wall0)
         report = build_report(job, p, counts, splits, base_figures, final, st, total_steps, step_times,
                               ds_cfg, world, frozen_check, resumed_from, timer, objective, guard.spec, out)
@@ -612,7 +627,12 @@ def _summary_lines(report: dict) -> str:
     lines.append(f"\nsteps {thr.get('steps')}  tokens/s {thr.get('tokens_per_second')}  "
                  f"step time {thr.get('step_seconds_mean')} s  wall {report['timings'].get('total')} s")
     if report.get("best"):
-        lines.append(f"best checkpoint: step {report['best']['step']} ({report['best'].get('metric')}) -> "
+        b = report["best"]
+        lines.append(f"best model: step {b['step']} (by {b.get('metric')}"
+                     f"{'' if b.get('within_budget', True) else ', outside the guardrail budget'}) -> "
+                     f"{report['outputs']['best_model']}")
+    else:
+        lines.append(f"best model: the base model (no evaluation within the guardrail budget) -> "
                      f"{report['outputs']['best_model']}")
     g = report.get("guardrail", {})
     lines.append(f"guardrail: {g.get('outcome')}")
@@ -666,8 +686,8 @@ def build_report(job, p: Prepared, counts, splits, base_figures, final, st: Trai
         "splits": _split_sizes(splits),
         "base": base_figures,
         "final": final,
-        "best": ({"step": st.best["step"], "figures": st.best["figures"], "metric": st.best.get("metric")}
-                 if st.best else None),
+        "best": ({"step": st.best["step"], "figures": st.best["figures"], "metric": st.best.get("metric"),
+                  "within_budget": st.best.get("within_budget", True)} if st.best else None),
         "history": st.history,
         "train_loss": st.train_loss,
         "throughput": {

@@ -327,7 +327,7 @@ def build_splits(examples: Sequence[QAExample], result: TriageResult, dataset_sp
 
 
 def prepare(model, tokenizer, spec: api.FineTuneJobSpec, seed: int = 0, batch_size: int = 32,
-            progress: bool = True) -> tuple[Splits, TriageResult]:
+            progress: bool = True, sampling: str = "generate") -> tuple[Splits, TriageResult]:
     """Load the datasets of a job spec, triage them with the base model and build the splits: the one
     call the training loop needs before training."""
     ds = spec.datasets
@@ -345,7 +345,7 @@ def prepare(model, tokenizer, spec: api.FineTuneJobSpec, seed: int = 0, batch_si
             everything.append(e)
     if spec.triage.enabled:
         result = triage(model, tokenizer, everything, spec.triage, seed=seed, batch_size=batch_size,
-                        progress=progress)
+                        progress=progress, sampling=sampling)
     else:
         result = closed_book_check(model, tokenizer, everything, seed=seed, batch_size=batch_size,
                                    progress=progress)

@@ -198,3 +198,58 @@ def test_sampling_by_probability_matches_sampling(tiny_tokenizer):
     assert all(r.p_greedy[e.id] == 0 for r in (a, b) for e in ex)
     with pytest.raises(ValueError):
         triage(model, tiny_tokenizer, ex, spec, sampling="nope")
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_prepare_from_a_job_spec(tmp_path, tiny_model, tiny_tokenizer, enabled):
+    """prepare(): loads the files of a spec (train, probe files, drift prompts), triages everything once
+    (or runs the closed-book check when triage is disabled) and splits."""
+    import json
+
+    from tuneguard_trainer.triage import prepare
+
+    facts = load_examples("bundled://facts")
+    def write(name, rows):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(tmp_path / name)
+
+    qa = lambda es: [{"question": e.question, "answers": e.answers, "relation": e.relation} for e in es]
+    spec = api.FineTuneJobSpec(
+        model={"uri": "/models/x"},
+        datasets={"train": write("train.jsonl", qa(facts[:40]) + qa(facts[:2])),
+                  "probes": {"unknown": write("unknown.jsonl", qa(facts[300:310]))}},
+        method={"type": "sft"},
+        triage={"enabled": enabled, "prompts": 1, "shots": 2, "samples": 1, "unknownPolicy": "abstain"},
+        evaluation={"driftPrompts": write("drift.jsonl", [{"prompt": "Hello"}])},
+    )
+    splits, result = prepare(tiny_model, tiny_tokenizer, spec, seed=0, progress=False)
+    assert result.slick is enabled and splits.slick is enabled
+    assert splits.drift_prompts == ["Hello"]
+    assert any("duplicate" in n for n in splits.notes)
+    # the tiny random model knows nothing: everything is Unknown; the unknown probe is the file's
+    assert {e.id for e in splits.unknown_probe} == {f"unknown.jsonl:{i}" for i in range(1, 11)}
+    assert len(splits.train) == 40
+    if enabled:
+        assert splits.counts["relabelled"] == 40 and not splits.new_facts
+        assert {e.target for e in splits.train} == {"I don't know"}
+    else:  # no Unknown policy without a triage
+        assert splits.counts["relabelled"] == 0 and len(splits.new_facts) == 40
+        assert all(e.target == e.answers[0] for e in splits.train)
+
+
+def test_plain_format_without_chat_template():
+    """A tokenizer without a chat template gets 'Q: ...\\nA:' prompts; a newline or EOS ends an answer."""
+    from .conftest import make_tokenizer
+
+    tok = make_tokenizer(chat=False)
+    fmt = PromptFormat(tok)
+    assert not fmt.chat and tok.eos_token_id in fmt.stop_ids
+    ex = QAExample(id="a", question="What is the capital of France?", answers=["Paris"])
+    shot = QAExample(id="b", question="What is the capital of Italy?", answers=["Rome"])
+    assert tok.decode(fmt.prompt_ids(ex, [shot])) == \
+        "Q: What is the capital of Italy?\nA: Rome\n\nQ: What is the capital of France?\nA:"
+    nl = tok("\n", add_special_tokens=False)["input_ids"][0]
+    assert nl in fmt.stop_ids
+    assert fmt.decode_answer(fmt.answer_ids("Paris") + [nl] + fmt.answer_ids("Q")) == "Paris"
+    [f] = encode_for_training(tok, [ex], 64)
+    assert f["labels"][-1] == tok.eos_token_id
