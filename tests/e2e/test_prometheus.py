@@ -5,7 +5,7 @@ Setup, all real: the control plane with kwok GPU nodes; `tuneguard operator` (lo
 a fresh namespace; three FineTuneJobs there:
   facts  -- trained for real: its worker pod is failed once (kwok) so the operator restarts the group,
             then `tuneguard worker` runs on this machine with the ConfigMap and pod environment the
-            operator rendered (SmolLM2-135M, a slice of the bundled facts, 4 steps, tight guardrail
+            operator rendered (SmolLM2-135M, a slice of the bundled facts, 2 steps, tight guardrail
             budgets so breaches are counted), authenticating as the job's own trainer ServiceAccount;
   idle   -- Running but no trainer ever starts (what TuneguardTrainerMetricsMissing is for);
   broken -- its only worker fails with backoffLimit 0 (TuneguardJobFailed).
@@ -72,7 +72,7 @@ def job_manifest(name: str, namespace: str, train: Path, backoff_limit: int = 3)
             "datasets": {"train": str(train), "holdoutFraction": 0.3},
             "method": {"type": "self-distill", "selfDistill": {"lambda": 1.0, "temperature": 0.5}},
             "triage": {"prompts": 1, "shots": 2, "samples": 0},
-            "training": {"maxSteps": 4, "batchSize": 4, "learningRate": 1.0e-4, "maxSeqLength": 64},
+            "training": {"maxSteps": 2, "batchSize": 4, "learningRate": 1.0e-4, "maxSeqLength": 64},
             "deepspeed": {"zeroStage": 0, "precision": "fp32"},
             "evaluation": {"intervalSteps": 2, "maxProbeSize": 16},
             # budgets so tight that the run breaches them: the breach counter gets real increments
