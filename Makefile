@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 # This checkout's packages come first, whichever clone the shared venv was created from.
 export PYTHONPATH := $(CURDIR):$(CURDIR)/operator:$(CURDIR)/trainer_image
 
-.PHONY: quickstart test test-unit crd cluster-up cluster-down control-plane lint-chart
+.PHONY: quickstart test test-unit generate cluster-up cluster-down
 
 ## Fine-tune the bundled SmolLM2-135M on the bundled facts, on CPU, and print base vs tuned figures.
 quickstart:
@@ -13,16 +13,21 @@ quickstart:
 
 ## The whole test suite: unit tests, then the real control plane (built once and cached) and end-to-end tests.
 test:
-	@venv=$(VENV); scripts/build-control-plane.sh >/dev/null && \
+	@venv=$(VENV); scripts/build-control-plane.sh >/dev/null && scripts/ensure-prometheus.sh >/dev/null && \
 	  "$$venv/bin/python" -m pytest $(PYTEST_ARGS)
 
 ## Unit tests only (seconds, no control plane).
 test-unit:
 	@venv=$(VENV); "$$venv/bin/python" -m pytest tests/unit $(PYTEST_ARGS)
 
-## Regenerate crds/ (and the chart's copy) from tuneguard/api.py.
-crd:
-	@venv=$(VENV); "$$venv/bin/tuneguard" crd > crds/tuneguard.io_finetunejobs.yaml
+## Regenerate everything generated from one source: crds/ and the chart's copy (tuneguard/api.py), the
+## dashboard and alert rules (tuneguard/contract.py), and the promtool tests of the rules.
+generate:
+	@venv=$(VENV); "$$venv/bin/python" -m tuneguard.cli crd > crds/tuneguard.io_finetunejobs.yaml && \
+	  cp crds/tuneguard.io_finetunejobs.yaml charts/tuneguard/crds/ && \
+	  "$$venv/bin/python" -m tuneguard.dashboard --write && \
+	  "$$venv/bin/python" -m tuneguard.alerts --write && \
+	  "$$venv/bin/python" -m tests.prometheus.alert_tests --write
 
 ## Start a local control plane with simulated GPU nodes; prints `export KUBECONFIG=...`.
 cluster-up:

@@ -117,7 +117,7 @@ def _is_api_error(e: Exception) -> bool:
     return isinstance(e, ApiError)
 
 
-def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
+def register(registry: kopf.OperatorRegistry, controller: Controller, *, cluster_wide: bool = True) -> None:
     """Register the watch handlers and the settings on a kopf registry."""
 
     @kopf.on.startup(registry=registry)
@@ -132,6 +132,9 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         settings.watching.label_selectors["batch", "jobs"] = f"{contract.LABEL_MANAGED_BY}={contract.MANAGED_BY}"
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
+        # With a fixed list of namespaces there is nothing to discover, and scanning would try to
+        # list namespaces cluster-wide, which a namespaced install's RBAC rightly refuses.
+        settings.scanning.disabled = not cluster_wide
         controller.start()
 
     @kopf.on.login(registry=registry)

@@ -63,7 +63,7 @@ def run_operator(namespaces: list[str], all_namespaces: bool, metrics_port: int,
     kube = Kube(load_client(connections=workers + 2))
     controller = Controller(Reconciler(kube, metrics), metrics, workers=workers)
     registry = kopf.OperatorRegistry()
-    register(registry, controller)
+    register(registry, controller, cluster_wide=bool(all_namespaces))
     log.info("tuneguard operator starting", extra={
         "namespaces": ",".join(namespaces) if namespaces else "*", "metrics_port": metrics_port,
         "health_port": health_port, "workers": workers})

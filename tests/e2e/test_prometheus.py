@@ -13,12 +13,13 @@ Debian's prometheus scrapes the operator and the trainer on loopback every secon
 the chart's monitors). Queries are evaluated at the last instant the trainer was scraped.
 
 The list of queries and the number of series each returned is written to
-docs/results/prometheus-queries.json and printed.
+docs/results/prometheus-queries.json (with TUNEGUARD_WRITE_RESULTS=1) and printed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -173,8 +174,9 @@ def test_every_dashboard_query_and_alert_expression_returns_real_data(cluster, c
             "dashboard": panels,
             "alerts": rules,
         }
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+        if os.environ.get("TUNEGUARD_WRITE_RESULTS") == "1":  # test runs keep the checkout clean
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            RESULTS.write_text(json.dumps(report, indent=2) + "\n")
         print(f"\n{'series':>6}  dashboard query (panel)")
         for p in panels:
             one_line = re.sub(r"\s+", " ", p["expr"])
@@ -183,7 +185,8 @@ def test_every_dashboard_query_and_alert_expression_returns_real_data(cluster, c
         for r in rules:
             sel = ", ".join(f"{s}: {n}" for s, n in r["selectors"].items())
             print(f"{r['series_default_thresholds']:>4} {r['series_firing_thresholds']:>4}  {r['alert']}  [{sel}]")
-        print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
+        if os.environ.get("TUNEGUARD_WRITE_RESULTS") == "1":
+            print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
 
         empty = [p for p in panels if p["series"] == 0]
         assert not empty, f"dashboard queries without data: {empty}"

@@ -22,8 +22,7 @@ from tuneguard.crd import CRD_FILE
 
 needs_helm = pytest.mark.skipif(find_helm() is None, reason=HELM_MISSING)
 needs_promtool = pytest.mark.skipif(find_promtool() is None, reason=PROMTOOL_MISSING)
-REGEN = "run `python -m tuneguard.dashboard --write && python -m tuneguard.alerts --write " \
-        "&& python -m tests.prometheus.alert_tests --write`"
+REGEN = "run `make generate`"
 
 
 # ------------------------------------------------------------------------------ generated files

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_committed_crd_matches_models():
     committed = (ROOT / "crds" / CRD_FILE).read_text()
-    assert committed == render_crd(), "crds/ is stale: run `make crd` (tuneguard crd > crds/...)"
+    assert committed == render_crd(), "crds/ is stale: run `make generate`"
 
 
 def _walk(node, path="$"):
