@@ -415,6 +415,10 @@ def main(argv=None) -> int:
     (out / f"{name}.md").write_text(md)
     print("\n" + md)
     log(f"wrote {out / (name + '.json')}")
+    if not evaluation["identical"]:
+        print(f"ASSERTION FAILED: teacher-forced and generation-based scores differ: {evaluation['counts_exact']} vs "
+              f"{evaluation['counts_generate']}", file=sys.stderr)
+        return 1
     return 0
 
 
