@@ -114,16 +114,18 @@ class Evaluator:
         # --- probes, filtered by the base model's closed-book answers
         known_c = [self._item(e) for e in list(splits.known_probe)[: 2 * n]]
         unknown_c = [self._item(e) for e in list(splits.unknown_probe)[: 2 * n]]
-        kc = self._classify(base_model, known_c, need_abstention=True)
-        uc = self._classify(base_model, unknown_c, need_abstention=True)
+        cls = self._classify(base_model, known_c + unknown_c, need_abstention=True)
+        kc, uc = cls[:len(known_c)], cls[len(known_c):]
         self.known = [it for it, c in zip(known_c, kc) if c == "correct"][:n]
-        self.unknown = [it for it, c in zip(unknown_c, uc) if c != "correct"][:n]
+        kept_u = [(it, c) for it, c in zip(unknown_c, uc) if c != "correct"][:n]
+        self.unknown = [it for it, _ in kept_u]
+        base_classes = (["correct"] * len(self.known), [c for _, c in kept_u])
         self.new = [self._item(e) for e in list(splits.new_facts)[:n]]
         self.probe_notes = {
             "known_probe": f"{len(self.known)} of {len(known_c)} held-out HighlyKnown facts answered correctly "
-                           f"closed-book by the base model",
+                           f"by the base model in the evaluation prompt",
             "unknown_probe": f"{len(self.unknown)} of {len(unknown_c)} held-out Unknown facts not answered "
-                             f"correctly closed-book by the base model",
+                             f"correctly by the base model in the evaluation prompt",
         }
 
         # --- new facts' training targets, for eval_loss
@@ -169,7 +171,7 @@ class Evaluator:
         self._theta0_norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in base_state.values()))
 
         self.setup_seconds = time.time() - t0
-        self.base_figures = self.evaluate(base_model)
+        self.base_figures = self.evaluate(base_model, _classes=base_classes)  # probes already classified
         self.base_details = dict(self.last_details)
         log.info("evaluator ready in %.1fs: %d known, %d unknown, %d new facts, %d drift prompts",
                  time.time() - t0, len(self.known), len(self.unknown), len(self.new), len(self._drift_prompts))
@@ -184,55 +186,73 @@ class Evaluator:
     def _item(self, ex: QAExample) -> _Item:
         return _Item(ex=ex, prompt=self.fmt.prompt_ids(ex, self.shots_for(ex)))
 
-    def _classify(self, model, items: Sequence[_Item], need_abstention: bool, mode: Optional[str] = None,
-                  stats: Optional[dict] = None) -> list[str]:
-        """'correct' | 'abstain' | 'wrong' per item (see the module docstring for exactness)."""
+    def _classify(self, model, items: Sequence[_Item], need_abstention, mode: Optional[str] = None,
+                  stats: Optional[dict] = None, loss_rows: Sequence[tuple] = ()) -> list[str]:
+        """'correct' | 'abstain' | 'wrong' per item (see the module docstring for exactness).
+
+        ``need_abstention``: a bool, or one per item (False: only correctness matters, abstentions count
+        as wrong). All items go through one teacher-forced pass and one decoding pass, so a relation's
+        exemplar prefix is computed once for all probes. ``loss_rows`` ((prompt ids, target ids), ...)
+        ride along in the same pass; their summed cross-entropy and token count land in
+        ``stats['loss_sum']`` and ``stats['loss_tokens']``."""
         mode = mode or self.mode
-        if not items:
-            return []
         stats = stats if stats is not None else {}
+        need = list(need_abstention) if isinstance(need_abstention, (list, tuple)) else \
+            [bool(need_abstention)] * len(items)
         result: list[Optional[str]] = [None] * len(items)
         first_tok: list[Optional[int]] = [None] * len(items)
+        rows_p, rows_c, meta = [], [], []
         if mode != "generate":
-            rows_p, rows_c, meta = [], [], []
             for i, it in enumerate(items):
                 for v in answer_variants(it.ex.answers):
                     cand, hp = self.fmt.candidate_ids(v)
                     rows_p.append(it.prompt); rows_c.append(cand); meta.append((i, "correct", hp))
-                if need_abstention:
+                if need[i]:
                     for cand, hp in self._abst_cands:
                         rows_p.append(it.prompt); rows_c.append(cand); meta.append((i, "abstain", hp))
+        n_class_rows = len(rows_p)
+        for prompt, target in loss_rows:
+            rows_p.append(prompt); rows_c.append(target); meta.append((None, "loss", False))
+        loss = [0.0, 0]
 
-            def consume(r, logits):
-                i, kind, hp = meta[r]
-                if first_tok[i] is None:
-                    first_tok[i] = int(logits[0].argmax())
-                n_ans = len(rows_c[r]) - (2 if hp else 1)
-                if result[i] != "correct" and greedy_emits(logits, rows_c[r], n_ans, hp, self.fmt.stop_ids):
-                    result[i] = kind
+        def consume(r, logits):
+            i, kind, hp = meta[r]
+            if kind == "loss":
+                tgt = torch.tensor(rows_c[r], device=logits.device)
+                loss[0] += float(torch.nn.functional.cross_entropy(logits, tgt, reduction="sum"))
+                loss[1] += len(rows_c[r])
+                return
+            if first_tok[i] is None:
+                first_tok[i] = int(logits[0].argmax())
+            n_ans = len(rows_c[r]) - (2 if hp else 1)
+            if result[i] != "correct" and greedy_emits(logits, rows_c[r], n_ans, hp, self.fmt.stop_ids):
+                result[i] = kind
 
+        if rows_p:
             teacher_forced(model, rows_p, rows_c, self.pad_id, self.batch_size, consume)
-            stats["teacher_forced_rows"] = stats.get("teacher_forced_rows", 0) + len(rows_p)
+        stats["teacher_forced_rows"] = stats.get("teacher_forced_rows", 0) + n_class_rows
+        stats["loss_sum"], stats["loss_tokens"] = loss
         todo = []
         for i, it in enumerate(items):
             if result[i] is not None:
                 continue
             if mode == "tf-only":
                 result[i] = "wrong"
-            elif mode == "exact" and not need_abstention and self._first_token_rules_out(first_tok[i], it.ex):
+            elif mode == "exact" and not need[i] and self._first_token_rules_out(first_tok[i], it.ex):
                 result[i] = "wrong"
             else:
                 todo.append(i)
         if todo:
-            alive = None
-            if not need_abstention and mode == "exact":  # only correctness matters: stop hopeless rows
-                alive = lambda k, toks: could_become(self.tok.decode(toks), items[todo[k]].ex.answers)
+            def alive(k, toks):  # only correctness matters for some items: stop their hopeless rows
+                i = todo[k]
+                return need[i] or mode != "exact" or could_become(self.tok.decode(toks), items[i].ex.answers)
+
             outs = decode(model, [items[i].prompt for i in todo], self.pad_id, self.fmt.stop_ids,
                           max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, alive=alive)
             for i, o in zip(todo, outs):
                 text = self.fmt.decode_answer(o[0])
                 result[i] = classify(text, items[i].ex.answers, self.abstention_text)
-                if not need_abstention and result[i] == "abstain":
+                if not need[i] and result[i] == "abstain":
                     result[i] = "wrong"
         stats["generated"] = stats.get("generated", 0) + len(todo)
         return result  # type: ignore[return-value]
@@ -298,16 +318,23 @@ class Evaluator:
                        consume)
         return total[0] / total[1]
 
-    def evaluate(self, model, mode: Optional[str] = None) -> dict:
+    def evaluate(self, model, mode: Optional[str] = None, *, _classes=None) -> dict:
         """The figures of ``model`` (keys: contract.FIGURES; None where a probe set is empty)."""
         t0 = time.time()
         stats: dict = {}
+        loss_rows = [(it.prompt, t) for it, t in zip(self.new, self._new_targets)]
         with eval_mode(model):
-            kc = self._classify(model, self.known, True, mode, stats)
-            uc = self._classify(model, self.unknown, True, mode, stats)
-            nc = self._classify(model, self.new, False, mode, stats)
+            if _classes is not None:
+                kc, uc = _classes
+                nc = self._classify(model, self.new, False, mode, stats, loss_rows)
+            else:  # one pass over all probes (shared relation prefixes computed once)
+                items = self.known + self.unknown + self.new
+                need = [True] * (len(self.known) + len(self.unknown)) + [False] * len(self.new)
+                cls = self._classify(model, items, need, mode, stats, loss_rows)
+                k, u = len(self.known), len(self.unknown)
+                kc, uc, nc = cls[:k], cls[k:k + u], cls[k + u:]
             drift = self.drift_kl(model)
-            loss = self.eval_loss(model)
+            loss = stats["loss_sum"] / stats["loss_tokens"] if stats.get("loss_tokens") else None
         pdrift = self.param_drift(model)
 
         def rate(cs, what):
@@ -333,6 +360,6 @@ class Evaluator:
             "unknown": {k: sum(c == k for c in uc) for k in ("correct", "abstain", "wrong")},
             "new": {k: sum(c == k for c in nc) for k in ("correct", "wrong")},
             "drift_kl_exact": self.drift_exact,
-            **stats,
+            **{k: v for k, v in stats.items() if not k.startswith("loss_")},
         }
         return figures

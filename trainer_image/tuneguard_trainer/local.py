@@ -7,6 +7,7 @@ Exit codes: 0 done; 2 the job or its data is invalid (nothing written); 1 a fail
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -46,8 +47,9 @@ def run_local(job_path: Path, out: Path, device: str = "auto") -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the latest checkpoint", file=sys.stderr)
         return 130
-    finally:
-        _destroy_process_group()
+    # The world of one stays up until the process exits: DeepSpeed caches its process groups, so a
+    # second run_local in the same process (tests, notebooks) reuses this one instead of a new one.
+    atexit.register(_destroy_process_group)
     return 0
 
 

@@ -431,8 +431,11 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
                    "guardrail_breaches": [str(b) for b in breaches]}
             within = not breaches
             mon = _monitor(es, figs)
-            new_best = within and mon is not None and (st.best is None or st.best.get("monitored") is None
-                                                       or mon > st.best["monitored"])
+            # Candidates for the delivered model: evaluations within budget; under action warn (breaches
+            # accepted) every evaluation, the report saying whether the best one was within budget.
+            candidate = within or gspec.action == "warn"
+            new_best = candidate and mon is not None and (st.best is None or st.best.get("monitored") is None
+                                                          or mon > st.best["monitored"])
             stop, why = False, None
             if mon is not None:
                 if st.best_monitored is None or mon > st.best_monitored:
@@ -452,13 +455,14 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
                 if gspec.action in ("stop", "rollback"):
                     stop, why = True, f"guardrail {gspec.action}: {msg}"
                     rollback = gspec.action == "rollback"
-            decision = {"rec": rec, "new_best": new_best, "monitored": mon, "stop": stop, "why": why,
+            decision = {"rec": rec, "new_best": new_best, "within": within, "monitored": mon, "stop": stop, "why": why,
                         "rollback": rollback, "no_improve": st.no_improve, "best_monitored": st.best_monitored}
         decision = broadcast_object(decision)
         st.history.append(decision["rec"])
         st.no_improve, st.best_monitored = decision["no_improve"], decision["best_monitored"]
         if decision["new_best"]:
-            st.best = {"step": st.step, "figures": figs, "monitored": decision["monitored"], "metric": es.metric}
+            st.best = {"step": st.step, "figures": figs, "monitored": decision["monitored"], "metric": es.metric,
+                       "within_budget": decision["within"]}
         if decision["stop"]:
             st.stopped = decision["why"]
         return decision["new_best"], decision["stop"], decision["rollback"]
@@ -623,7 +627,12 @@ def _summary_lines(report: dict) -> str:
     lines.append(f"\nsteps {thr.get('steps')}  tokens/s {thr.get('tokens_per_second')}  "
                  f"step time {thr.get('step_seconds_mean')} s  wall {report['timings'].get('total')} s")
     if report.get("best"):
-        lines.append(f"best checkpoint: step {report['best']['step']} ({report['best'].get('metric')}) -> "
+        b = report["best"]
+        lines.append(f"best model: step {b['step']} (by {b.get('metric')}"
+                     f"{'' if b.get('within_budget', True) else ', outside the guardrail budget'}) -> "
+                     f"{report['outputs']['best_model']}")
+    else:
+        lines.append(f"best model: the base model (no evaluation within the guardrail budget) -> "
                      f"{report['outputs']['best_model']}")
     g = report.get("guardrail", {})
     lines.append(f"guardrail: {g.get('outcome')}")
@@ -677,8 +686,8 @@ def build_report(job, p: Prepared, counts, splits, base_figures, final, st: Trai
         "splits": _split_sizes(splits),
         "base": base_figures,
         "final": final,
-        "best": ({"step": st.best["step"], "figures": st.best["figures"], "metric": st.best.get("metric")}
-                 if st.best else None),
+        "best": ({"step": st.best["step"], "figures": st.best["figures"], "metric": st.best.get("metric"),
+                  "within_budget": st.best.get("within_budget", True)} if st.best else None),
         "history": st.history,
         "train_loss": st.train_loss,
         "throughput": {

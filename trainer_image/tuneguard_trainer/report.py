@@ -61,6 +61,8 @@ def plot(out: Path, base: dict, history: list[dict], train_loss: list[dict]) -> 
         fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
         for ax, f in zip(axes.flat, figs):
             pts = [(h["step"], h["figures"][f]) for h in history if h["figures"].get(f) is not None]
+            if pts and base.get(f) is not None:
+                pts = [(0, base[f])] + pts  # the curve starts at the base model (step 0)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label="tuned")
             if base.get(f) is not None:

@@ -174,6 +174,7 @@ def test_eval_mode_restored_and_loss(tiny_model, tiny_tokenizer):
     f = ev.evaluate(tiny_model)
     assert tiny_model.training
     assert f["eval_loss"] > 0 and f["new_fact_accuracy"] == 0.0
+    assert f["eval_loss"] == pytest.approx(ev.eval_loss(tiny_model), rel=1e-5)  # merged pass == standalone
     assert f["known_accuracy"] is None and f["abstention_rate"] is None  # empty probes -> None
 
 

@@ -235,3 +235,21 @@ def test_prepare_from_a_job_spec(tmp_path, tiny_model, tiny_tokenizer, enabled):
     else:  # no Unknown policy without a triage
         assert splits.counts["relabelled"] == 0 and len(splits.new_facts) == 40
         assert all(e.target == e.answers[0] for e in splits.train)
+
+
+def test_plain_format_without_chat_template():
+    """A tokenizer without a chat template gets 'Q: ...\\nA:' prompts; a newline or EOS ends an answer."""
+    from .conftest import make_tokenizer
+
+    tok = make_tokenizer(chat=False)
+    fmt = PromptFormat(tok)
+    assert not fmt.chat and tok.eos_token_id in fmt.stop_ids
+    ex = QAExample(id="a", question="What is the capital of France?", answers=["Paris"])
+    shot = QAExample(id="b", question="What is the capital of Italy?", answers=["Rome"])
+    assert tok.decode(fmt.prompt_ids(ex, [shot])) == \
+        "Q: What is the capital of Italy?\nA: Rome\n\nQ: What is the capital of France?\nA:"
+    nl = tok("\n", add_special_tokens=False)["input_ids"][0]
+    assert nl in fmt.stop_ids
+    assert fmt.decode_answer(fmt.answer_ids("Paris") + [nl] + fmt.answer_ids("Q")) == "Paris"
+    [f] = encode_for_training(tok, [ex], 64)
+    assert f["labels"][-1] == tok.eos_token_id
