@@ -66,14 +66,14 @@ def settings(args) -> dict:
         "unknown_share": args.unknown_share,
         "known_probe_fraction": 0.5,  # of the HighlyKnown facts
         "unknown_probe_size": 8 if quick else 48,
-        "steps": args.steps or (4 if quick else 200),
+        "steps": args.steps or (2 if quick else 200),
         "eval_interval": args.eval_interval or (2 if quick else 25),
         "batch_size": 8 if quick else 16,
         "learning_rate": args.lr,
         "warmup_steps": 0 if quick else 10,
         "max_seq_length": 128,
-        "max_probe_size": 12 if quick else 100,
-        "seeds": list(range(args.seeds if args.seeds else (2 if quick else 3))),
+        "max_probe_size": 8 if quick else 100,
+        "seeds": list(range(args.seeds if args.seeds else (1 if quick else 3))),
         "methods": args.methods.split(",") if args.methods else list(METHODS),
         "ds_optimizer": args.ds_optimizer,
         "budget_seconds": args.budget_seconds,
@@ -479,8 +479,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="results directory (default $OUT or docs/results/)")
     ap.add_argument("--work", help="run directories and the triage cache (default runs/bench/hallucination[-quick])")
     ap.add_argument("--model", default="bundled://smollm2-135m-instruct")
-    ap.add_argument("--seeds", type=int, default=0, help="number of seeds (default 3; quick 2)")
-    ap.add_argument("--steps", type=int, default=0, help="optimizer steps of every run (default 160; quick 4)")
+    ap.add_argument("--seeds", type=int, default=0, help="number of seeds (default 3; quick 1)")
+    ap.add_argument("--steps", type=int, default=0, help="optimizer steps of every run (default 200; quick 2)")
     ap.add_argument("--eval-interval", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--unknown-share", type=float, default=0.5)

@@ -88,6 +88,22 @@ class Ours:
 
         self.name, self.device, self.tok = name, device, tok
         self.encoded, self.batches = encoded, batches
+        self._args = (method, base_cpu, s, teacher)
+        self.lean = s.get("lean", False)
+        self.engine = None
+        self.objective = None
+        self.i = 0
+        self.torch = torch
+        if not self.lean:
+            self._build()
+
+    def _build(self) -> None:
+        """The DeepSpeed engine (and, once, the Objective: its teacher cache outlives a lean rebuild)."""
+        from tuneguard_trainer import engine as eng, freezing
+        from tuneguard_trainer.methods import Objective
+
+        method, base_cpu, s, teacher = self._args
+        device = self.device
         spec = make_spec(method, s, device).spec
         model = copy.deepcopy(base_cpu).to(device)
         model.train()
@@ -100,10 +116,16 @@ class Ours:
                 p.requires_grad_(True)
             self.trainable = sum(p.numel() for p in model.parameters())
         self.engine, self.cfg = eng.create_engine(model, spec, device, 1, 10**6)
-        self.objective = Objective.from_spec(spec.method, teacher=teacher)
-        self.i = 0
-        self.last = None
-        self.torch = torch
+        if self.objective is None:
+            self.objective = Objective.from_spec(spec.method, teacher=teacher)
+            self.prefill_cache()
+
+    def release(self) -> None:
+        """Lean mode (CPU smoke runs): drop the engine between blocks so one trainable copy lives at a time."""
+        if self.lean and self.engine is not None:
+            self.final_module = None
+            self.engine = None
+            gc.collect()
 
     def prefill_cache(self) -> None:
         """One pass over the data (no optimizer step) so that every example's teacher top-k is cached."""
@@ -124,6 +146,8 @@ class Ours:
         """n optimizer steps exactly as loop.run does them; returns each step's seconds."""
         from tuneguard_trainer.methods import collate
 
+        if self.engine is None:
+            self._build()
         times = []
         sync(self.device)
         t = time.perf_counter()
@@ -140,6 +164,11 @@ class Ours:
             times.append(now - t)
             t = now
         return times
+
+    def module(self):
+        if self.engine is None:
+            self._build()
+        return self.engine.module
 
 
 class Trl:
@@ -191,6 +220,9 @@ class Trl:
                                         processing_class=self.tok, callbacks=[self._timer])
         self._times = []
         self.trainer.train()
+        if self.s.get("lean"):
+            self.trainer.optimizer = None
+            gc.collect()
         self.wrapped = type(self.trainer.model_wrapped).__name__  # DDP would add all-reduce cost; expect none
         self.optimizer = type(self.trainer.optimizer.optimizer if hasattr(self.trainer.optimizer, "optimizer")
                               else self.trainer.optimizer).__name__
@@ -223,6 +255,8 @@ def time_training(contenders: list, s: dict, log) -> dict:
         order = contenders[r % len(contenders):] + contenders[: r % len(contenders)]
         for c in order:
             t = c.steps(s["warmup"] + s["steps"])
+            if hasattr(c, "release") and c is not contenders[0]:
+                c.release()
             kept = t[s["warmup"]:]
             times[c.name] += kept
             per_round[c.name].append(median(kept))
@@ -304,7 +338,10 @@ def main(argv=None) -> int:
          "lr": 1e-5, "zero_stage": 0, "steps": args.steps or (3 if q else 20), "warmup": args.warmup or (1 if q else 5),
          "rounds": args.rounds or (2 if q else 5), "probe": args.probe or (12 if q else 200),
          "eval_rounds": 2 if q else 3, "teacher_cache_top_k": 64,
-         "ds_optimizer": args.ds_optimizer}
+         "ds_optimizer": args.ds_optimizer,
+         # CPU: one trainable copy at a time (engines rebuilt per block, outside the timed steps); a 23 GB
+         # box runs out of memory with five copies and their optimizer states
+         "lean": args.device == "cpu"}
     out = out_dir(args.out)
 
     def log(msg):
@@ -359,8 +396,8 @@ def main(argv=None) -> int:
         Ours("freeze", {"type": "freeze", "freeze": {"preset": "attention-only"}}, base, tok, encoded, batches, s,
              args.device),
     ]
-    contenders[2].prefill_cache()
-    log(f"teacher cache filled: {len(contenders[2].objective.cache.values)} examples (top-{s['teacher_cache_top_k']})")
+    if contenders[2].objective is not None:
+        log(f"teacher cache filled: {len(contenders[2].objective.cache.values)} examples (top-{s['teacher_cache_top_k']})")
     if trl_info is not None:
         try:
             contenders.append(Trl(base, tok, encoded, s, args.device, trl_info))
@@ -388,7 +425,7 @@ def main(argv=None) -> int:
                        "what": desc}
     log("evaluation: teacher-forced vs generation")
     evaluation = time_evaluation(base.to(args.device), tok, examples, s, args.device,
-                                 contenders[0].engine.module, log)
+                                 contenders[0].module(), log)
     evaluation["target_min_speedup"] = 10.0
     evaluation["met"] = bool(evaluation["identical"] and (evaluation["speedup"] or 0) >= 10.0)
 
@@ -402,7 +439,7 @@ def main(argv=None) -> int:
         "trl_config_args_dropped": getattr(contenders[-1], "dropped_config", None) if contenders[-1].name == "trl-sft" else None,
         "trl_model_wrapped_as": getattr(contenders[-1], "wrapped", None) if contenders[-1].name == "trl-sft" else None,
         "trl_optimizer": getattr(contenders[-1], "optimizer", None) if contenders[-1].name == "trl-sft" else None,
-        "our_optimizer": type(contenders[0].engine.optimizer).__name__,
+        "our_optimizer": type(contenders[0].engine.optimizer).__name__ if contenders[0].engine is not None else None,
         "trainable_parameters": {c.name: getattr(c, "trainable", None) for c in contenders},
         "training": training, "training_wall_seconds": round(train_seconds, 1), "ratios": ratios,
         "evaluation": evaluation,
@@ -415,6 +452,10 @@ def main(argv=None) -> int:
     (out / f"{name}.md").write_text(md)
     print("\n" + md)
     log(f"wrote {out / (name + '.json')}")
+    if not evaluation["identical"]:
+        print(f"ASSERTION FAILED: teacher-forced and generation-based scores differ: {evaluation['counts_exact']} vs "
+              f"{evaluation['counts_generate']}", file=sys.stderr)
+        return 1
     return 0
 
 
