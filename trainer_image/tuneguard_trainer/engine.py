@@ -86,6 +86,11 @@ def init_distributed(device: str) -> DistInfo:
     if device == "cpu" and os.environ.get("TUNEGUARD_DS_SHM_COMM", "0") != "1":
         _skip_shm_comm_build()
     if not dist.is_initialized():
+        # DeepSpeed keeps its comm backend in a module global; one left from a world destroyed earlier
+        # in this process (an in-process run before this one) would hand out unregistered groups.
+        import deepspeed.comm.comm as ds_comm
+
+        ds_comm.cdb = None
         if device == "cuda":
             torch.cuda.set_device(info.local_rank)
         deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl",
