@@ -93,17 +93,6 @@ def new_namespace(cluster, name: str) -> str:
     return name
 
 
-def job_docs(ns: str, n: int) -> list[dict]:
-    from tests.e2e.harness import cpu_job
-
-    docs = []
-    for i in range(n):
-        d = cpu_job(f"scale-{i:03d}", workers=1)
-        d["metadata"]["namespace"] = ns
-        docs.append(d)
-    return docs
-
-
 def _watcher_class():
     from tests.e2e.test_operator_scale import Watcher
 
@@ -128,21 +117,12 @@ def one_round(cluster, op, mode: str, n: int, threads: int, timeout: float, log)
 
     Watcher = _watcher_class()
 
+    from tests.e2e.test_operator_scale import open_watches, scale_jobs
+
     ns = new_namespace(cluster, f"scale-{mode}-{int(time.time()) % 100000}")
-    docs = job_docs(ns, n)
+    docs = scale_jobs(ns, n)
     names = [d["metadata"]["name"] for d in docs]
-    jobs_w = Watcher(cluster, f"/apis/tuneguard.io/v1alpha1/namespaces/{ns}/finetunejobs", "",
-                     key=lambda o: o["metadata"]["name"],
-                     done=lambda o: (o.get("status") or {}).get("phase") == "Running")
-    pods_w = Watcher(cluster, f"/api/v1/namespaces/{ns}/pods", "tuneguard.io/job",
-                     key=lambda o: o["metadata"]["labels"].get("tuneguard.io/job"))
-    batch_w = Watcher(cluster, f"/apis/batch/v1/namespaces/{ns}/jobs", "tuneguard.io/job",
-                      key=lambda o: o["metadata"]["labels"].get("tuneguard.io/job"))
-    for w in (jobs_w, pods_w, batch_w):
-        w.start()
-        if not w.ready.wait(30):
-            raise TimeoutError("watch did not open")
-    time.sleep(1.0)
+    jobs_w, pods_w, batch_w = open_watches(cluster, ns, watcher=Watcher)
     m0 = op.metrics()
     cpu0 = proc_cpu_seconds(op.proc.pid)
     create_lat: list[float] = []

@@ -86,6 +86,34 @@ class Watcher(threading.Thread):
             client.close()
 
 
+def scale_jobs(ns: str, n: int) -> list[dict]:
+    """n one-worker CPU jobs in namespace ns (shared with bench/operator_scale.py)."""
+    docs = []
+    for i in range(n):
+        doc = cpu_job(f"scale-{i:03d}", workers=1)
+        doc["metadata"]["namespace"] = ns
+        docs.append(doc)
+    return docs
+
+
+def open_watches(cluster, ns: str, watcher=None) -> tuple:
+    """Open, and wait for, the watches on ns's FineTuneJobs (done when Running), pods and worker Jobs
+    (to split the latency into the operator's part and the Job controller's)."""
+    watcher = watcher or Watcher
+    by_job = lambda o: o["metadata"]["labels"].get("tuneguard.io/job")  # noqa: E731
+    jobs_w = watcher(cluster, f"/apis/tuneguard.io/v1alpha1/namespaces/{ns}/finetunejobs", "",
+                     key=lambda o: o["metadata"]["name"],
+                     done=lambda o: (o.get("status") or {}).get("phase") == "Running")
+    pods_w = watcher(cluster, f"/api/v1/namespaces/{ns}/pods", "tuneguard.io/job", key=by_job)
+    batch_w = watcher(cluster, f"/apis/batch/v1/namespaces/{ns}/jobs", "tuneguard.io/job", key=by_job)
+    for w in (jobs_w, pods_w, batch_w):
+        w.start()
+        if not w.ready.wait(30):
+            raise TimeoutError(f"the watch on {w.path} did not open in 30 s")
+    time.sleep(1.0)  # let every watch settle before anything is created
+    return jobs_w, pods_w, batch_w
+
+
 @pytest.fixture(scope="module")
 def scale_operator(cluster, crd_installed, tmp_path_factory):
     op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator-scale"))
@@ -96,25 +124,9 @@ def scale_operator(cluster, crd_installed, tmp_path_factory):
 
 def test_hundred_jobs_reach_running(cluster, kc, scale_operator, module_namespace):
     ns = module_namespace
-    names = [f"scale-{i:03d}" for i in range(N_JOBS)]
-    docs = []
-    for name in names:
-        doc = cpu_job(name, workers=1)
-        doc["metadata"]["namespace"] = ns
-        docs.append(doc)
-
-    jobs_w = Watcher(cluster, f"/apis/tuneguard.io/v1alpha1/namespaces/{ns}/finetunejobs", "",
-                     key=lambda o: o["metadata"]["name"],
-                     done=lambda o: (o.get("status") or {}).get("phase") == "Running")
-    pods_w = Watcher(cluster, f"/api/v1/namespaces/{ns}/pods", "tuneguard.io/job",
-                     key=lambda o: o["metadata"]["labels"].get("tuneguard.io/job"))
-    # The worker Jobs, to split the latency into the operator's part and the Job controller's.
-    batch_w = Watcher(cluster, f"/apis/batch/v1/namespaces/{ns}/jobs", "tuneguard.io/job",
-                      key=lambda o: o["metadata"]["labels"].get("tuneguard.io/job"))
-    for w in (jobs_w, pods_w, batch_w):
-        w.start()
-        assert w.ready.wait(30)
-    time.sleep(1.0)  # let both watches open before anything is created
+    docs = scale_jobs(ns, N_JOBS)
+    names = [d["metadata"]["name"] for d in docs]
+    jobs_w, pods_w, batch_w = open_watches(cluster, ns)
     _, rss_before = scale_operator.rss_kib()
 
     t_apply = time.time()
