@@ -135,3 +135,15 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)  # started with start_new_session: the process group id is its pid
     except ProcessLookupError:
         pass
+
+
+def terminate(proc, grace: float = 20.0, sig: int = signal.SIGTERM) -> None:
+    """Stop one subprocess.Popen: `sig`, up to `grace` seconds for it to exit, then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)

@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import yaml
 
+from tests.cluster.processes import terminate
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -102,12 +104,7 @@ class OperatorProcess:
                 self.rss_kib()
             except OSError:
                 pass
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            terminate(self.proc, sig=signal.SIGKILL if kill else signal.SIGTERM)
         self.log.close()
         self.proc = None
 

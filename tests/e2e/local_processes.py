@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from tests.cluster.processes import terminate
 from tests.prometheus.harness import env_with_repo_paths, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,13 +84,7 @@ class LocalOperator:
         return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
 
 
 def wait_until(fn, timeout: float, what: str, interval: float = 0.5):

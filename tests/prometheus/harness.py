@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from tests.chart_tools import find_prometheus
+from tests.cluster.processes import terminate
 
 
 def free_port() -> int:
@@ -73,13 +74,8 @@ class Prometheus:
             time.sleep(0.3)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc:
+            terminate(self.proc)
 
     def __enter__(self):
         return self.start()
