@@ -69,8 +69,12 @@ class Cluster:
         self.kubectl("annotate", "pod", "-n", namespace, name, f"{SIMULATE_EXIT_ANNOTATION}={int(exit_code)}",
                      "--overwrite")
         phase = "Succeeded" if exit_code == 0 else "Failed"
-        self.kubectl("wait", "-n", namespace, f"pod/{name}", f"--for=jsonpath={{.status.phase}}={phase}",
-                     f"--timeout={int(timeout)}s", timeout=timeout + 10)
+        done = self.kubectl("wait", "-n", namespace, f"pod/{name}", f"--for=jsonpath={{.status.phase}}={phase}",
+                            f"--timeout={int(timeout)}s", timeout=timeout + 10, check=False)
+        # A controller may react to the finished pod (an operator restarting its group deletes the Job)
+        # and the pod can be gone before `kubectl wait` first looks: that pod did finish.
+        if done.returncode != 0 and "NotFound" not in done.stderr:
+            raise CommandError(done.returncode, done.args, done.stdout, done.stderr)
 
     @classmethod
     def from_kubeconfig(cls, kubeconfig: Path, binaries: dict[str, Path]) -> "Cluster":
