@@ -102,7 +102,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-def _spec_digest(spec: api.FineTuneJobSpec) -> str:
+def spec_digest(spec: api.FineTuneJobSpec) -> str:
     """What the triage result depends on: model, data, triage settings, seed."""
     key = {"model": spec.model.wire(), "datasets": spec.datasets.wire(), "triage": spec.triage.wire(),
            "seed": spec.training.seed, "probe": spec.evaluation.max_probe_size,
@@ -281,7 +281,7 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
 
     # ---------------------------------------------------------------- triage (rank 0, broadcast)
     t0 = time.perf_counter()
-    digest = _spec_digest(spec)
+    digest = spec_digest(spec)
     cached = None
     tri_path = out / TRIAGE_FILE
     if tri_path.exists():

@@ -85,17 +85,19 @@ def test_teacher_forced_em_equals_generate_em(probe_setup, tiny_tokenizer):
     ref = hf_generate_classes(model, tiny_tokenizer, ev.fmt, items, ev.abstention_text)
     assert [i for i, c in enumerate(ref) if c == "correct"] == rigged
     t0 = time.time()
-    tf_only = ev._classify(model, items, True, "tf-only")
+    tf_only = ev.classify_items(model, items, True, "tf-only")
     t1 = time.time()
-    exact = ev._classify(model, items, True, "exact")
+    exact = ev.classify_items(model, items, True, "exact")
     t2 = time.time()
-    gen = ev._classify(model, items, True, "generate")
+    gen = ev.classify_items(model, items, True, "generate")
     t3 = time.time()
     print(f"\n{len(items)} probes: tf-only {t1 - t0:.2f}s, exact {t2 - t1:.2f}s, generate {t3 - t2:.2f}s")
     assert [c == "correct" for c in tf_only] == [c == "correct" for c in ref]
     assert exact == ref and gen == ref
-    new_only = ev._classify(model, items, False, "exact")  # first-token pruning for new facts
-    assert [c == "correct" for c in new_only] == [c == "correct" for c in ref]
+    assert ev.classify_items(model, items, True, "decode") == ref  # the default: decoding, rows stopped early
+    for mode in ("exact", "decode"):  # pruning when only correctness counts
+        new_only = ev.classify_items(model, items, False, mode)
+        assert [c == "correct" for c in new_only] == [c == "correct" for c in ref]
 
 
 def _tail(fmt, tok, ex, shots):
@@ -191,14 +193,20 @@ def test_real_smollm2_teacher_forced_equals_generate(smollm2):
     t0 = time.time()
     ref = hf_generate_classes(model, tok, ev.fmt, items, ev.abstention_text)
     t1 = time.time()
-    tf_only = ev._classify(model, items, True, "tf-only")
+    tf_only = ev.classify_items(model, items, True, "tf-only")
     t2 = time.time()
-    exact = ev._classify(model, items, True, "exact")
+    stats: dict = {}
+    exact = ev.classify_items(model, items, True, "exact", stats)
     t3 = time.time()
-    gen = ev._classify(model, items, True, "generate")
+    gen = ev.classify_items(model, items, True, "generate")
     t4 = time.time()
+    wrong = sum(c == "wrong" for c in ref)
     print(f"\n{len(items)} probes: transformers.generate {t1 - t0:.1f}s, tf-only {t2 - t1:.1f}s, "
           f"exact {t3 - t2:.1f}s, batched greedy decoding {t4 - t3:.1f}s; "
-          f"correct {sum(c == 'correct' for c in ref)}, abstained {sum(c == 'abstain' for c in ref)}")
+          f"correct {sum(c == 'correct' for c in ref)}, abstained {sum(c == 'abstain' for c in ref)}, "
+          f"wrong {wrong}; exact mode decoded {stats['generated']}")
     assert exact == ref and gen == ref
+    assert ev.classify_items(model, items, True, "decode") == ref
+    # the first greedy token settles most wrong answers (no correct answer or abstention starts with it)
+    assert stats["generated"] < wrong
     assert [c == "correct" for c in tf_only] == [c == "correct" for c in ref]

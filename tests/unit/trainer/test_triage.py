@@ -7,8 +7,8 @@ import torch
 
 from tuneguard import api
 from tuneguard_trainer.data import QAExample, load_examples
-from tuneguard_trainer.prompts import (PromptFormat, answer_variants, classify, encode_for_training,
-                                       normalize_answer)
+from tuneguard_trainer.prompts import (PromptFormat, answer_variants, classify, could_abstain, encode_for_training,
+                                       is_abstention, normalize_answer)
 from .conftest import Oracle
 from tuneguard_trainer.triage import (HIGHLY_KNOWN, MAYBE_KNOWN, UNKNOWN, WEAKLY_KNOWN, TriageResult,
                                       _exemplar_sets, build_splits, categorize, triage)
@@ -31,7 +31,25 @@ def test_normalisation_and_classes():
     assert classify("Lyon", ["Paris"]) == "wrong"
     assert classify("Unknowable Lyon", ["Paris"]) == "wrong"  # whole words only
     assert classify("Je ne sais pas", ["Paris"], abstention_text="Je ne sais pas") == "abstain"
+    # an abstention OPENS with a phrase: a committed answer with a hedge after it is a fabrication
+    assert classify("Lyon, but I'm not sure", ["Paris"]) == "wrong"
+    assert classify("Lyon, a city unknown to many", ["Paris"]) == "wrong"
+    assert classify("Sorry, no idea.", ["Paris"]) == "abstain"
     assert answer_variants(["paris", "Paris", "Île"]) == ["paris", "Paris", "Île"]
+
+
+@pytest.mark.parametrize("text", ["I don't know", "i dont know anything", "Not sure.", "Sorry, no idea",
+                                  "Unknown", "Lyon", "Lyon, I'm not sure", "Italy", "In 1990", "Noted", "",
+                                  "The answer is unknown", "No idea at all", "Je ne sais pas", "Je suis"])
+def test_could_abstain_is_exact_on_every_prefix(text):
+    """could_abstain(prefix) is False only where no continuation of that prefix is an abstention: checked
+    against is_abstention on the prefixes of texts that are (or are not) abstentions."""
+    custom = "Je ne sais pas"
+    if is_abstention(text, custom):
+        assert all(could_abstain(text[:k], custom) for k in range(len(text) + 1))
+    assert could_abstain(text, custom) or not is_abstention(text, custom)
+    assert not could_abstain("Lyon", custom) and not could_abstain("Ital", custom)
+    assert could_abstain("I", custom) and could_abstain("Je n", custom) and could_abstain("Sorry, Lyon", custom)
 
 
 def test_encode_for_training_masks_prompt_and_truncates_left(tiny_tokenizer):
