@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Issue 7's model benchmarks on one GPU (an H100), in order, at most ~9 minutes in all (estimates; not yet
-# run on a GPU):
-#   1. bench/trainer_speed.py --device cuda        (~2 min: 5 contenders x 5 rounds x 25 steps + evaluation;
-#                                                    killed at 200 s)
-#   2. bench/hallucination_table.py --device cuda  (triage once, then 4 methods x 3 seeds x 200 steps; starts
-#                                                    no new seed after 200 s, killed at 330 s; the table is
+# Issue 7's model benchmarks on one GPU, in order. Measured on a lent H100 (2026-11-22; a Firecracker VM
+# whose kernel launches are slow: a plain PyTorch bf16 step of SmolLM2-135M at batch 16 took 139 ms):
+#   1. bench/trainer_speed.py --device cuda        (~4 min with its defaults; killed at 280 s)
+#   2. bench/hallucination_table.py --device cuda  (triage once: 210 s; then 4 methods x 3 seeds x 300 steps
+#                                                    at 156-219 s per run, about 40 min in all; starts no new
+#                                                    seed after 300 s, killed at 560 s; the table is
 #                                                    rewritten after every seed)
-# If the table says "Incomplete" (fewer than 3 seeds), run `bench/gpu.sh table` again while the machine is
-# warm: finished runs and the triage are reused from runs/bench/ and the missing seeds are added.
-# Results go to $OUT if set (the device tool's result folder), else docs/results/.
+# One call of a device tool is limited to 10 minutes, so the table takes several calls of
+# `bench/gpu.sh table` while the machine is warm: finished runs and the triage are reused from runs/bench/
+# and the missing ones added. The table says "Incomplete" until all seeds are in.
+# Results go to $OUT if set (the device tool's result folder), else docs/results/. The device tool returns
+# at most 8 files from $OUT: set OUT to a scratch folder and tar it into the real one.
 #   bench/gpu.sh            # everything
 #   bench/gpu.sh speed      # only 1;   bench/gpu.sh table   # only 2 (reruns reuse finished runs)
 #
@@ -49,14 +51,14 @@ rc=0
 t0=$SECONDS
 if [[ "$STAGE" == all || "$STAGE" == speed ]]; then
   echo "== trainer speed" | tee -a "$LOG"
-  timeout 200 "$PY" bench/trainer_speed.py --device cuda --out "$RESULTS" 2>&1 | tee -a "$LOG"
+  timeout 280 "$PY" bench/trainer_speed.py --device cuda --out "$RESULTS" 2>&1 | tee -a "$LOG"
   r=${PIPESTATUS[0]}; [[ $r -ne 0 ]] && { echo "trainer_speed.py exited $r" | tee -a "$LOG"; rc=$r; }
   echo "== trainer speed: $((SECONDS - t0)) s" | tee -a "$LOG"
 fi
 if [[ "$STAGE" == all || "$STAGE" == table ]]; then
   t1=$SECONDS
   echo "== hallucination table" | tee -a "$LOG"
-  timeout 330 "$PY" bench/hallucination_table.py --device cuda --out "$RESULTS" --budget-seconds 200 2>&1 | tee -a "$LOG"
+  timeout 560 "$PY" bench/hallucination_table.py --device cuda --out "$RESULTS" --steps 300 --budget-seconds 300 2>&1 | tee -a "$LOG"
   r=${PIPESTATUS[0]}; [[ $r -ne 0 ]] && { echo "hallucination_table.py exited $r" | tee -a "$LOG"; rc=$r; }
   echo "== hallucination table: $((SECONDS - t1)) s" | tee -a "$LOG"
 fi
