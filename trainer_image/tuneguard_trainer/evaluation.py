@@ -34,9 +34,10 @@ floating-point ties between batched passes):
 * ``"decode"`` (default): greedy decoding of every example (short, batched, the few-shot prefix
   KV-cached), each row stopped as soon as its text can be neither an accepted answer nor (where it
   counts) an abstention: normalisation is prefix-monotone and an abstention is an answer that *opens*
-  with an abstention phrase (``prompts.is_abstention``), so it is wrong whatever follows. Fastest on both
-  devices measured (docs/results/trainer-speed-*.md): the answers are a few tokens after a few-shot prompt
-  of hundreds, so the prompt pass dominates and decoding runs it once per example.
+  with an abstention phrase (``prompts.is_abstention``), so it is wrong whatever follows. The fastest
+  mode on CPU, and on an H100 the decoder beat teacher forcing even without the early stop
+  (docs/results/): the answers are a few tokens after a few-shot prompt of hundreds, so the prompt pass
+  dominates, and decoding runs it once per example.
 * ``"exact"``: one teacher-forced pass per batch over every (question, surface form) row, plus rows for
   the abstention text. Greedy decoding emits an accepted answer iff the argmax chain of one of
   :func:`prompts.answer_variants` (optionally + '.') matches and the next argmax is a stop token; it emits
@@ -198,8 +199,8 @@ class Evaluator:
         """'correct' | 'abstain' | 'wrong' per item (see the module docstring for exactness).
 
         ``need_abstention``: a bool, or one per item (False: only correctness matters, abstentions count
-        as wrong). All items go through one teacher-forced pass and one decoding pass, so a relation's
-        exemplar prefix is computed once for all probes. ``loss_rows`` ((prompt ids, target ids), ...)
+        as wrong). All items go through one pass of each kind the mode uses (teacher-forced, decoding), so
+        a relation's exemplar prefix is computed once per batch. ``loss_rows`` ((prompt ids, target ids), ...)
         ride along in the same pass; their summed cross-entropy and token count land in
         ``stats['loss_sum']`` and ``stats['loss_tokens']``."""
         mode = mode or self.mode
@@ -277,8 +278,8 @@ class Evaluator:
         if tok_id in self.fmt.stop_ids:
             return True  # empty answer
         text = self.tok.decode([tok_id])
-        return not could_become(text, ex.answers) and not (abstention and could_abstain(text,
-                                                                                          self.abstention_text))
+        may_abstain = abstention and could_abstain(text, self.abstention_text)
+        return not could_become(text, ex.answers) and not may_abstain
 
     # ----------------------------------------------------------------------------------- figures
     def drift_kl(self, model) -> Optional[float]:
