@@ -295,6 +295,7 @@ def hf_generate_classes(model, ev, items, need: bool, device: str) -> list[str]:
 
 
 EVAL_MODES = ("decode", "exact", "generate", "hf-generate")
+EVAL_TARGET = 10.0  # issue 7: teacher-forced exact match >= 10x faster than generation-based
 
 
 def _same_figures(a: dict, b: dict, rel: float = 1e-5) -> bool:
@@ -364,7 +365,8 @@ def time_evaluation(base_model, tok, examples, s, device, model, log) -> dict:
     return {"probe_items": n_items, "sizes": {n: len(i) for n, i, _ in sets},
             "median_s": med, "all_s": res, "counts": counts, "exact_stats": stats, "identical": identical,
             # the issue's target: teacher-forced vs generation-based exact match as users compute it
-            "speedup": ratio(med["hf-generate"], med["exact"]),
+            "speedup": ratio(med["hf-generate"], med["exact"]), "target_min_speedup": EVAL_TARGET,
+            "met": bool(identical and (ratio(med["hf-generate"], med["exact"]) or 0) >= EVAL_TARGET),
             "speedup_default": ratio(med["hf-generate"], med["decode"]),
             "full_evaluate": full,
             "full_figures_identical": _same_figures(full["decode"]["figures"], full["exact"]["figures"])}
@@ -482,8 +484,6 @@ def main(argv=None) -> int:
     log("evaluation: teacher-forced vs generation (own decoder, transformers generate)")
     evaluation = time_evaluation(base.to(args.device), tok, examples, s, args.device,
                                  contenders[0].module(), log)
-    evaluation["target_min_speedup"] = 10.0
-    evaluation["met"] = bool(evaluation["identical"] and (evaluation["speedup"] or 0) >= 10.0)
 
     result = {
         "quick": q, "device": args.device,
@@ -522,8 +522,6 @@ def eval_only(args, s, base, tok, examples, out, log) -> int:
     model = copy.deepcopy(base).to(args.device).to(dtype)
     log("evaluation only: decode, exact, generate, transformers generate() on the base model")
     evaluation = time_evaluation(base.to(args.device), tok, examples, s, args.device, model, log)
-    evaluation["target_min_speedup"] = 10.0
-    evaluation["met"] = bool(evaluation["identical"] and (evaluation["speedup"] or 0) >= 10.0)
     result = {"quick": args.quick, "device": args.device, "eval_model": "the base model",
               "command": " ".join(["python", "bench/trainer_speed.py"] + sys.argv[1:]),
               "settings": {**s, "precision": str(dtype).replace("torch.", "")},
