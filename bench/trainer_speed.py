@@ -272,23 +272,17 @@ def time_training(contenders: list, s: dict, log) -> dict:
 def hf_generate_classes(model, ev, items, need: bool, device: str) -> list[str]:
     """Generation-based exact match the way a user would write it: transformers' generate(), greedy, in
     left-padded batches of the evaluator's batch size, the answer cut at the first stop token."""
-    import torch
-
     from tuneguard_trainer.prompts import classify
+    from tuneguard_trainer.scoring import left_pad
 
     out = []
     stop = sorted(ev.fmt.stop_ids)
     for k in range(0, len(items), ev.batch_size):
         chunk = items[k:k + ev.batch_size]
-        n = max(len(it.prompt) for it in chunk)
-        ids = torch.full((len(chunk), n), ev.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), n), dtype=torch.long)
-        for i, it in enumerate(chunk):
-            ids[i, n - len(it.prompt):] = torch.tensor(it.prompt)
-            mask[i, n - len(it.prompt):] = 1
-        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+        ids, mask = left_pad([it.prompt for it in chunk], ev.pad_id, device)
+        gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
                              max_new_tokens=ev.max_new_tokens, eos_token_id=stop, pad_token_id=ev.pad_id)
-        for it, row in zip(chunk, gen[:, n:].tolist()):
+        for it, row in zip(chunk, gen[:, ids.shape[1]:].tolist()):
             c = classify(ev.fmt.decode_answer(row), it.ex.answers, ev.abstention_text)
             out.append("wrong" if c == "abstain" and not need else c)
     return out

@@ -256,9 +256,8 @@ class Evaluator:
                 is wrong whatever follows (all modes but the reference)."""
                 if mode == "generate":
                     return True
-                i, text = todo[k], self.tok.decode(toks)
-                return (could_become(text, items[i].ex.answers)
-                        or (need[i] and could_abstain(text, self.abstention_text)))
+                i = todo[k]
+                return self._still_open(self.tok.decode(toks), items[i].ex, need[i])
 
             outs = decode(model, [items[i].prompt for i in todo], self.pad_id, self.fmt.stop_ids,
                           max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, alive=alive)
@@ -277,9 +276,12 @@ class Evaluator:
             return False
         if tok_id in self.fmt.stop_ids:
             return True  # empty answer
-        text = self.tok.decode([tok_id])
-        may_abstain = abstention and could_abstain(text, self.abstention_text)
-        return not could_become(text, ex.answers) and not may_abstain
+        return not self._still_open(self.tok.decode([tok_id]), ex, abstention)
+
+    def _still_open(self, text: str, ex: QAExample, abstention: bool) -> bool:
+        """Can an answer that starts with ``text`` still be correct or (when ``abstention`` counts) an
+        abstention? False means it is wrong whatever follows."""
+        return could_become(text, ex.answers) or (abstention and could_abstain(text, self.abstention_text))
 
     # ----------------------------------------------------------------------------------- figures
     def drift_kl(self, model) -> Optional[float]:

@@ -101,7 +101,7 @@ def _expand(cache, n: int):
     return c
 
 
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device):
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device):
     n = max(len(r) for r in rows)
     ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), n), dtype=torch.long)
@@ -168,7 +168,7 @@ def teacher_forced(model, prompts: Sequence[Sequence[int]], continuations: Seque
             if cache is None:
                 plen = 0
             # Stage 1: distinct prompts -> logits predicting each continuation's first token.
-            ids, mask = _left_pad([p[plen:] for p in ups], pad_id, device)
+            ids, mask = left_pad([p[plen:] for p in ups], pad_id, device)
             first, past, full_mask, nxt_pos = _run(model, plen, cache, ids, mask, 1)
             m = max(len(c) for c in cs) - 1
             rest = None
@@ -176,7 +176,7 @@ def teacher_forced(model, prompts: Sequence[Sequence[int]], continuations: Seque
                 # Stage 2: every row's continuation (but its last token) after its prompt's cache.
                 sel = torch.tensor(row_u, device=device)
                 past.batch_select_indices(sel)
-                ids2, mask2 = _left_pad([list(c[:-1]) for c in cs], pad_id, device)
+                ids2, mask2 = left_pad([list(c[:-1]) for c in cs], pad_id, device)
                 pos2 = nxt_pos[sel][:, None] + (mask2.cumsum(-1) - 1).clamp(min=0)
                 out = model(input_ids=ids2, attention_mask=torch.cat([full_mask[sel], mask2], dim=1),
                             position_ids=pos2, past_key_values=past, use_cache=True, logits_to_keep=m)
@@ -224,7 +224,7 @@ def decode(model, prompts: Sequence[Sequence[int]], pad_id: int, stop_ids: set[i
             if cache is None:
                 plen = 0
             rows = [list(p[plen:]) for p in ps]
-            ids, mask = _left_pad(rows, pad_id, device)
+            ids, mask = left_pad(rows, pad_id, device)
             logits, past, full_mask, pos = _run(model, plen, cache, ids, mask, 1)
             if num_samples > 1:  # the prompt is run once; its cache is repeated for the samples
                 past.batch_repeat_interleave(num_samples)
