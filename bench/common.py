@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -86,12 +87,36 @@ def machine_info(device: str) -> dict:
     return info
 
 
-def write_json(path: Path, obj) -> Path:
+def write_text(path: Path, text: str) -> Path:
+    """Atomically: a reader sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def write_json(path: Path, obj) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_result(out: Path, name: str, result: dict, md: str, echo: bool = True) -> Path:
+    """A benchmark's <name>.json (the figures) and <name>.md (their summary); prints the summary."""
+    write_text(out / f"{name}.md", md)
+    path = write_json(out / f"{name}.json", result)
+    if echo:
+        print("\n" + md, flush=True)
+    return path
+
+
+def model_bench_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
+    """The options every model benchmark shares."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--out", help="results directory (default $OUT or docs/results/)")
+    ap.add_argument("--model", default="bundled://smollm2-135m-instruct")
+    return ap
 
 
 def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:

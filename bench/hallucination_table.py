@@ -13,15 +13,14 @@
    code path as `tuneguard run` and the worker pods, all at the same maxSteps. The cached triage is handed
    to the loop as the run directory's triage.pt (the loop's own resume cache, with its digest), so no run
    re-triages; the splits in it are build_splits() of the trainer. Figures come from each run's report.json.
-4. docs/results/hallucination-table.{json,md} and hallucination-<figure>.png (one panel per figure, one
-   line per method, mean over seeds with a min-max band).
+4. docs/results/hallucination-table-<cpu|cuda|quick>.{json,md} and hallucination-<cpu|cuda|quick>-<figure>.png
+   (one panel per figure, one line per method, mean over seeds with a min-max band).
 
 A run whose directory already holds a report.json for the identical manifest is reused (rerun-safe).
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import hashlib
 import json
@@ -37,8 +36,8 @@ if __package__ in (None, ""):
 
 import yaml
 
-from bench.common import (REPO, cpu_threads, fmt_pm, machine_info, markdown_table, mean_std, out_dir, write_json,
-                          yes_no)
+from bench.common import (REPO, cpu_threads, fmt_pm, machine_info, markdown_table, mean_std, model_bench_parser,
+                          out_dir, write_json, write_result, yes_no)
 
 METHODS = {
     # name: (method block, unknownPolicy)
@@ -56,23 +55,43 @@ PLOTTED = ("known_accuracy", "new_fact_accuracy", "abstention_rate", "fabricatio
 
 
 def settings(args) -> dict:
-    quick = args.quick
+    """The run settings: --quick (a smoke run), the GPU scale (as measured on an H100), or the CPU scale.
+
+    The CPU scale keeps the papers' design (SliCK categories, a mix at least half Unknown, SFT trained until
+    it knows >= 80% of the new facts, equal steps for every method) and shrinks what costs compute on two
+    cores, where one fp32 step at batch 8 takes about 4 s: a lighter triage (4 prompts x 4 shots, 4
+    samples), 32 Unknown training facts instead of 154, and batch 8. Every example is still seen about ten
+    times, as on the GPU."""
+    quick, cpu = args.quick, args.device == "cpu"
+    if quick:
+        scale = {"triage": {"prompts": 2, "shots": 4, "samples": 2, "temperature": 0.5}, "max_facts": 60,
+                 "max_unknown_train": None, "unknown_probe_size": 8, "steps": 2, "eval_interval": 2,
+                 "batch_size": 8, "warmup_steps": 0, "max_probe_size": 8}
+    elif cpu:
+        scale = {"triage": {"prompts": 4, "shots": 4, "samples": 4, "temperature": 0.5}, "max_facts": None,
+                 "max_unknown_train": 32, "unknown_probe_size": 32, "steps": 80, "eval_interval": 16,
+                 "batch_size": 8, "warmup_steps": 4, "max_probe_size": 64}
+    else:
+        scale = {"triage": {"prompts": 10, "shots": 4, "samples": 16, "temperature": 0.5}, "max_facts": None,
+                 "max_unknown_train": None, "unknown_probe_size": 48, "steps": 300, "eval_interval": 25,
+                 "batch_size": 16, "warmup_steps": 10, "max_probe_size": 100}
     s = {
         "model": args.model,
         "facts": "bundled://facts",
-        "triage": {"prompts": 2 if quick else 10, "shots": 4, "samples": 2 if quick else 16, "temperature": 0.5},
+        "triage": scale["triage"],
         "triage_seed": 0,
-        "max_facts": 60 if quick else None,
+        "max_facts": scale["max_facts"],
+        "max_unknown_train": scale["max_unknown_train"],
         "unknown_share": args.unknown_share,
         "known_probe_fraction": 0.5,  # of the HighlyKnown facts
-        "unknown_probe_size": 8 if quick else 48,
-        "steps": args.steps or (2 if quick else 300),
-        "eval_interval": args.eval_interval or (2 if quick else 25),
-        "batch_size": 8 if quick else 16,
+        "unknown_probe_size": scale["unknown_probe_size"],
+        "steps": args.steps or scale["steps"],
+        "eval_interval": args.eval_interval or scale["eval_interval"],
+        "batch_size": scale["batch_size"],
         "learning_rate": args.lr,
-        "warmup_steps": 0 if quick else 10,
+        "warmup_steps": scale["warmup_steps"],
         "max_seq_length": 128,
-        "max_probe_size": 8 if quick else 100,
+        "max_probe_size": scale["max_probe_size"],
         "seeds": list(range(args.seeds if args.seeds else (1 if quick else 3))),
         "methods": args.methods.split(",") if args.methods else list(METHODS),
         "ds_optimizer": args.ds_optimizer,
@@ -140,6 +159,8 @@ def build_mix(examples, categories: dict, s: dict, work: Path) -> dict:
     known_probe, hk_train = hk[:n_kp], hk[n_kp:]
     n_up = min(s["unknown_probe_size"], len(unk) // 3)
     unknown_probe, unk_train = unk[:n_up], unk[n_up:]
+    if s.get("max_unknown_train"):
+        unk_train = unk_train[:s["max_unknown_train"]]
     other = hk_train + mk + wk
     rng.shuffle(other)
     share = s["unknown_share"]
@@ -473,12 +494,8 @@ def calibrate(s: dict, mix: dict, triage_result, args, work: Path, out: Path, t0
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run (figures meaningless)")
-    ap.add_argument("--out", help="results directory (default $OUT or docs/results/)")
-    ap.add_argument("--work", help="run directories and the triage cache (default runs/bench/hallucination[-quick])")
-    ap.add_argument("--model", default="bundled://smollm2-135m-instruct")
+    ap = model_bench_parser(__doc__, "tiny CPU smoke run (figures meaningless)")
+    ap.add_argument("--work", help="run directories and the triage cache (default runs/bench/hallucination-<quick|cpu|cuda>)")
     ap.add_argument("--seeds", type=int, default=0, help="number of seeds (default 3; quick 1)")
     ap.add_argument("--steps", type=int, default=0, help="optimizer steps of every run (default 300, where SFT knew >= 80%% of the new facts from step 150 on an H100; quick 2)")
     ap.add_argument("--eval-interval", type=int, default=0)
@@ -500,8 +517,9 @@ def main(argv=None) -> int:
         if m not in METHODS:
             ap.error(f"unknown method {m}")
     out = out_dir(args.out)
-    suffix = "-quick" if args.quick else ""
-    work = Path(args.work) if args.work else REPO / "runs" / "bench" / f"hallucination{suffix}-{args.device}"
+    # one set of result files per scale: hallucination-table-{quick,cpu,cuda}.* and hallucination-<tag>-*.png
+    tag = "quick" if args.quick else args.device
+    work = Path(args.work) if args.work else REPO / "runs" / "bench" / f"hallucination-{tag}"
     work.mkdir(parents=True, exist_ok=True)
     cpu_threads(args.device)
     t0 = time.time()
@@ -535,13 +553,9 @@ def main(argv=None) -> int:
             "wall_seconds": round(time.time() - t0, 1),
         }
         result["plots"] = plot(agg["curves"], out, f"({'quick, ' if args.quick else ''}{args.device})",
-                               prefix=f"hallucination{suffix}")
-        name = f"hallucination-table{suffix}"
-        write_json(out / f"{name}.json", result)
-        md = markdown(result)
-        (out / f"{name}.md").write_text(md)
-        if final:
-            print("\n" + md)
+                               prefix=f"hallucination-{tag}")
+        name = f"hallucination-table-{tag}"
+        write_result(out, name, result, markdown(result), echo=final)
         print(f"wrote {out / (name + '.json')}, {out / (name + '.md')} (seeds {done_seeds}) at "
               f"{result['wall_seconds']} s", flush=True)
 

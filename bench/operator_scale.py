@@ -21,12 +21,9 @@ operator and this script share the machine; the JSON records the load average.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,7 +33,7 @@ if __package__ in (None, ""):
 
 import yaml
 
-from bench.common import REPO, machine_info, markdown_table, median, out_dir, percentile, write_json
+from bench.common import REPO, machine_info, markdown_table, median, out_dir, percentile, write_result
 
 CRD_PATH = REPO / "crds" / "tuneguard.io_finetunejobs.yaml"
 
@@ -279,11 +276,7 @@ def main(argv=None) -> int:
             "wall_seconds": round(time.time() - t0, 1),
         }
         name = f"operator-scale-{n}"
-        write_json(out / f"{name}.json", result)
-        md = markdown(result)
-        (out / f"{name}.md").write_text(md)
-        print("\n" + md)
-        log(f"wrote {out / (name + '.json')}")
+        log(f"wrote {write_result(out, name, result, markdown(result))}")
         for x in rounds:
             cleanup(cluster, x["namespace"], log)
     finally:

@@ -30,7 +30,6 @@ teacher-forced evaluation >= 10x faster than generation with identical scores.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import gc
 import random
@@ -42,7 +41,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import cpu_threads, machine_info, markdown_table, median, out_dir, ratio, write_json, yes_no
+from bench.common import (cpu_threads, machine_info, markdown_table, median, model_bench_parser, out_dir, ratio,
+                          write_result, yes_no)
 
 TARGETS = {
     # name: (numerator, denominator, max ratio, description)
@@ -367,11 +367,7 @@ def time_evaluation(base_model, tok, examples, s, device, model, log) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--quick", action="store_true", help="tiny CPU smoke run")
-    ap.add_argument("--out", help="results directory (default $OUT or docs/results/)")
-    ap.add_argument("--model", default="bundled://smollm2-135m-instruct")
+    ap = model_bench_parser(__doc__, "tiny CPU smoke run")
     ap.add_argument("--batch-size", type=int, default=0)
     ap.add_argument("--steps", type=int, default=0, help="measured steps per contender per round")
     ap.add_argument("--warmup", type=int, default=0, help="warm-up steps per contender per round (excluded)")
@@ -497,11 +493,7 @@ def main(argv=None) -> int:
     if trl_error:
         result["trl_error"] = trl_error
     name = f"trainer-speed-{args.device}{'-quick' if q else ''}"
-    write_json(out / f"{name}.json", result)
-    md = markdown(result)
-    (out / f"{name}.md").write_text(md)
-    print("\n" + md)
-    log(f"wrote {out / (name + '.json')}")
+    log(f"wrote {write_result(out, name, result, markdown(result))}")
     if not evaluation["identical"]:
         print(f"ASSERTION FAILED: teacher-forced and generation-based scores differ: {evaluation['counts']}",
               file=sys.stderr)
@@ -521,11 +513,9 @@ def eval_only(args, s, base, tok, examples, out, log) -> int:
               "settings": {**s, "precision": str(dtype).replace("torch.", "")},
               "machine": machine_info(args.device), "evaluation": evaluation}
     name = f"trainer-speed-{args.device}-eval{'-quick' if args.quick else ''}"
-    write_json(out / f"{name}.json", result)
     md = "\n".join([f"# Evaluation speed on {args.device} ({result['machine'].get('gpu') or str(result['machine']['cpus']) + ' CPUs'})",
                     ""] + markdown_eval(result))
-    (out / f"{name}.md").write_text(md)
-    print("\n" + md)
+    write_result(out, name, result, md)
     return 0 if evaluation["identical"] else 1
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import yaml
 
+from tests.bad_manifests import valid_job
 from tests.cluster.processes import terminate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -174,17 +175,11 @@ def condition(status: dict, type_: str) -> dict | None:
 
 def cpu_job(name: str, workers: int = 2, **run_policy) -> dict:
     """A small job that fits many times on the simulated nodes (no GPUs, no PVCs)."""
-    return {
-        "apiVersion": "tuneguard.io/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"uri": "bundled://smollm2-135m-instruct"},
-            "datasets": {"train": "bundled://facts"},
-            "method": {"type": "self-distill"},
-            "guardrails": {"maxHallucinationIncrease": 0.1, "action": "warn"},
-            "resources": {"workers": workers, "gpusPerWorker": 0, "cpu": "100m", "memory": "128Mi",
-                          "shmSize": "64Mi"},
-            "runPolicy": {"backoffLimit": 3, **run_policy},
-        },
-    }
+    doc = valid_job(name)
+    doc["spec"].update({
+        "method": {"type": "self-distill"},
+        "guardrails": {"maxHallucinationIncrease": 0.1, "action": "warn"},
+        "resources": {"workers": workers, "gpusPerWorker": 0, "cpu": "100m", "memory": "128Mi", "shmSize": "64Mi"},
+        "runPolicy": {"backoffLimit": 3, **run_policy},
+    })
+    return doc

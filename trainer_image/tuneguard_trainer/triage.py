@@ -277,18 +277,18 @@ def build_splits(examples: Sequence[QAExample], result: TriageResult, dataset_sp
     frac = dataset_spec.holdout_fraction
     notes: list[str] = []
 
-    if known_probe_examples is not None:
-        known_probe = [e for e in known_probe_examples if cats.get(e.id) == HIGHLY_KNOWN]
-        notes.append(f"known probe: {len(known_probe)} HighlyKnown of {len(known_probe_examples)} in the file")
-        hk_train = by_cat[HIGHLY_KNOWN]
-    else:
-        known_probe, hk_train = _holdout(by_cat[HIGHLY_KNOWN], frac, rng)
-    if unknown_probe_examples is not None:
-        unknown_probe = [e for e in unknown_probe_examples if cats.get(e.id) == UNKNOWN]
-        notes.append(f"unknown probe: {len(unknown_probe)} Unknown of {len(unknown_probe_examples)} in the file")
-        unk_train = by_cat[UNKNOWN]
-    else:
-        unknown_probe, unk_train = _holdout(by_cat[UNKNOWN], frac, rng)
+    def probe_and_train(category: str, probe_file: Optional[Sequence[QAExample]], label: str):
+        """A probe of one category (from its own file, or held out of the training data) and the training
+        examples of that category that remain."""
+        if probe_file is None:
+            return _holdout(by_cat[category], frac, rng)
+        probe = [e for e in probe_file if cats.get(e.id) == category]
+        notes.append(f"{label} probe: {len(probe)} {category} of {len(probe_file)} in the file")
+        return probe, by_cat[category]
+
+    # known first, then unknown: the order the seeded rng draws the hold-outs in
+    known_probe, hk_train = probe_and_train(HIGHLY_KNOWN, known_probe_examples, "known")
+    unknown_probe, unk_train = probe_and_train(UNKNOWN, unknown_probe_examples, "unknown")
 
     policy = triage_spec.unknown_policy if result.slick else "keep"
     dropped = relabelled = 0
