@@ -60,8 +60,8 @@ def settings(args) -> dict:
     The CPU scale keeps the papers' design (SliCK categories, a mix at least half Unknown, SFT trained until
     it knows >= 80% of the new facts, equal steps for every method) and shrinks what costs compute on two
     cores, where one fp32 step at batch 8 takes about 4 s: a lighter triage (4 prompts x 4 shots, 4
-    samples), 32 Unknown training facts instead of 154, and batch 8. Every example is still seen about ten
-    times, as on the GPU."""
+    samples), 32 Unknown training facts instead of 154, and batch 8: 80 steps are 10 passes over each fact
+    (the GPU scale makes 16)."""
     quick, cpu = args.quick, args.device == "cpu"
     if quick:
         scale = {"triage": {"prompts": 2, "shots": 4, "samples": 2, "temperature": 0.5}, "max_facts": 60,

@@ -86,6 +86,11 @@ def test_build_mix_makes_unknown_at_least_half(tmp_path):
     assert all(cats[r["id"]] == "Unknown" for r in unknown)
     assert mix["train_categories"]["Unknown"] == 4 and mix["train"] == 8  # 5 Unknown, 1 probed
 
+    # the CPU scale caps the Unknown training facts; the other side shrinks with them to keep the share
+    capped = build_mix(exs, cats, dict(s, max_unknown_train=2), tmp_path / "capped")
+    assert capped["train_categories"]["Unknown"] == 2 and capped["train"] == 4
+    assert capped["unknown_probe"] == mix["unknown_probe"]  # the probe is drawn before the cap
+
 
 def test_prometheus_metric_sum():
     from bench.operator_scale import metric
