@@ -182,6 +182,14 @@ class SelfDistillSpec(ApiModel):
                            description="Weight of the KL term: L = CE + lambda * tau^2 * KL(teacher || student).")
     temperature: float = Field(0.5, gt=0.0, le=10.0, description="Softmax temperature tau of the KL term.")
     teacher: Literal["base"] = Field("base", description="The frozen teacher: the base model before tuning.")
+    teacher_prompt: Literal["zero-shot", "few-shot"] = Field(
+        "zero-shot",
+        description="What the teacher is asked. zero-shot: the student's own closed-book prompt. few-shot: the "
+        "evaluation's few-shot prompt (triage.shots exemplars of the fact's relation), so that the teacher's "
+        "distribution is over short answers like the targets, not over the full sentence a chat model opens "
+        "with zero-shot; the student still trains on its own prompt. The teacher pass is longer (cacheTopK "
+        "pays it once).",
+    )
     cache_top_k: int = Field(
         0, ge=0, le=1024,
         description="Cache the teacher's top-k logits from the first epoch so later epochs skip the teacher "

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -64,7 +63,7 @@ import torch
 from tuneguard import contract
 
 from .data import QAExample
-from .prompts import PromptFormat, answer_variants, classify, could_abstain, could_become
+from .prompts import FewShotExemplars, PromptFormat, answer_variants, classify, could_abstain, could_become
 from .scoring import decode, eval_mode, greedy_emits, model_device, teacher_forced
 
 log = logging.getLogger(__name__)
@@ -106,15 +105,7 @@ class Evaluator:
 
         # Fixed few-shot exemplars per relation, from the training facts as trained (target shown).
         self.shots = shots
-        self._exemplars: dict = {}
-        pools: dict = {}
-        for e in splits.train:
-            if e.context is None:
-                pools.setdefault(e.relation, []).append(e)
-        for rel, pool in sorted(pools.items(), key=lambda kv: str(kv[0])):
-            pool = sorted(pool, key=lambda e: e.id)
-            random.Random(f"eval:{seed}:{rel}").shuffle(pool)
-            self._exemplars[rel] = pool[: shots + 1]
+        self.exemplars = FewShotExemplars(splits.train, shots, seed)
 
         # Candidate ids of the abstention text (teacher-forced like an answer).
         self._abst_cands = [self.fmt.candidate_ids(v) for v in answer_variants([abstention_text])]
@@ -187,9 +178,7 @@ class Evaluator:
     # ----------------------------------------------------------------------------------- helpers
     def shots_for(self, ex: QAExample) -> list[QAExample]:
         """The evaluation prompt's exemplars for ``ex``: the relation's fixed exemplars, never ex itself."""
-        if ex.context is not None or self.shots == 0:
-            return []
-        return [e for e in self._exemplars.get(ex.relation, []) if e.id != ex.id][: self.shots]
+        return self.exemplars.for_example(ex)
 
     def _item(self, ex: QAExample) -> _Item:
         return _Item(ex=ex, prompt=self.fmt.prompt_ids(ex, self.shots_for(ex)))

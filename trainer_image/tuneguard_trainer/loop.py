@@ -337,7 +337,7 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
 
     # -------------------------------------------------------------------------------- objective
     from . import freezing
-    from .methods import Objective, collate
+    from .methods import TEACHER_VIEW, Objective, collate
     from .prompts import encode_for_training
 
     model.train()
@@ -347,6 +347,14 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
         for prm in model.parameters():
             prm.requires_grad_(True)
     encoded = encode_for_training(tok, splits.train, spec.training.max_seq_length)
+    teacher_encoded = None  # the self-distill teacher's own view of each example (teacherPrompt few-shot)
+    if spec.method.type == "self-distill" and spec.method.distill().teacher_prompt == "few-shot":
+        from .prompts import FewShotExemplars
+
+        exemplars = FewShotExemplars(splits.train, spec.triage.shots, spec.training.seed)  # the evaluator's
+        # the teacher does no backward pass: its view may exceed maxSeqLength (truncation keeps the answer)
+        teacher_encoded = encode_for_training(tok, splits.train, max(4 * spec.training.max_seq_length, 1024),
+                                              shots=exemplars.for_example)
     world = info.world_size
     bs, ga = spec.training.batch_size, spec.training.gradient_accumulation
     from torch.utils.data import DistributedSampler
@@ -488,6 +496,9 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
             feats = [encoded[i] for i in b]
             batch = collate(feats, tok.pad_token_id)
             batch["index"] = torch.tensor(b, dtype=torch.long)
+            if teacher_encoded is not None:
+                view = collate([teacher_encoded[i] for i in b], tok.pad_token_id)
+                batch.update({TEACHER_VIEW + k: v for k, v in view.items()})
             batch = {k: v.to(engine.device) for k, v in batch.items()}
             res = objective(engine, batch)
             engine.backward(res.loss)
@@ -662,6 +673,7 @@ def build_report(job, p: Prepared, counts, splits, base_figures, final, st: Trai
     method = {"type": spec.method.type}
     if spec.method.type == "self-distill":
         method["selfDistill"] = spec.method.distill().wire()
+        method["teacher_view_batches"] = objective.teacher_view_batches
         if objective.cache is not None:
             method["teacher_cache"] = {"k": objective.cache.k, "hits": objective.cache.hits,
                                        "misses": objective.cache.misses}

@@ -27,6 +27,14 @@ k = 0 (the default) always runs the teacher and is exact. Batches that contain a
 (for example after a resume, or when the sampler hands a rank examples it has not seen) run the
 teacher and fill the cache, so the result never depends on which rank saw what first. The exact full
 KL is used for those batches; only cache hits use the top-k form.
+
+Teacher prompt (``selfDistill.teacherPrompt: few-shot``): the batch then also carries a *teacher view*,
+the same answers after the evaluation's few-shot prompt (keys ``teacher_input_ids`` etc., collated like
+the student's). The teacher reads that view; its answer positions are matched to the student's in order
+(the answer tokens are identical, only the prompts differ). Why: zero-shot, a small chat model opens its
+answer with a sentence ("The capital of ... is"), so at the first answer position the teacher puts most of
+its sharpened mass on a preamble token, and the KL fights the short-answer format of every target, known
+facts included (docs/results/README.md measures this).
 """
 
 from __future__ import annotations
@@ -88,6 +96,15 @@ def _forward_logits(model, batch: dict) -> torch.Tensor:
     if "keep" in batch:
         kwargs["logits_to_keep"] = int(batch["keep"])
     return model(**kwargs).logits
+
+
+TEACHER_VIEW = "teacher_"
+
+
+def teacher_view(batch: dict) -> dict:
+    """The batch the teacher reads: its own view when the batch carries one, else the student's."""
+    view = {k[len(TEACHER_VIEW):]: v for k, v in batch.items() if k.startswith(TEACHER_VIEW)}
+    return view or batch
 
 
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -168,6 +185,7 @@ class Objective:
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
         self.cache = TeacherCache(cache_top_k) if (self.distill and cache_top_k > 0) else None
+        self.teacher_view_batches = 0  # teacher passes that read the batch's own teacher view
 
     @classmethod
     def from_spec(cls, method_spec, teacher=None) -> "Objective":
@@ -191,9 +209,15 @@ class Objective:
             t_vals, t_idx = self.cache.gather(ids, student_sel.device)
             kl = kl_topk(student_sel, t_vals, t_idx, self.tau)
         else:
+            tb = teacher_view(batch)
             with torch.no_grad():
-                t_logits = _forward_logits(self.teacher, batch)
-            teacher_sel = t_logits[:, :-1][mask]
+                t_logits = _forward_logits(self.teacher, tb)
+            t_mask, t_target = _answer_targets(tb["labels"], t_logits.shape[1])
+            if tb is not batch and not torch.equal(t_target, _answer_targets(batch["labels"], logits.shape[1])[1]):
+                raise ValueError("the teacher view's answer tokens differ from the student's: both views must "
+                                 "end with the same supervised answer (was one truncated into its answer?)")
+            self.teacher_view_batches += tb is not batch
+            teacher_sel = t_logits[:, :-1][t_mask]
             teacher_ran = True
             if self.cache is not None:
                 self.cache.misses += 1

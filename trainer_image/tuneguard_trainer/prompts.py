@@ -20,6 +20,7 @@ message, without the instruction.
 
 from __future__ import annotations
 
+import random
 import re
 import string
 from dataclasses import dataclass
@@ -262,6 +263,34 @@ class PromptFormat:
         if not self.chat:
             text = text.split("\n", 1)[0]
         return text.strip()
+
+
+# --------------------------------------------------------------------------------- few-shot prompts
+
+
+class FewShotExemplars:
+    """The fixed few-shot exemplars of each relation: ``shots + 1`` training facts per relation (as
+    trained, so their targets are shown), drawn once by seed. ``for_example(ex)`` gives ``ex``'s exemplars,
+    never ``ex`` itself, and none for a fact with a context or without a relation's pool. The evaluator
+    asks its questions with them, and a self-distill teacher with ``teacherPrompt: few-shot`` sees them;
+    the same seed gives the same exemplars on every rank."""
+
+    def __init__(self, train: Sequence["QAExample"], shots: int, seed: int = 0):
+        self.shots = shots
+        pools: dict = {}
+        for e in train:
+            if e.context is None:
+                pools.setdefault(e.relation, []).append(e)
+        self.by_relation: dict = {}
+        for rel, pool in sorted(pools.items(), key=lambda kv: str(kv[0])):
+            pool = sorted(pool, key=lambda e: e.id)
+            random.Random(f"eval:{seed}:{rel}").shuffle(pool)
+            self.by_relation[rel] = pool[: shots + 1]
+
+    def for_example(self, ex: "QAExample") -> list["QAExample"]:
+        if ex.context is not None or self.shots == 0:
+            return []
+        return [e for e in self.by_relation.get(ex.relation, []) if e.id != ex.id][: self.shots]
 
 
 # --------------------------------------------------------------------------------- training data

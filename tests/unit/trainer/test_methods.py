@@ -67,6 +67,46 @@ def test_kl_is_zero_against_itself_and_topk_full_support_is_exact():
     assert torch.allclose(kl_topk(x, vals, idx, 0.5), kl_full(x, y, 0.5), atol=1e-5)
 
 
+def _views(extra_prompt: int, answers=((10, 20, 2), (11, 21, 2), (12, 2))):
+    """Student and teacher features of the same answers; the teacher's prompts are longer."""
+    g = torch.Generator().manual_seed(0)
+    student, teacher = [], []
+    for i, ans in enumerate(answers):
+        prompt = torch.randint(3, 64, (4 + i,), generator=g).tolist()
+        extra = torch.randint(3, 64, (extra_prompt,), generator=g).tolist()
+        student.append({"input_ids": prompt + list(ans), "labels": [-100] * len(prompt) + list(ans)})
+        teacher.append({"input_ids": extra + prompt + list(ans), "labels": [-100] * (extra_prompt + len(prompt)) + list(ans)})
+    return student, teacher
+
+
+def test_teacher_reads_its_own_view_of_the_same_answers():
+    from tuneguard_trainer.methods import TEACHER_VIEW, collate
+
+    student, teacher = tiny_llama(seed=1), tiny_llama(seed=2)
+    s_feats, t_feats = _views(extra_prompt=5)
+    batch = collate(s_feats, 0)
+    batch["index"] = torch.arange(len(s_feats))
+    obj = Objective("self-distill", teacher=teacher, lambda_=1.0, temperature=0.5)
+    plain = obj(student, batch)
+    t_batch = collate(t_feats, 0)
+    viewed = obj(student, {**batch, **{TEACHER_VIEW + k: v for k, v in t_batch.items()}})
+    # the KL against the teacher reading its own (longer) prompts, answer position by answer position
+    with torch.no_grad():
+        s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    position_ids=batch["position_ids"]).logits
+        t = teacher(input_ids=t_batch["input_ids"], attention_mask=t_batch["attention_mask"],
+                    position_ids=t_batch["position_ids"]).logits
+    s_sel = s[:, :-1][batch["labels"][:, 1:] != -100]
+    t_sel = t[:, :-1][t_batch["labels"][:, 1:] != -100]
+    assert torch.allclose(viewed.kl, kl_full(s_sel, t_sel, 0.5), atol=1e-5)
+    assert torch.equal(viewed.ce, plain.ce) and not torch.allclose(viewed.kl, plain.kl)
+    # a view whose answers differ is refused, not silently misaligned
+    _, other = _views(extra_prompt=5, answers=((10, 20, 2), (11, 21, 2), (13, 2)))
+    o_batch = collate(other, 0)
+    with pytest.raises(ValueError, match="answer tokens differ"):
+        obj(student, {**batch, **{TEACHER_VIEW + k: v for k, v in o_batch.items()}})
+
+
 def test_teacher_cache_skips_teacher_after_first_pass():
     student, teacher = tiny_llama(seed=1), tiny_llama(seed=2)
     obj = Objective("self-distill", teacher=teacher, lambda_=1.0, temperature=0.5, cache_top_k=64)

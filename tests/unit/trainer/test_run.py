@@ -34,8 +34,9 @@ REPORT_KEYS = {"schema_version", "job", "method", "model", "dataset", "triage", 
 @pytest.mark.parametrize("method", [
     {"type": "sft"},
     {"type": "self-distill", "selfDistill": {"lambda": 1.0, "temperature": 0.5, "cacheTopK": 32}},
+    {"type": "self-distill", "selfDistill": {"teacherPrompt": "few-shot"}},
     {"type": "freeze", "freeze": {"preset": "attention-only"}},
-], ids=["sft", "self-distill", "freeze"])
+], ids=["sft", "self-distill", "self-distill-few-shot-teacher", "freeze"])
 def test_every_method_trains_and_reports(tmp_path, assets, method, capsys):
     rc, out = _run(tmp_path, assets, method=method,
                    training={"maxSteps": None, "epochs": 3, "learningRate": 3e-3})
@@ -57,7 +58,9 @@ def test_every_method_trains_and_reports(tmp_path, assets, method, capsys):
         assert fw["identical"] is True and fw["checked_tensors"] > 0 and fw["trainable_share"] < 1
     else:
         assert rep["frozen_weights"] is None
-    if method["type"] == "self-distill":
+    if method.get("selfDistill", {}).get("teacherPrompt") == "few-shot":
+        assert rep["method"]["teacher_view_batches"] == rep["throughput"]["steps"]  # every batch, no cache
+    if method.get("selfDistill", {}).get("cacheTopK"):
         cache = rep["method"]["teacher_cache"]
         assert cache["misses"] > 0 and cache["hits"] > 0  # epochs 2 and 3 skip the teacher
     printed = capsys.readouterr().out
