@@ -511,6 +511,8 @@ def main(argv=None) -> int:
     ap.add_argument("--calibrate", action="store_true",
                     help="only sft, seed 0, for --steps (e.g. 600) with frequent evaluations: prints the first step "
                          "at which it knows >= 80%% of the new facts (use it to choose --steps for the table)")
+    ap.add_argument("--tag", help="names the result files hallucination-table-<tag>.* (default quick, cpu or cuda); "
+                    "for a side experiment next to a table, with --work pointing at that table's runs")
     ap.add_argument("--budget-seconds", type=float, default=0,
                     help="start no new seed after this many seconds; the table covers the finished seeds")
     args = ap.parse_args(argv)
@@ -521,7 +523,7 @@ def main(argv=None) -> int:
             ap.error(f"unknown method {m}")
     out = out_dir(args.out)
     # one set of result files per scale: hallucination-table-{quick,cpu,cuda}.* and hallucination-<tag>-*.png
-    tag = "quick" if args.quick else args.device
+    tag = args.tag or ("quick" if args.quick else args.device)
     work = Path(args.work) if args.work else REPO / "runs" / "bench" / f"hallucination-{tag}"
     work.mkdir(parents=True, exist_ok=True)
     cpu_threads(args.device)
