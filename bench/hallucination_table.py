@@ -524,7 +524,8 @@ def main(argv=None) -> int:
     out = out_dir(args.out)
     # one set of result files per scale: hallucination-table-{quick,cpu,cuda}.* and hallucination-<tag>-*.png
     tag = args.tag or ("quick" if args.quick else args.device)
-    work = Path(args.work) if args.work else REPO / "runs" / "bench" / f"hallucination-{tag}"
+    # absolute: the manifests name the mix files by path, and a finished run is reused only for the same text
+    work = Path(args.work).resolve() if args.work else REPO / "runs" / "bench" / f"hallucination-{tag}"
     work.mkdir(parents=True, exist_ok=True)
     cpu_threads(args.device)
     t0 = time.time()
