@@ -104,7 +104,6 @@ class Evaluator:
         n = max_probe_size
 
         # Fixed few-shot exemplars per relation, from the training facts as trained (target shown).
-        self.shots = shots
         self.exemplars = FewShotExemplars(splits.train, shots, seed)
 
         # Candidate ids of the abstention text (teacher-forced like an answer).
