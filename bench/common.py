@@ -109,11 +109,12 @@ def write_result(out: Path, name: str, result: dict, md: str, echo: bool = True)
     return path
 
 
-def model_bench_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
-    """The options every model benchmark shares."""
+def model_bench_parser(doc: str, quick_help: Optional[str] = None) -> argparse.ArgumentParser:
+    """The options every model benchmark shares (--quick only for a script that has a smoke mode)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--quick", action="store_true", help=quick_help)
+    if quick_help:
+        ap.add_argument("--quick", action="store_true", help=quick_help)
     ap.add_argument("--out", help="results directory (default $OUT or docs/results/)")
     ap.add_argument("--model", default="bundled://smollm2-135m-instruct")
     return ap

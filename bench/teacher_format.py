@@ -21,15 +21,13 @@ if __package__ in (None, ""):
 
 from bench.common import REPO, machine_info, markdown_table, model_bench_parser, out_dir, write_result
 
-CATEGORIES = ("HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown")
-
-
 def first_token_stats(model, tok, examples, categories: dict, shots, taus) -> dict:
     """{category: {tau: {n, p_gold, p_top, top_is_gold}}} at each example's first answer position."""
     import torch
 
     from tuneguard_trainer import prompts
     from tuneguard_trainer.methods import collate
+    from tuneguard_trainer.prompts import IGNORE_INDEX
 
     feats = prompts.encode_for_training(tok, examples, 4096, shots=shots)
     out: dict = {}
@@ -40,7 +38,7 @@ def first_token_stats(model, tok, examples, categories: dict, shots, taus) -> di
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            position_ids=batch["position_ids"]).logits
         for row, ex in enumerate(exs):
-            answer = (batch["labels"][row] != -100).nonzero().flatten()
+            answer = (batch["labels"][row] != IGNORE_INDEX).nonzero().flatten()
             pos = int(answer[0]) - 1  # the logits here predict the first answer token
             gold = int(batch["labels"][row, pos + 1])
             for tau in taus:
@@ -59,6 +57,8 @@ def first_token_stats(model, tok, examples, categories: dict, shots, taus) -> di
 
 
 def markdown(r: dict) -> str:
+    from tuneguard_trainer.triage import CATEGORIES
+
     rows = []
     for fmt in ("zero-shot", "few-shot"):
         for cat in CATEGORIES:
@@ -82,7 +82,7 @@ def markdown(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = model_bench_parser(__doc__, "unused (the measurement is one forward pass per fact)")
+    ap = model_bench_parser(__doc__)
     ap.add_argument("--work", default=str(REPO / "runs" / "bench" / "hallucination-cpu"),
                     help="a hallucination_table.py work directory (train.jsonl and triage-*.json)")
     ap.add_argument("--shots", type=int, default=4, help="exemplars per few-shot prompt (triage.shots)")

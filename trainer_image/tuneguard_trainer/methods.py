@@ -45,7 +45,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from .prompts import IGNORE_INDEX
 
 
 @dataclass
@@ -210,13 +210,14 @@ class Objective:
             kl = kl_topk(student_sel, t_vals, t_idx, self.tau)
         else:
             tb = teacher_view(batch)
+            viewed = tb is not batch
             with torch.no_grad():
                 t_logits = _forward_logits(self.teacher, tb)
             t_mask, t_target = _answer_targets(tb["labels"], t_logits.shape[1])
-            if tb is not batch and not torch.equal(t_target, _answer_targets(batch["labels"], logits.shape[1])[1]):
+            if viewed and not torch.equal(t_target, _answer_targets(batch["labels"], logits.shape[1])[1]):
                 raise ValueError("the teacher view's answer tokens differ from the student's: both views must "
                                  "end with the same supervised answer (was one truncated into its answer?)")
-            self.teacher_view_batches += tb is not batch
+            self.teacher_view_batches += viewed
             teacher_sel = t_logits[:, :-1][t_mask]
             teacher_ran = True
             if self.cache is not None:
