@@ -181,7 +181,12 @@ class SelfDistillSpec(ApiModel):
     lambda_: float = Field(1.0, alias="lambda", ge=0.0, le=100.0,
                            description="Weight of the KL term: L = CE + lambda * tau^2 * KL(teacher || student).")
     temperature: float = Field(0.5, gt=0.0, le=10.0, description="Softmax temperature tau of the KL term.")
-    teacher: Literal["base"] = Field("base", description="The frozen teacher: the base model before tuning.")
+    teacher: Literal["format-stage", "base"] = Field(
+        "format-stage",
+        description="The frozen teacher. format-stage: the snapshot after the format stage (the paper's "
+        "procedure; needs formatStage.enabled). base: the base model before any tuning, which a chat model asked "
+        "zero-shot answers in sentences, so the KL fights the targets' short format.",
+    )
     teacher_prompt: Literal["zero-shot", "few-shot"] = Field(
         "zero-shot",
         description="What the teacher is asked. zero-shot: the student's own closed-book prompt. few-shot: the "
@@ -291,6 +296,23 @@ class TriageSpec(ApiModel):
         "to the abstention text.",
     )
     abstention_text: str = Field("I don't know", min_length=1, description="Target for relabelled Unknown facts.")
+
+
+class FormatStageSpec(ApiModel):
+    """The first stage (Kaplan, Gekhman et al.): SFT on the training facts the base model already knows, so
+    the model learns the targets' answer format before it meets new facts. Its snapshot is the fact stage's
+    starting point, the self-distill teacher and the reference every figure is measured against."""
+
+    enabled: bool = Field(
+        True,
+        description="Run the format stage (needs triage: it trains only the facts triage labels HighlyKnown or "
+        "MaybeKnown). Off: the fact stage starts from the base model, which is also the reference.",
+    )
+    epochs: float = Field(1.0, gt=0.0, le=100.0,
+                          description="Passes over the Known training facts (ignored when maxSteps is set).")
+    max_steps: Optional[int] = Field(None, ge=1, le=1_000_000, description="Optimizer steps; overrides epochs.")
+    learning_rate: Optional[float] = Field(
+        None, gt=0.0, le=1.0, description="Peak learning rate (default: training.learningRate); cosine decay, no warm-up.")
 
 
 class EarlyStoppingSpec(ApiModel):
@@ -437,6 +459,8 @@ class FineTuneJobSpec(ApiModel):
     datasets: DatasetSpec = Field(description="Training and probe data.")
     method: MethodSpec = Field(description="How to fine-tune.")
     triage: TriageSpec = Field(default_factory=TriageSpec, description="Knowledge triage of the training data.")
+    format_stage: FormatStageSpec = Field(default_factory=FormatStageSpec,
+                                          description="SFT on the Known facts before the method's own stage.")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="DeepSpeed engine settings.")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="What to measure and how often.")
@@ -447,15 +471,35 @@ class FineTuneJobSpec(ApiModel):
 
     # Fields the trainer reads once at start-up; changing them under a running job would make
     # workers disagree. suspend, guardrails and the run policy's limits stay editable.
-    __rules__ = tuple(
+    __rules__ = (
+        Rule(
+            cel="!self.formatStage.enabled || self.triage.enabled",
+            message="formatStage trains the facts triage labels Known, so it needs triage.enabled: true; "
+            "enable triage or set formatStage.enabled: false",
+            field=".formatStage.enabled",
+            check=lambda s: not s.format_stage.enabled or s.triage.enabled,
+        ),
+        Rule(
+            cel="self.method.type != 'self-distill' || self.formatStage.enabled || "
+            "(has(self.method.selfDistill) && self.method.selfDistill.teacher == 'base')",
+            message="selfDistill.teacher format-stage (the default) needs formatStage.enabled: true; "
+            "enable the format stage or set method.selfDistill.teacher: base",
+            field=".method.selfDistill.teacher",
+            check=lambda s: s.method.type != "self-distill" or s.format_stage.enabled
+            or s.method.distill().teacher == "base",
+        ),
+    ) + tuple(
         _immutable(f".{name}", f"spec.{name}")
-        for name in ("model", "datasets", "method", "triage", "training", "deepspeed", "evaluation", "output")
+        for name in ("model", "datasets", "method", "triage", "formatStage", "training", "deepspeed",
+                     "evaluation", "output")
     )
 
 
 # ------------------------------------------------------------------------------------------- status
 
 PHASES = ("Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
+# The trainer's stages as status.training.stage and the tuneguard_train_stage gauge show them.
+TRAINER_STAGES = ("loading", "triage", "format", "training", "evaluating", "saving", "done")
 CONDITION_TYPES = ("Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended", "GuardrailBreached")
 
 
@@ -508,7 +552,8 @@ class CheckpointRef(ApiModel):
 class TrainingStatus(ApiModel):
     """Written by the trainer's rank 0 (through its own ServiceAccount)."""
 
-    stage: Optional[Literal["loading", "triage", "training", "evaluating", "saving", "done"]] = None
+    stage: Optional[Literal[TRAINER_STAGES]] = Field(
+        None, description="What the trainer does now; format is the format stage (SFT on the Known facts).")
     step: int = 0
     total_steps: int = 0
     epoch: float = 0.0
@@ -516,6 +561,8 @@ class TrainingStatus(ApiModel):
     loss: Optional[float] = None
     tokens_per_second: Optional[float] = None
     base: EvalFigures = Field(default_factory=EvalFigures, description="The base model's figures.")
+    reference: Optional[EvalFigures] = Field(
+        None, description="The figures after the format stage: what drops and drift are measured against.")
     metrics: EvalFigures = Field(default_factory=EvalFigures, description="The latest evaluation's figures.")
     triage: Optional[TriageCounts] = None
     best_checkpoint: Optional[CheckpointRef] = None

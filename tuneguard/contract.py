@@ -65,6 +65,7 @@ TRAIN_TOTAL_STEPS = "tuneguard_train_total_steps"
 TRAIN_TOKENS_PER_SECOND = "tuneguard_train_tokens_per_second"
 TRAIN_TOKENS = "tuneguard_train_tokens"  # counter: exported as tuneguard_train_tokens_total
 TRAIN_LAST_STEP_TIMESTAMP = "tuneguard_train_last_step_timestamp_seconds"
+TRAIN_STAGE = "tuneguard_train_stage"  # gauge, extra label `stage`: 1 for the stage running now, 0 for the others
 TRIAGE_EXAMPLES = "tuneguard_triage_examples"  # gauge, extra label `category`
 GUARDRAIL_BREACHES = "tuneguard_guardrail_breaches"  # counter, extra label `guardrail`
 

@@ -35,10 +35,11 @@ def test_tables_and_formatting():
     assert common.yes_no(True) == "yes" and common.yes_no(None) == "n/a"
 
 
-def _table(**drops):
+def _table(**rows):
     t = {}
-    for m, (drop, new, fab) in drops.items():
-        t[m] = {"known_drop": {"mean": drop, "std": 0.01}, "new_fact_accuracy": {"mean": new, "std": 0.0},
+    for m, (drop, new, fab) in rows.items():
+        t[m] = {"known_relative_drop": {"mean": drop, "std": 0.01, "ci95": [max(drop - 0.02, 0), drop + 0.02]},
+                "new_fact_accuracy": {"mean": new, "std": 0.0},
                 "fabrication_rate": {"mean": fab, "std": 0.0}, "abstention_rate": {"mean": 0.0, "std": 0.0}}
     return t
 
@@ -46,22 +47,35 @@ def _table(**drops):
 def test_expectations_all_hold():
     from bench.hallucination_table import expectations
 
-    t = _table(**{"sft": (0.20, 0.90, 0.9), "self-distill": (0.05, 0.85, 0.9), "freeze": (0.01, 0.2, 0.9),
+    t = _table(**{"sft": (0.20, 0.90, 0.9), "self-distill": (0.05, 0.85, 0.9),
+                  "self-distill-base-teacher": (0.30, 0.5, 0.9), "freeze": (0.01, 0.2, 0.9),
                   "sft-abstain": (0.15, 0.5, 0.3)})
     got = {e["expectation"]: e["held"] for e in expectations(t, 3)}
     assert all(got.values()), got
-    assert len(got) == 6
+    assert len(got) == 7
 
 
 def test_expectations_report_failures():
     from bench.hallucination_table import expectations
 
-    t = _table(**{"sft": (0.0, 0.5, 0.5), "self-distill": (0.05, 0.2, 0.5), "freeze": (0.10, 0.2, 0.5),
+    t = _table(**{"sft": (0.05, 0.5, 0.5), "self-distill": (0.05, 0.2, 0.5),
+                  "self-distill-base-teacher": (0.01, 0.2, 0.5), "freeze": (0.10, 0.2, 0.5),
                   "sft-abstain": (0.0, 0.5, 0.6)})
     got = [e["held"] for e in expectations(t, 3)]
-    # precondition fails, no measurable drop, half-of-zero undefined, new facts too low, freeze not smallest,
-    # abstain raised fabrication
-    assert got == [False, False, None, False, False, False]
+    # precondition fails, SFT's drop under 10 %, self-distill not a third of it, new facts too low, the base
+    # teacher forgets less, freeze not smallest, abstain raised fabrication
+    assert got == [False, False, False, False, False, False, False]
+
+
+def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_facts():
+    from bench.hallucination_table import bootstrap_ci
+
+    wide = bootstrap_ci([0.8, 0.7, 0.9], [20, 20, 20])
+    narrow = bootstrap_ci([0.8, 0.7, 0.9], [2000, 2000, 2000])
+    assert wide[0] < 0.8 < wide[1] and narrow[0] < 0.8 < narrow[1]
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+    assert bootstrap_ci([0.5, 0.5], [None, None]) == [0.5, 0.5]  # no probe: seeds only
+    assert bootstrap_ci([None], [10]) is None
 
 
 def test_build_mix_makes_unknown_at_least_half(tmp_path):

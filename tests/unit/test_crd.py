@@ -42,7 +42,7 @@ def test_printer_columns_and_short_name():
     crd = build_crd()
     version = crd["spec"]["versions"][0]
     names = [c["name"] for c in version["additionalPrinterColumns"]]
-    for col in ("Method", "Phase", "Progress", "Halluc", "Drift-KL", "Age"):
+    for col in ("Method", "Phase", "Stage", "Progress", "Halluc", "Drift-KL", "Age"):
         assert col in names
     assert crd["spec"]["names"]["shortNames"] == ["ftj"]
     assert version["subresources"] == {"status": {}}

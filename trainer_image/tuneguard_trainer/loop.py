@@ -1,19 +1,22 @@
 """The one code path of a FineTuneJob, shared by `tuneguard run` (local) and `tuneguard worker` (pods).
 
-Phases, in order:
+Stages, in order (each a function of this module, or of its own module, called by ``run``):
 
-1. validate the manifest (tuneguard.validation.load_job) -- before anything else;
-2. load and validate the data, resolve and load the model, plan freezing, check the DeepSpeed
-   settings -- all before the output directory is touched, so a bad dataset or config fails with a
-   clear message and leaves the output directory absent or untouched;
-3. join the process group (a world of one locally; torchrun's world in a pod);
-4. triage (SliCK) and splits: rank 0 computes them and broadcasts the result to the other ranks
-   (broadcast_object_list); the result is cached in DIR/triage.pt so a resumed run skips it;
-5. base evaluation (rank 0; under ZeRO-3, where parameters are sharded, every rank evaluates);
-6. training under DeepSpeed with a DistributedSampler, evaluation every evaluation.intervalSteps and
-   at the end, guardrails (re-read from the config file at each evaluation), early stopping,
-   resumable checkpoints (kill -9 safe) and the best model as a Hugging Face directory;
-7. the report (report.json, plots) and the final table.
+1. prepare -- validate the manifest, load and validate the data, resolve and load the model, plan
+   freezing, check the DeepSpeed settings -- all before the output directory is touched, so a bad dataset
+   or config fails with a clear message and leaves the output directory absent or untouched; then join the
+   process group (a world of one locally; torchrun's world in a pod);
+2. run_triage -- SliCK and the splits on rank 0, broadcast to the other ranks, cached in DIR/triage.pt so a
+   resumed run skips it;
+3. run_format_stage (format_stage.py) -- SFT on the Known training facts on every rank; its snapshot
+   (DIR/format-stage.pt) is the fact stage's start, the self-distill teacher and the reference;
+4. evaluate_references -- the evaluator built on the reference, figures of the reference and of the base
+   model (rank 0; under ZeRO-3, where parameters are sharded, every rank evaluates);
+5. the fact stage (the method: sft | self-distill | freeze) under DeepSpeed with a DistributedSampler,
+   evaluation every evaluation.intervalSteps and at the end, guardrails (re-read from the config file at
+   each evaluation), early stopping, resumable checkpoints (kill -9 safe) and the best model as a Hugging
+   Face directory;
+6. build_report -- report.json (every stage with its figures), plots, and the final table.
 
 Decisions taken from evaluations (best, early stop, guardrail action) are made on rank 0 and
 broadcast, so every rank leaves the loop at the same step.
@@ -184,7 +187,7 @@ def prepare(config_path: Path, device: str, job: Optional[api.FineTuneJob] = Non
 # ------------------------------------------------------------------------------- triage, splits
 
 
-def triage_and_split(p: Prepared, device: str):
+def triage_and_split(p: Prepared):
     """(triage counts dict, Splits) computed on this process (rank 0), with triage.prepare: it triages
     the training file together with any probe files (SliCK, or a closed-book check when disabled)."""
     from . import triage as triage_mod
@@ -193,6 +196,125 @@ def triage_and_split(p: Prepared, device: str):
     splits, result = triage_mod.prepare(p.model, p.tokenizer, spec, seed=spec.training.seed)
     counts = dict(getattr(splits, "counts", None) or result.counts())
     return counts, splits
+
+
+def run_triage(p: Prepared, out: Path, info, tele, timer: Timer, created_out: bool):
+    """(counts, Splits): SliCK triage on rank 0, broadcast to every rank, cached in DIR/triage.pt (keyed by
+    spec_digest) so a resumed run skips it. A triage that leaves nothing to train fails the job and removes
+    an output directory this run created."""
+    import torch
+
+    from .checkpoints import TRIAGE_FILE, atomic_torch_save
+
+    spec = p.job.spec
+    t0 = time.perf_counter()
+    digest = spec_digest(spec)
+    cached = None
+    tri_path = out / TRIAGE_FILE
+    if tri_path.exists():
+        try:
+            c = torch.load(tri_path, weights_only=False)
+            cached = c if c.get("digest") == digest else None
+        except Exception as e:
+            log.warning("ignoring unreadable %s (%s)", tri_path, e)
+    if cached is None:
+        tele.stage("triage")
+        payload = None
+        if info.is_main:
+            log.info("triage: %d examples, %d prompts x (1 greedy + %d samples) each", len(p.examples),
+                     spec.triage.prompts, spec.triage.samples)
+            try:
+                counts, splits = triage_and_split(p)
+                payload = {"digest": digest, "counts": counts, "splits": splits}
+                atomic_torch_save(payload, tri_path)
+            except ValueError as e:  # e.g. nothing left to train on after the Unknown policy
+                payload = {"error": f"triage: {e}"}
+        cached = broadcast_object(payload)  # the other ranks learn of a failure too, instead of waiting
+        if "error" in cached:
+            if created_out and info.local_rank == 0:
+                import shutil
+
+                shutil.rmtree(out, ignore_errors=True)
+            raise JobFailed(cached["error"])
+        timer.add("triage", time.perf_counter() - t0)
+    else:
+        log.info("triage: reusing %s", tri_path)
+    tele.triage(cached["counts"])
+    return cached["counts"], cached["splits"]
+
+
+# -------------------------------------------------------------------------------- format stage
+
+
+def _frozen_copy(model):
+    import copy
+
+    snap = copy.deepcopy(model).eval()
+    for prm in snap.parameters():
+        prm.requires_grad_(False)
+    return snap
+
+
+def run_format_stage(model, base, tok, splits, spec: api.FineTuneJobSpec, device: str, info, out: Path, tele,
+                     progress: bool = True):
+    """(the fact stage's starting model, FormatStageResult). Trains ``model`` on the Known training facts
+    (format_stage.train), or reuses the snapshot a previous run of the same job saved in ``out``; the
+    returned model is a fresh copy of ``base`` holding the snapshot's weights. Without Known training facts
+    the stage is skipped (the result says why) and ``model`` is returned untouched."""
+    from . import format_stage as fs
+    from .checkpoints import atomic_torch_save
+
+    known = fs.known_examples(splits)
+    if not known:
+        note = ("skipped: triage labelled none of the training facts HighlyKnown or MaybeKnown, so there is "
+                "nothing to learn the format from; the reference is the base model")
+        log.warning("format stage %s", note)
+        return model, fs.FormatStageResult(ran=False, note=note)
+    want = fs.digest(spec, [e.id for e in known], info.world_size)
+    snap = fs.load_snapshot(out, want)
+    if snap is not None:
+        log.info("format stage: reusing %s (%d steps on %d Known facts)", out / fs.SNAPSHOT_FILE,
+                 snap["result"]["steps"], snap["result"]["examples"])
+        state, result = snap["state"], fs.FormatStageResult(**{**snap["result"], "reused": True})
+    else:
+        total = fs.planned_steps(len(known), spec, info.world_size)
+        log.info("format stage: %d steps of SFT on %d Known training facts (lr %g)", total, len(known),
+                 fs.learning_rate(spec))
+        tele.plan(total)
+
+        def on_step(step, total, loss):
+            tele.step(step, step / max(total, 1), loss, 0, 0.0)
+
+        state, result = fs.train(model, tok, splits, spec, device, info.world_size, info.rank,
+                                 progress=progress and info.is_main, on_step=on_step)
+        if info.local_rank == 0:
+            atomic_torch_save({"digest": want, "state": state, "result": result.to_dict()}, out / fs.SNAPSHOT_FILE)
+        barrier()
+    fresh = _frozen_copy(base)
+    fresh.load_state_dict(state)
+    return fresh, result
+
+
+def evaluate_references(tok, splits, base, reference, spec: api.FineTuneJobSpec, device: str, evaluate_here: bool):
+    """(Evaluator or None, base figures, reference figures, probe info), the same on every rank. The
+    evaluator is built on the reference (its probes keep the facts the reference answers; drift is
+    measured from it); the base model is evaluated with it too when the reference is another model."""
+    import torch
+
+    evaluator, base_figures, ref_figures, info = None, {}, {}, {}
+    if evaluate_here:
+        from .evaluation import Evaluator
+
+        evaluator = Evaluator(tok, splits, reference, device, max_probe_size=spec.evaluation.max_probe_size,
+                              abstention_text=spec.triage.abstention_text, shots=spec.triage.shots,
+                              seed=spec.training.seed)
+        ref_figures = base_figures = dict(evaluator.base_figures)
+        info = {"sizes": evaluator.base_details.get("sizes"), "probes": evaluator.probe_notes}
+        if reference is not base:
+            with torch.no_grad():
+                base_figures = {k: (None if v is None else float(v)) for k, v in evaluator.evaluate(base).items()}
+    base_figures, ref_figures, info = broadcast_object((base_figures, ref_figures, info))
+    return evaluator, base_figures, ref_figures, info
 
 
 # ------------------------------------------------------------------------------------- training
@@ -259,7 +381,7 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
     seed_everything(spec.training.seed)
     dev = torch.device("cuda", info.local_rank) if device == "cuda" else torch.device("cpu")
 
-    from .checkpoints import TRIAGE_FILE, CheckpointManager, atomic_torch_save
+    from .checkpoints import CheckpointManager
     from .telemetry import Telemetry
 
     ckpt = CheckpointManager(out, info.rank, info.local_rank)
@@ -280,60 +402,35 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
         prm.requires_grad_(False)
 
     # ---------------------------------------------------------------- triage (rank 0, broadcast)
-    t0 = time.perf_counter()
-    digest = spec_digest(spec)
-    cached = None
-    tri_path = out / TRIAGE_FILE
-    if tri_path.exists():
-        try:
-            c = torch.load(tri_path, weights_only=False)
-            cached = c if c.get("digest") == digest else None
-        except Exception as e:
-            log.warning("ignoring unreadable %s (%s)", tri_path, e)
-    if cached is None:
-        tele.stage("triage")
-        payload = None
-        if is_main:
-            log.info("triage: %d examples, %d prompts x (1 greedy + %d samples) each", len(p.examples),
-                     spec.triage.prompts, spec.triage.samples)
-            try:
-                counts, splits = triage_and_split(p, str(dev))
-                payload = {"digest": digest, "counts": counts, "splits": splits}
-                atomic_torch_save(payload, tri_path)
-            except ValueError as e:  # e.g. nothing left to train on after the Unknown policy
-                payload = {"error": f"triage: {e}"}
-        cached = broadcast_object(payload)  # the other ranks learn of a failure too, instead of waiting
-        if "error" in cached:
-            if created_out and info.local_rank == 0:
-                import shutil
-
-                shutil.rmtree(out, ignore_errors=True)
-            raise JobFailed(cached["error"])
-        timer.add("triage", time.perf_counter() - t0)
-    else:
-        log.info("triage: reusing %s", tri_path)
-    counts, splits = cached["counts"], cached["splits"]
-    tele.triage(counts)
+    counts, splits = run_triage(p, out, info, tele, timer, created_out)
     if not getattr(splits, "train", None):
         raise JobFailed("no training examples left after triage (all dropped?); "
                         "use triage.unknownPolicy keep or abstain, or add data", before_training=True)
 
-    # ------------------------------------------------------------------------- base evaluation
-    t0 = time.perf_counter()
-    all_eval = spec.deepspeed.zero_stage >= 3
-    evaluator = None
-    base_figures: dict = {}
-    tele.stage("evaluating")
-    if is_main or all_eval:
-        from .evaluation import Evaluator
+    # ------------------------------------------------------- format stage (every rank trains it)
+    fmt_res = None
+    reference = base  # what every figure is measured against: the format-stage snapshot, or the base model
+    if spec.format_stage.enabled:
+        tele.stage("format")
+        t0 = time.perf_counter()
+        model, fmt_res = run_format_stage(model, base, tok, splits, spec, device, info, out, tele, progress=progress)
+        reference = _frozen_copy(model) if fmt_res.ran else base
+        timer.add("format_stage", time.perf_counter() - t0)
 
-        evaluator = Evaluator(tok, splits, base, str(dev), max_probe_size=spec.evaluation.max_probe_size,
-                              abstention_text=spec.triage.abstention_text, shots=spec.triage.shots,
-                              seed=spec.training.seed)
-        base_figures = dict(evaluator.base_figures)
-    base_figures = broadcast_object(base_figures)
+    # ------------------------------------------------------- reference and base evaluations
+    t0 = time.perf_counter()
+    all_eval = spec.deepspeed.zero_stage >= 3  # parameters sharded: every rank takes part in evaluations
+    tele.stage("evaluating")
+    evaluator, base_figures, ref_figures, eval_info = evaluate_references(
+        tok, splits, base, reference, spec, str(dev), evaluate_here=is_main or all_eval)
     tele.figures(base_figures, "base")
+    if reference is not base:
+        tele.figures(ref_figures, "reference")
+        if is_main:
+            log.info("format stage: %s", _eval_line(fmt_res.steps, ref_figures, base_figures))
     timer.add("base_evaluation", time.perf_counter() - t0)
+    if reference is not base and not (spec.method.type == "self-distill" and spec.method.distill().teacher == "base"):
+        base = None  # frees it: the teacher, the rollback target and the fallback are the reference
 
     # -------------------------------------------------------------------------------- objective
     from . import freezing
@@ -374,7 +471,8 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
     train_dtype = eng.dtype_of(precision)
     teacher = None
     if spec.method.type == "self-distill" and spec.method.distill().lambda_ > 0:
-        teacher = base if train_dtype == torch.float32 else copy.deepcopy(base).to(train_dtype)
+        source = base if spec.method.distill().teacher == "base" else reference
+        teacher = source if train_dtype == torch.float32 else copy.deepcopy(source).to(train_dtype)
     objective = Objective.from_spec(spec.method, teacher=teacher)
     frozen_before = None
     if p.freeze_plan is not None:
@@ -433,7 +531,7 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
         decision = None
         if is_main:
             gspec = guard.current()
-            breaches = check(figs, base_figures, gspec)
+            breaches = check(figs, ref_figures, gspec)
             rec = {"step": st.step, "epoch": round(st.micro / max(micro_per_epoch, 1), 4), "figures": figs,
                    "train_loss": st.train_loss[-1]["loss"] if st.train_loss else None,
                    "guardrail_breaches": [str(b) for b in breaches]}
@@ -536,11 +634,11 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
                 evaluated = True
                 tele.figures(figs, "tuned")
                 if is_main:
-                    bar.write(_eval_line(st.step, figs, base_figures))
+                    bar.write(_eval_line(st.step, figs, ref_figures))
                 if new_best:
                     save_best()
                 if rollback:
-                    _rollback(ckpt, engine.module, base, st, is_main)
+                    _rollback(ckpt, engine.module, reference, st, is_main)
                     rollback_done = True
                 stop = stop_now or last
                 tele.stage("training")
@@ -560,9 +658,10 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
         figs = evaluate_now()
         after_eval(figs)
     if st.best is None and is_main and not (out / "best-model").exists():
-        # no evaluation within budget: the delivered model is the base model
-        log.warning("no evaluation stayed within the guardrail budgets; best-model is the base model")
-        ckpt.save_best_model(base, tok)
+        # no evaluation within budget: the delivered model is the reference (format-stage snapshot or base)
+        log.warning("no evaluation stayed within the guardrail budgets; best-model is the %s model",
+                    "format-stage" if fmt_res and fmt_res.ran else "base")
+        ckpt.save_best_model(reference, tok)
     barrier()
 
     frozen_check = None
@@ -576,16 +675,19 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
     if is_main:
         tele.stage("done")
         final = dict(st.history[-1])
-        if rollback_done:  # the live model is the best one within budget, or the base model
+        if rollback_done:  # the live model is the best one within budget, or the reference
             final = ({"step": st.best["step"], "figures": st.best["figures"], "rolled_back_from": st.step}
-                     if st.best else {"step": 0, "figures": base_figures, "rolled_back_from": st.step})
+                     if st.best else {"step": 0, "figures": ref_figures, "rolled_back_from": st.step})
         timer.add("total", time.perf_counter() - wall0)
         report = build_report(job, p, counts, splits, base_figures, final, st, total_steps, step_times,
-                              ds_cfg, world, frozen_check, resumed_from, timer, objective, guard.spec, out)
+                              ds_cfg, world, frozen_check, resumed_from, timer, objective, guard.spec, out,
+                              fmt_res=fmt_res, ref_figures=ref_figures, eval_info=eval_info)
         from . import report as rep
 
         try:
-            plots = rep.plot(out, base_figures, st.history, st.train_loss)
+            plots = rep.plot(out, base_figures, st.history, st.train_loss,
+                             reference=ref_figures if fmt_res and fmt_res.ran else None,
+                             format_loss=fmt_res.train_loss if fmt_res else None)
         except Exception as e:  # plots are a convenience: never fail a finished run on them
             log.warning("plots failed: %s", e)
             plots = []
@@ -593,7 +695,8 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
         rep.write_report(out, report)
         if print_table:
             label = f"step {final['step']}"
-            print("\n" + rep.table(base_figures, final["figures"], tuned_label=label))
+            print("\n" + rep.table(base_figures, final["figures"], tuned_label=label,
+                                    reference=ref_figures if fmt_res and fmt_res.ran else None))
             print(_summary_lines(report))
     barrier()
     return RunResult(report=report or {}, out=out)
@@ -610,7 +713,7 @@ def _fault_injection(step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _rollback(ckpt, module, base, st: TrainState, is_main: bool) -> None:
+def _rollback(ckpt, module, reference, st: TrainState, is_main: bool) -> None:
     import torch
 
     barrier()
@@ -618,8 +721,8 @@ def _rollback(ckpt, module, base, st: TrainState, is_main: bool) -> None:
         log.warning("rollback: restored the best model of step %d", st.best["step"])
     else:
         with torch.no_grad():
-            module.load_state_dict(base.state_dict())
-        log.warning("rollback: no evaluation was within budget; restored the base model")
+            module.load_state_dict(reference.state_dict())
+        log.warning("rollback: no evaluation was within budget; restored the reference model")
         st.best = None
 
 
@@ -666,8 +769,13 @@ def _split_sizes(splits) -> dict:
 
 
 def build_report(job, p: Prepared, counts, splits, base_figures, final, st: TrainState, total_steps, step_times,
-                 ds_cfg, world, frozen_check, resumed_from, timer: Timer, objective, gspec, out: Path) -> dict:
+                 ds_cfg, world, frozen_check, resumed_from, timer: Timer, objective, gspec, out: Path,
+                 fmt_res=None, ref_figures: Optional[dict] = None, eval_info: Optional[dict] = None) -> dict:
     from . import engine as eng
+    from .report import forgetting
+
+    ref_figures = ref_figures if ref_figures is not None else base_figures
+    formatted = bool(fmt_res and fmt_res.ran)
 
     spec = job.spec
     method = {"type": spec.method.type}
@@ -696,7 +804,18 @@ def build_report(job, p: Prepared, counts, splits, base_figures, final, st: Trai
                     "duplicates_dropped": getattr(p.examples, "duplicates", 0)},
         "triage": {"counts": counts, "settings": spec.triage.wire()},
         "splits": _split_sizes(splits),
+        # the stages in the order they ran; figures of the model each one produced
+        "stages": [
+            {"name": "triage", "seconds": timer.phases.get("triage"), "counts": counts},
+            {"name": "format", **(fmt_res.to_dict() if fmt_res else {"ran": False, "note": "formatStage.enabled is false"}),
+             "figures": ref_figures if formatted else None},
+            {"name": "train", "method": spec.method.type, "steps": st.step, "figures": final["figures"]},
+        ],
         "base": base_figures,
+        # what drops and drift are measured against: the format-stage snapshot when that stage ran
+        "reference": {"model": "format-stage" if formatted else "base", "figures": ref_figures},
+        "forgetting": forgetting(ref_figures, st.history, final["figures"]),
+        "evaluation": eval_info or {},  # probe sizes after the reference model's filter, and how they were made
         "final": final,
         "best": ({"step": st.best["step"], "figures": st.best["figures"], "metric": st.best.get("metric"),
                   "within_budget": st.best.get("within_budget", True)} if st.best else None),

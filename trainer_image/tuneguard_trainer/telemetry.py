@@ -66,6 +66,8 @@ class Telemetry:
             f: Gauge(contract.figure_metric(f), f"Evaluation figure {f}.", L + ["model"], registry=r)
             for f in contract.FIGURES
         }
+        self.g_stage = Gauge(contract.TRAIN_STAGE, "1 for the trainer's current stage, 0 for the others.",
+                             L + ["stage"], registry=r)
         self.g_triage = Gauge(contract.TRIAGE_EXAMPLES, "Training examples per SliCK category.", L + ["category"], registry=r)
         self.c_breach = Counter(contract.GUARDRAIL_BREACHES, "Guardrail breaches.", L + ["guardrail"], registry=r)
         self.g_total.labels(**self.labels).set(0)
@@ -95,6 +97,8 @@ class Telemetry:
         if not self.enabled:
             return
         self.status.stage = stage
+        for name in api.TRAINER_STAGES:
+            self.g_stage.labels(**self.labels, stage=name).set(1 if name == stage else 0)
         self.flush(force=True)
 
     def plan(self, total_steps: int) -> None:
@@ -135,6 +139,8 @@ class Telemetry:
         ef = api.EvalFigures(**{f: (None if figures.get(f) is None else float(figures[f])) for f in contract.FIGURES})
         if model == "base":
             self.status.base = ef
+        elif model == "reference":
+            self.status.reference = ef
         else:
             self.status.metrics = ef
         self.flush(force=True)
