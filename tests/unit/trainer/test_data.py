@@ -26,6 +26,9 @@ GOOD = [{"question": f"What is {i}?", "answers": [str(i)]} for i in range(5)]
     ({"answers": ["x"]}, '"question" must be a non-empty string'),
     ({"question": "Q?", "answers": ["x"], "answer": "x"}, "unknown field(s) 'answer'"),
     ({"question": "Q?", "answers": ["x"], "relation": 5}, '"relation" must be a non-empty string'),
+    ({"question": "Q?", "answers": ["x"], "paraphrases": "Q 2?"}, '"paraphrases" must be a list of non-empty strings'),
+    ({"question": "Q?", "answers": ["x"], "paraphrases": ["Q 2?", ""]}, '"paraphrases" must be a list'),
+    ({"question": "Q?", "answers": ["x"], "paraphrases": [3]}, '"paraphrases" must be a list'),
     ("{not json", "not valid JSON"),
     ("[1, 2]", "expected a JSON object"),
 ])
@@ -60,6 +63,15 @@ def test_dedup_merges_answers_and_counts(tmp_path):
     assert len(ex) == 5 and ex.duplicates == 2
     one = next(e for e in ex if e.question == "What is 1?")
     assert one.answers == ["1", "one"] and one.target == "1"
+
+
+def test_paraphrases_loaded_and_merged(tmp_path):
+    lines = GOOD + [{"question": "Where is X?", "answers": ["here"], "paraphrases": [" X is where? ", "Locate X."]},
+                    {"question": "where is x", "answers": ["there"], "paraphrases": ["Locate X", "Find X."]}]
+    ex = load_examples(str(write(tmp_path, lines)), "qa")
+    x = next(e for e in ex if e.question == "Where is X?")
+    assert x.paraphrases == ["X is where?", "Locate X.", "Find X."] and x.answers == ["here", "there"]
+    assert ex[0].paraphrases == []  # optional
 
 
 def test_duplicate_ids_rejected(tmp_path):
