@@ -14,8 +14,9 @@ strings``. Duplicates (same normalised question, and same context for chat) are 
 occurrence; their accepted answers and paraphrases are merged into it; the count is on the returned list
 (``.duplicates``).
 
-URIs: ``bundled://facts`` (shipped with this package), ``pvc://claim/path`` (read under
-``contract.PVC_MOUNT_ROOT``), or a path.
+URIs: ``bundled://facts`` and ``bundled://facts-small`` (shipped with this package: closed-book facts
+generated from GeoNames by ``scripts/generate_facts.py``, see ``data/facts.README.md``; the small one is a
+stratified subset), ``pvc://claim/path`` (read under ``contract.PVC_MOUNT_ROOT``), or a path.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .prompts import normalize_answer
 
 log = logging.getLogger(__name__)
 
-BUNDLED_DATASETS = {"facts": "facts.jsonl"}
+BUNDLED_DATASETS = {"facts": "facts.jsonl", "facts-small": "facts-small.jsonl"}
 MIN_EXAMPLES = 4
 
 
