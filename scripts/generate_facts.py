@@ -260,6 +260,11 @@ def _unambiguous(cities: list[dict], key: Callable[[dict], str]) -> list[dict]:
     return [c for c in cities if count[(key(c), c["name"])] == 1]
 
 
+def city_name(city: dict) -> str:
+    """GeoNames' name without transliterated soft signs ('Ryazan’' -> 'Ryazan', as English writes it)."""
+    return city["name"].replace("\u2019", "").replace("\u02bc", "").strip()
+
+
 def real_city_country(w: World) -> Iterator[Fact]:
     """Most populous first, at most CITY_PER_COUNTRY per country; no capital (capital_country asks those)."""
     capitals = {(c["capital"].strip(), iso) for iso, c in w.all_countries.items()}
@@ -268,7 +273,7 @@ def real_city_country(w: World) -> Iterator[Fact]:
         iso = city["countrycode"]
         if iso in w.countries and (city["name"], iso) not in capitals and per_country[iso] < CITY_PER_COUNTRY:
             per_country[iso] += 1
-            yield city["name"], w.country_answers(iso)
+            yield city_name(city), w.country_answers(iso)
 
 
 def real_us_state_city(w: World) -> Iterator[Fact]:
@@ -279,7 +284,7 @@ def real_us_state_city(w: World) -> Iterator[Fact]:
         state = city["admin1code"]
         if normalize_answer(city["name"]) not in state_names and per_state[state] < CITY_PER_STATE:
             per_state[state] += 1
-            yield city["name"], [w.us_states[state]]
+            yield city_name(city), [w.us_states[state]]
 
 
 REAL = {"capital": real_capital, "capital_country": real_capital_country, "continent": real_continent,
