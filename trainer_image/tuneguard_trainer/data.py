@@ -2,18 +2,21 @@
 
 Formats (one JSON object per line, blank lines ignored):
 
-* ``qa``:   ``{"question": str, "answers": [str, ...], "relation"?: str, "id"?: str}``
+* ``qa``:   ``{"question": str, "answers": [str, ...], "relation"?: str, "id"?: str,
+  "paraphrases"?: [str, ...]}``; ``paraphrases`` are other wordings of the same question (same accepted
+  answers), e.g. for tests of how a model's answers shift with the wording
 * ``chat``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...], "id"?: str}``;
   the last message must be the assistant's (the target), the one before it the user's (the question);
   earlier messages are kept as context and rendered before the question.
 
 Every error names the file and line: ``train.jsonl line 17: "answers" must be a non-empty list of
 strings``. Duplicates (same normalised question, and same context for chat) are dropped after the first
-occurrence; their accepted answers are merged into it; the count is on the returned list
+occurrence; their accepted answers and paraphrases are merged into it; the count is on the returned list
 (``.duplicates``).
 
-URIs: ``bundled://facts`` (shipped with this package), ``pvc://claim/path`` (read under
-``contract.PVC_MOUNT_ROOT``), or a path.
+URIs: ``bundled://facts`` and ``bundled://facts-small`` (shipped with this package: closed-book facts
+generated from GeoNames by ``scripts/generate_facts.py``, see ``data/facts.README.md``; the small one is a
+stratified subset), ``pvc://claim/path`` (read under ``contract.PVC_MOUNT_ROOT``), or a path.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from .prompts import normalize_answer
 
 log = logging.getLogger(__name__)
 
-BUNDLED_DATASETS = {"facts": "facts.jsonl"}
+BUNDLED_DATASETS = {"facts": "facts.jsonl", "facts-small": "facts-small.jsonl"}
 MIN_EXAMPLES = 4
 
 
@@ -47,6 +50,7 @@ class QAExample:
     relation: Optional[str] = None
     target: str = ""  # what training supervises: answers[0], or the abstention text after relabelling
     context: Optional[list[dict]] = None  # chat format: the messages before the question
+    paraphrases: list[str] = field(default_factory=list)  # other wordings of the question
 
     def __post_init__(self):
         if not self.target:
@@ -105,11 +109,11 @@ def _nonempty_str(v) -> bool:
 
 
 def _parse_qa(label: str, lineno: int, obj: dict) -> QAExample:
-    allowed = {"question", "answers", "relation", "id"}
+    allowed = {"question", "answers", "relation", "id", "paraphrases"}
     extra = sorted(set(obj) - allowed)
     if extra:
         raise DatasetError(f"{label} line {lineno}: unknown field(s) {', '.join(map(repr, extra))}; "
-                           f"qa lines have question, answers, relation, id")
+                           f"qa lines have question, answers, relation, id, paraphrases")
     if not _nonempty_str(obj.get("question")):
         raise DatasetError(f'{label} line {lineno}: "question" must be a non-empty string')
     answers = obj.get("answers")
@@ -118,11 +122,14 @@ def _parse_qa(label: str, lineno: int, obj: dict) -> QAExample:
     relation = obj.get("relation")
     if relation is not None and not _nonempty_str(relation):
         raise DatasetError(f'{label} line {lineno}: "relation" must be a non-empty string when given')
+    paraphrases = obj.get("paraphrases", [])
+    if not isinstance(paraphrases, list) or not all(_nonempty_str(p) for p in paraphrases):
+        raise DatasetError(f'{label} line {lineno}: "paraphrases" must be a list of non-empty strings when given')
     ex_id = obj.get("id", f"{label}:{lineno}")
     if not _nonempty_str(ex_id):
         raise DatasetError(f'{label} line {lineno}: "id" must be a non-empty string when given')
     return QAExample(id=ex_id, question=obj["question"].strip(), answers=[a.strip() for a in answers],
-                     relation=relation)
+                     relation=relation, paraphrases=[p.strip() for p in paraphrases])
 
 
 def _parse_chat(label: str, lineno: int, obj: dict) -> QAExample:
@@ -154,6 +161,18 @@ def _parse_chat(label: str, lineno: int, obj: dict) -> QAExample:
                      relation=None, context=context)
 
 
+def _merge_into(first: QAExample, dup: QAExample) -> None:
+    """A duplicate's accepted answers and paraphrases join the first occurrence's (no repeats)."""
+    for a in dup.answers:
+        if normalize_answer(a) not in {normalize_answer(b) for b in first.answers}:
+            first.answers.append(a)
+    known = {normalize_answer(q) for q in [first.question, *first.paraphrases]}
+    for p in dup.paraphrases:
+        if normalize_answer(p) not in known:
+            first.paraphrases.append(p)
+            known.add(normalize_answer(p))
+
+
 def load_examples(uri: str, fmt: str = "qa", min_examples: int = MIN_EXAMPLES) -> ExampleList:
     """Read, validate and de-duplicate a JSONL dataset. Raises DatasetError with file and line."""
     if fmt not in ("qa", "chat"):
@@ -173,9 +192,7 @@ def load_examples(uri: str, fmt: str = "qa", min_examples: int = MIN_EXAMPLES) -
         if key in seen:
             duplicates += 1
             first = seen[key]
-            for a in ex.answers:
-                if normalize_answer(a) not in {normalize_answer(b) for b in first.answers}:
-                    first.answers.append(a)
+            _merge_into(first, ex)
             continue
         if ex.id in ids:
             raise DatasetError(f'{label} line {lineno}: "id" {ex.id!r} already used on line {ids[ex.id]}')

@@ -22,7 +22,7 @@ def tiny_model_dir(root: Path, seed: int = 0) -> Path:
 
 
 def small_facts(root: Path, n_per_relation: int = 6) -> Path:
-    """A few facts per relation from the bundled file (real and fictional)."""
+    """The first few facts of each relation in the bundled file (real ones: the file lists them first)."""
     out = Path(root) / "facts-small.jsonl"
     if out.exists():
         return out

@@ -1,12 +1,14 @@
 """Dataset loading: validation with line numbers, de-duplication, chat format, the bundled facts."""
 
 import json
+import re
 from collections import Counter
 
 import pytest
 
 from tuneguard import contract
 from tuneguard_trainer.data import DatasetError, load_examples, load_prompts, resolve_data_path
+from tuneguard_trainer.prompts import normalize_answer
 
 
 def write(tmp_path, lines, name="train.jsonl"):
@@ -26,6 +28,9 @@ GOOD = [{"question": f"What is {i}?", "answers": [str(i)]} for i in range(5)]
     ({"answers": ["x"]}, '"question" must be a non-empty string'),
     ({"question": "Q?", "answers": ["x"], "answer": "x"}, "unknown field(s) 'answer'"),
     ({"question": "Q?", "answers": ["x"], "relation": 5}, '"relation" must be a non-empty string'),
+    ({"question": "Q?", "answers": ["x"], "paraphrases": "Q 2?"}, '"paraphrases" must be a list of non-empty strings'),
+    ({"question": "Q?", "answers": ["x"], "paraphrases": ["Q 2?", ""]}, '"paraphrases" must be a list'),
+    ({"question": "Q?", "answers": ["x"], "paraphrases": [3]}, '"paraphrases" must be a list'),
     ("{not json", "not valid JSON"),
     ("[1, 2]", "expected a JSON object"),
 ])
@@ -62,6 +67,15 @@ def test_dedup_merges_answers_and_counts(tmp_path):
     assert one.answers == ["1", "one"] and one.target == "1"
 
 
+def test_paraphrases_loaded_and_merged(tmp_path):
+    lines = GOOD + [{"question": "Where is X?", "answers": ["here"], "paraphrases": [" X is where? ", "Locate X."]},
+                    {"question": "where is x", "answers": ["there"], "paraphrases": ["Locate X", "Find X."]}]
+    ex = load_examples(str(write(tmp_path, lines)), "qa")
+    x = next(e for e in ex if e.question == "Where is X?")
+    assert x.paraphrases == ["X is where?", "Locate X.", "Find X."] and x.answers == ["here", "there"]
+    assert ex[0].paraphrases == []  # optional
+
+
 def test_duplicate_ids_rejected(tmp_path):
     lines = [dict(g, id="same" if i in (1, 3) else f"id{i}") for i, g in enumerate(GOOD)]
     with pytest.raises(DatasetError, match=r'line 4: "id" \'same\' already used on line 2'):
@@ -95,14 +109,39 @@ def test_drift_prompts(tmp_path):
         load_prompts(str(p))
 
 
+def _mentions(text, answer):
+    """The answer as whole words in the text, after normalisation (what 'gives the answer away' means)."""
+    return f" {normalize_answer(answer)} " in f" {normalize_answer(text)} "
+
+
 def test_bundled_facts():
     ex = load_examples("bundled://facts", "qa")
-    assert ex.duplicates == 0 and len(ex) >= 300
+    assert ex.duplicates == 0  # no two facts share a normalised question (ids are unique: load_examples)
     real = [e for e in ex if e.id.startswith("real-")]
     fict = [e for e in ex if e.id.startswith("fict-")]
-    assert len(real) >= 200 and len(fict) >= 150
-    rel = Counter(e.relation for e in ex)
-    assert len(rel) >= 8 and min(rel.values()) >= 15
-    # Fictional relations all have real facts too, so few-shot exemplars exist for every relation.
-    assert {e.relation for e in fict} <= {e.relation for e in real}
-    assert all(e.relation for e in ex)
+    assert len(real) + len(fict) == len(ex)
+    assert len(real) >= 2000 and 150 <= len(fict) <= 0.2 * len(ex)
+    rel = Counter(e.relation for e in real)
+    assert len(rel) >= 8 and min(rel.values()) >= 100
+    # Every relation has fictional facts too, and few-shot exemplars of real facts.
+    assert {e.relation for e in fict} == set(rel)
+    for e in ex:
+        assert re.fullmatch(rf"(real|fict)-{re.escape(e.relation)}-\d{{4}}", e.id), e.id
+        wordings = [normalize_answer(q) for q in [e.question, *e.paraphrases]]
+        assert len(e.paraphrases) >= 2 and len(set(wordings)) == len(wordings), e.id
+        assert not any(_mentions(q, a) for q in [e.question, *e.paraphrases] for a in e.answers), e.id
+
+
+def test_bundled_facts_small_is_a_stratified_subset():
+    full = {e.id: e for e in load_examples("bundled://facts")}
+    small = load_examples("bundled://facts-small")
+    assert 350 <= len(small) <= 450 and small.duplicates == 0
+    for e in small:
+        f = full[e.id]
+        assert (e.question, e.answers, e.relation, e.paraphrases) == (f.question, f.answers, f.relation, f.paraphrases)
+    # Same relations, each with enough real facts for 4-shot prompts, and fictional facts.
+    assert {e.relation for e in small} == {e.relation for e in full.values()}
+    real = Counter(e.relation for e in small if e.id.startswith("real-"))
+    assert min(real.values()) >= 5
+    share = lambda es: sum(e.id.startswith("fict-") for e in es) / len(es)
+    assert abs(share(small) - share(full.values())) < 0.03
