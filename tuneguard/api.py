@@ -27,7 +27,7 @@ SINGULAR = "finetunejob"
 SHORT_NAMES = ["ftj"]
 
 BUNDLED_MODELS = ("smollm2-135m-instruct", "gemma3-270m")
-BUNDLED_DATASETS = ("facts",)
+BUNDLED_DATASETS = ("facts", "facts-small")
 
 # RE2-compatible (the API server) and Python-compatible (the offline validator) at once.
 MODEL_URI_PATTERN = (
@@ -48,7 +48,7 @@ DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 PATTERN_HINTS = {
     MODEL_URI_PATTERN: "write hf://org/name[@revision], pvc://claim/path, /dir/in/image or "
     + " or ".join(f"bundled://{m}" for m in BUNDLED_MODELS),
-    DATA_URI_PATTERN: "write pvc://claim/file.jsonl, a path, or bundled://facts",
+    DATA_URI_PATTERN: "write pvc://claim/file.jsonl, a path, or " + " or ".join(f"bundled://{d}" for d in BUNDLED_DATASETS),
     OUTPUT_URI_PATTERN: "write pvc://claim[/path] or a directory path",
     DNS_LABEL_PATTERN: "use lower-case letters, digits and '-', starting and ending with a letter or digit",
 }
