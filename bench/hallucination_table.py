@@ -74,18 +74,19 @@ def settings(args) -> dict:
     """The run settings: --quick (a smoke run), the GPU scale, or the CPU scale.
 
     The CPU scale keeps the papers' design (SliCK categories, a mix half Unknown, the format stage, SFT
-    trained until it knows >= 80% of the new facts, equal steps for every row, a known probe of >= 150
-    facts so one fact is < 0.7 points) and shrinks what costs compute on two cores: a lighter triage
-    (4 prompts x 4 shots, 4 samples), 32 Unknown training facts, batch 8, and three evaluations."""
+    trained until it knows most of the new facts, equal steps for every row, a known probe of 150 facts so
+    one fact is 0.7 points) and shrinks what costs compute on two cores: a lighter triage (3 prompts x 4
+    shots, 2 samples) of a seeded 2,000 of the facts, three quarters of the HighlyKnown ones held out as the
+    known probe, 32 Unknown training facts, batch 8, and two evaluations."""
     quick, cpu = args.quick, args.device == "cpu"
     if quick:
         scale = {"triage": {"prompts": 2, "shots": 4, "samples": 2, "temperature": 0.5}, "max_facts": 120,
                  "max_unknown_train": 8, "unknown_probe_size": 8, "steps": 2, "eval_interval": 2,
                  "batch_size": 8, "warmup_steps": 0, "max_probe_size": 8}
     elif cpu:
-        scale = {"triage": {"prompts": 4, "shots": 4, "samples": 4, "temperature": 0.5}, "max_facts": None,
-                 "max_unknown_train": 32, "unknown_probe_size": 48, "steps": 48, "eval_interval": 16,
-                 "batch_size": 8, "warmup_steps": 4, "max_probe_size": 200}
+        scale = {"triage": {"prompts": 3, "shots": 4, "samples": 2, "temperature": 0.5}, "max_facts": 2000,
+                 "known_probe_fraction": 0.75, "max_unknown_train": 32, "unknown_probe_size": 48, "steps": 48,
+                 "eval_interval": 24, "batch_size": 8, "warmup_steps": 4, "max_probe_size": 150}
     else:
         scale = {"triage": {"prompts": 10, "shots": 4, "samples": 16, "temperature": 0.5}, "max_facts": None,
                  "max_unknown_train": None, "unknown_probe_size": 100, "steps": 300, "eval_interval": 25,
@@ -101,7 +102,7 @@ def settings(args) -> dict:
         "max_facts": scale["max_facts"],
         "max_unknown_train": scale["max_unknown_train"],
         "unknown_share": args.unknown_share,
-        "known_probe_fraction": 0.5,  # of the HighlyKnown facts
+        "known_probe_fraction": scale.get("known_probe_fraction", 0.5),  # of the HighlyKnown facts
         "unknown_probe_size": scale["unknown_probe_size"],
         "steps": args.steps or scale["steps"],
         "eval_interval": args.eval_interval or scale["eval_interval"],
