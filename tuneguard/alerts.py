@@ -34,7 +34,7 @@ GUARDRAIL_DRIFT = "drift"
 
 # Defaults of .Values.alerts (values.yaml must hold the same; a test checks).
 DEFAULTS = {
-    "hallucinationIncrease": 0.05,  # tuned - base hallucination rate (absolute)
+    "hallucinationIncrease": 0.05,  # tuned - reference hallucination rate (absolute)
     "driftKL": 0.5,  # nats/token
     "restartsPerHour": 2,
     "noProgressSeconds": 1800,
@@ -74,20 +74,21 @@ def alerts(p: dict | None = None) -> list[Alert]:
     return [
         Alert(
             "TuneguardHallucinationBudgetExceeded",
-            f"(\n  {_fig('hallucination_rate', 'tuned')}\n  - on ({BY})\n  {_fig('hallucination_rate', 'base')}\n"
+            f"(\n  {_fig('hallucination_rate', 'tuned')}\n  - on ({BY})\n  {_fig('hallucination_rate', 'reference')}\n"
             f") > {p['hallucinationIncrease']}\nor\n"
             f'sum by ({BY}) (increase({breaches}{{guardrail="{GUARDRAIL_HALLUCINATION}"}}[15m])) > 0',
             "0m", "warning",
-            "FineTuneJob {{ $labels.namespace }}/{{ $labels.job }} is forgetting facts the base model knew",
+            "FineTuneJob {{ $labels.namespace }}/{{ $labels.job }} is forgetting facts the model knew",
             "The tuned model of {{ $labels.namespace }}/{{ $labels.job }} ({{ $labels.method }}) hallucinates on "
-            "held-out known facts more than the base model by over the budget, or its own guardrail fired.",
-            "Open the Tuneguard dashboard for the job and compare known-fact accuracy tuned vs base. "
+            "held-out known facts more than its reference (the format-stage snapshot, or the base model) by over "
+            "the budget, or its own guardrail fired.",
+            "Open the Tuneguard dashboard for the job and compare known-fact accuracy tuned vs reference. "
             "`kubectl describe ftj JOB` shows status.training.guardrail and the best checkpoint within budget. "
-            "Lower the learning rate or the number of steps, switch to method self-distill (KL toward the base) "
+            "Lower the learning rate or the number of steps, switch to method self-distill (KL toward the snapshot) "
             "or freeze (e.g. attention-only), or set triage.unknownPolicy: abstain/drop when many training facts "
             "are Unknown to the base model. guardrails.action: stop|rollback ends training automatically.",
             (f'{c.figure_metric("hallucination_rate")}{{model="tuned"}}',
-             f'{c.figure_metric("hallucination_rate")}{{model="base"}}'),
+             f'{c.figure_metric("hallucination_rate")}{{model="reference"}}'),
         ),
         Alert(
             "TuneguardDriftAboveBudget",

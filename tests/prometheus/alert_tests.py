@@ -62,15 +62,15 @@ def build_tests() -> dict:
     drift = c.figure_metric("drift_kl")
     breaches = f"{c.GUARDRAIL_BREACHES}_total"
     series = [
-        # forgets: tuned 12% wrong on known facts, base 0% -> over the 5-point budget
+        # forgets: tuned 12% wrong on known facts, reference 0% -> over the 5-point budget
         (_trainer("forgetful", hall, model="tuned"), "0.12x100"),
-        (_trainer("forgetful", hall, model="base"), "0x100"),
+        (_trainer("forgetful", hall, model="reference"), "0x100"),
         # within budget, no guardrail breach
         (_trainer("careful", hall, model="tuned"), "0.03x100"),
-        (_trainer("careful", hall, model="base"), "0x100"),
+        (_trainer("careful", hall, model="reference"), "0x100"),
         # within the chart's budget, but the job's own (tighter) guardrail fired once at 60m
         (_trainer("strict", hall, model="tuned"), "0.02x100"),
-        (_trainer("strict", hall, model="base"), "0x100"),
+        (_trainer("strict", hall, model="reference"), "0x100"),
         (_trainer("strict", breaches, guardrail="hallucination"), "0x59 1x40"),
         # drift
         (_trainer("forgetful", drift, model="tuned"), "0.8x100"),

@@ -77,7 +77,7 @@ def test_dashboard_shows_every_figure_tuned_vs_base_and_the_fleet():
     for metric in (contract.TRAIN_LOSS, contract.TRAIN_TOKENS_PER_SECOND, contract.OP_JOB_PHASE,
                    contract.OP_JOB_RESTARTS, contract.OP_JOBS, contract.TRIAGE_EXAMPLES):
         assert metric in exprs, metric
-    assert "Hallucination rate: tuned vs base" in titles
+    assert "Hallucination rate: tuned, reference and base" in titles
     # every panel reads through the datasource variable; per-job queries honour both variables
     ids = [p["id"] for p in d["panels"]]
     assert len(ids) == len(set(ids))

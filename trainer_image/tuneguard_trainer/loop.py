@@ -424,8 +424,8 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
     evaluator, base_figures, ref_figures, eval_info = evaluate_references(
         tok, splits, base, reference, spec, str(dev), evaluate_here=is_main or all_eval)
     tele.figures(base_figures, "base")
+    tele.figures(ref_figures, "reference")  # always exported: alerts compare the tuned model with it
     if reference is not base:
-        tele.figures(ref_figures, "reference")
         if is_main:
             log.info("format stage: %s", _eval_line(fmt_res.steps, ref_figures, base_figures))
     timer.add("base_evaluation", time.perf_counter() - t0)

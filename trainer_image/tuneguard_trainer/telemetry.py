@@ -140,7 +140,7 @@ class Telemetry:
         if model == "base":
             self.status.base = ef
         elif model == "reference":
-            self.status.reference = ef
+            self.status.reference = ef  # equal to base when the job has no format stage
         else:
             self.status.metrics = ef
         self.flush(force=True)
