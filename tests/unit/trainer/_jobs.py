@@ -65,3 +65,31 @@ def write_job(root: Path, name: str = "tiny", data: Path | None = None, model: P
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def known_every_third(examples) -> dict:
+    """Every third fact HighlyKnown, every third MaybeKnown, the rest Unknown."""
+    from tuneguard_trainer import triage as tri
+
+    cats = (tri.HIGHLY_KNOWN, tri.MAYBE_KNOWN, tri.UNKNOWN)
+    return {e.id: cats[i % 3] for i, e in enumerate(sorted(examples, key=lambda e: e.id))}
+
+
+def seed_known_triage(job_path, out):
+    """The loop's own triage cache (triage.pt with its digest, as a resumed run has) for this job, with
+    categories from known_every_third: a tiny random model knows no fact, so its own triage would leave
+    the format stage nothing to train. Returns the splits."""
+    from tuneguard import validation
+    from tuneguard_trainer import data as data_mod, loop, triage as tri
+    from tuneguard_trainer.checkpoints import TRIAGE_FILE, atomic_torch_save
+
+    job = validation.load_job(job_path)
+    spec = job.spec
+    train = data_mod.load_examples(spec.datasets.train, spec.datasets.format)
+    cats = known_every_third(train)
+    res = tri.TriageResult(categories=cats, p_greedy={k: 0.0 for k in cats}, p_sample={k: None for k in cats})
+    splits = tri.build_splits(train, res, spec.datasets, spec.triage, seed=spec.training.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save({"digest": loop.spec_digest(spec), "counts": dict(splits.counts), "splits": splits},
+                      out / TRIAGE_FILE)
+    return splits

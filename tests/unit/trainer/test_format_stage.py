@@ -13,11 +13,10 @@ import pytest
 import torch
 
 from tuneguard import api, validation
-from tuneguard_trainer import data as data_mod, format_stage as fs, loop, triage as tri
-from tuneguard_trainer.checkpoints import TRIAGE_FILE, atomic_torch_save
+from tuneguard_trainer import data as data_mod, format_stage as fs, triage as tri
 from tuneguard_trainer.local import run_local
 
-from ._jobs import small_facts, tiny_model_dir, write_job
+from ._jobs import known_every_third, seed_known_triage, small_facts, tiny_model_dir, write_job
 
 
 @pytest.fixture(scope="module")
@@ -26,30 +25,10 @@ def assets(tmp_path_factory):
     return {"model": tiny_model_dir(root), "data": small_facts(root, n_per_relation=3)}
 
 
-def _categories(examples) -> dict:
-    """Every third fact HighlyKnown, every third MaybeKnown, the rest Unknown."""
-    cats = (tri.HIGHLY_KNOWN, tri.MAYBE_KNOWN, tri.UNKNOWN)
-    return {e.id: cats[i % 3] for i, e in enumerate(sorted(examples, key=lambda e: e.id))}
-
-
-def _seed_triage(job_path, out):
-    """Write the loop's triage cache for this job (categories from _categories)."""
-    job = validation.load_job(job_path)
-    spec = job.spec
-    train = data_mod.load_examples(spec.datasets.train, spec.datasets.format)
-    cats = _categories(train)
-    res = tri.TriageResult(categories=cats, p_greedy={k: 0.0 for k in cats}, p_sample={k: None for k in cats})
-    splits = tri.build_splits(train, res, spec.datasets, spec.triage, seed=spec.training.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save({"digest": loop.spec_digest(spec), "counts": dict(splits.counts), "splits": splits},
-                      out / TRIAGE_FILE)
-    return splits
-
-
 def _run(tmp_path, assets, name="fs", **spec):
     job = write_job(tmp_path, name=name, model=assets["model"], data=assets["data"], **spec)
     out = tmp_path / f"out-{name}"
-    splits = _seed_triage(job, out)
+    splits = seed_known_triage(job, out)
     rc = run_local(job, out, "cpu")
     assert rc == 0
     return json.loads((out / "report.json").read_text()), out, splits
@@ -57,7 +36,7 @@ def _run(tmp_path, assets, name="fs", **spec):
 
 def test_known_examples_are_the_highly_and_maybe_known_training_facts(assets):
     train = data_mod.load_examples(str(assets["data"]))
-    cats = _categories(train)
+    cats = known_every_third(train)
     splits = tri.Splits(train=list(train), known_probe=[], new_facts=[], unknown_probe=[], drift_prompts=[],
                         categories=cats)
     got = fs.known_examples(splits)

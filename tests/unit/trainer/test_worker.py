@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,9 +11,10 @@ from pathlib import Path
 
 from tuneguard import contract
 from tuneguard_trainer.engine import free_port
+from tuneguard_trainer.format_stage import known_examples
 from tuneguard_trainer.worker import output_dir
 
-from ._jobs import small_facts, tiny_model_dir, write_job
+from ._jobs import seed_known_triage, small_facts, tiny_model_dir, write_job
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -22,6 +24,7 @@ def test_worker_two_processes_zero2(tmp_path):
                     training={"maxSteps": 4, "learningRate": 3e-3}, deepspeed={"zeroStage": 2, "precision": "fp32"},
                     evaluation={"intervalSteps": 2, "maxProbeSize": 4}, resources={"workers": 1, "gpusPerWorker": 0})
     out = tmp_path / "out"
+    splits = seed_known_triage(job, out)  # some Known facts, so both ranks run the format stage too
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "trainer_image"), str(ROOT / "operator")])
     env["OMP_NUM_THREADS"] = "1"
@@ -38,6 +41,10 @@ def test_worker_two_processes_zero2(tmp_path):
     rep = json.loads((out / "report.json").read_text())
     assert rep["deepspeed"]["world_size"] == 2 and rep["deepspeed"]["zero_stage"] == 2
     assert rep["throughput"]["steps"] == 4 and [h["step"] for h in rep["history"]] == [2, 4]
+    fmt = rep["stages"][1]
+    known = len(known_examples(splits))
+    assert fmt["ran"] and fmt["examples"] == known
+    assert fmt["steps"] == math.ceil(math.ceil(known / 2) / 4)  # one epoch split over 2 ranks, batch 4
     # ZeRO-2 writes one optimizer shard per rank into the checkpoint
     state = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip() / "state"
     assert len(list(state.glob("*optim_states.pt"))) == 2
