@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "trainer_image"))
 from tuneguard_trainer.prompts import normalize_answer  # noqa: E402  (the trainer's own matching)
 
 SEED = 12
-SMALL_SIZE = 400
+SMALL_SIZE = 200  # the quick start trains on it: small enough to learn new facts in a few minutes on 2 cores
 MIN_COUNTRY_POPULATION = 50_000  # smaller territories are mostly unknown to anyone
 CITY_PER_COUNTRY = 60  # no country may dominate "country of a city"
 CITY_PER_STATE = 30
