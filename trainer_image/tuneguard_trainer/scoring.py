@@ -1,12 +1,14 @@
-"""Batched forward passes shared by triage and evaluation: teacher forcing and short decoding.
+"""Batched forward passes shared by triage and evaluation: teacher forcing, short decoding, and walks
+(greedy and sampled continuations of one prompt pass, for SliCK triage; see ``walk``).
 
-Both run over *rows*: a prompt (token ids) and, for teacher forcing, a continuation. Rows are sorted by
-their prompt so that rows sharing a prefix (a few-shot prompt's exemplars, a chat template's system
-header) land in the same batch; the batch's longest common prompt prefix is run once with batch size 1,
-its key/value cache is repeated for the batch, and only the rows' own tokens are run for every row.
-Row suffixes are left-padded with explicit position ids, so every row's continuation ends at the same
-column and only the last ``max continuation`` positions are projected to the vocabulary
-(``logits_to_keep``): memory is batch x continuation x vocab, not batch x sequence x vocab.
+Teacher forcing and decoding run over *rows*: a prompt (token ids) and, for teacher forcing, a
+continuation. Rows are sorted by their prompt so that rows sharing a prefix (a few-shot prompt's
+exemplars, a chat template's system header) land in the same batch; the batch's longest common prompt
+prefix is run once with batch size 1, its key/value cache is repeated for the batch, and only the rows'
+own tokens are run for every row. Row suffixes are left-padded with explicit position ids, so every row's
+continuation ends at the same column and only the last ``max continuation`` positions are projected to
+the vocabulary (``logits_to_keep``): memory is batch x continuation x vocab, not batch x sequence x
+vocab.
 
 The model is put in eval mode for the call and its previous mode restored; everything runs under
 ``torch.no_grad``. Works for any Hugging Face causal LM, including a DeepSpeed engine's ``.module``
