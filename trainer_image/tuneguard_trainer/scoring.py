@@ -1,12 +1,14 @@
-"""Batched forward passes shared by triage and evaluation: teacher forcing and short decoding.
+"""Batched forward passes shared by triage and evaluation: teacher forcing, short decoding, and walks
+(greedy and sampled continuations of one prompt pass, for SliCK triage; see ``walk``).
 
-Both run over *rows*: a prompt (token ids) and, for teacher forcing, a continuation. Rows are sorted by
-their prompt so that rows sharing a prefix (a few-shot prompt's exemplars, a chat template's system
-header) land in the same batch; the batch's longest common prompt prefix is run once with batch size 1,
-its key/value cache is repeated for the batch, and only the rows' own tokens are run for every row.
-Row suffixes are left-padded with explicit position ids, so every row's continuation ends at the same
-column and only the last ``max continuation`` positions are projected to the vocabulary
-(``logits_to_keep``): memory is batch x continuation x vocab, not batch x sequence x vocab.
+Teacher forcing and decoding run over *rows*: a prompt (token ids) and, for teacher forcing, a
+continuation. Rows are sorted by their prompt so that rows sharing a prefix (a few-shot prompt's
+exemplars, a chat template's system header) land in the same batch; the batch's longest common prompt
+prefix is run once with batch size 1, its key/value cache is repeated for the batch, and only the rows'
+own tokens are run for every row. Row suffixes are left-padded with explicit position ids, so every row's
+continuation ends at the same column and only the last ``max continuation`` positions are projected to
+the vocabulary (``logits_to_keep``): memory is batch x continuation x vocab, not batch x sequence x
+vocab.
 
 The model is put in eval mode for the call and its previous mode restored; everything runs under
 ``torch.no_grad``. Works for any Hugging Face causal LM, including a DeepSpeed engine's ``.module``
@@ -17,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Callable, Iterator, Optional, Sequence
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 import torch
 
@@ -127,7 +131,7 @@ def _run(model, prefix_len: int, cache, ids, mask, keep: int):
     return out.logits.float(), out.past_key_values, full_mask, pos[:, -1] + 1
 
 
-class _PrefixMemo:
+class PrefixMemo:
     """The last shared prefix's cache, reused while consecutive batches share the same prefix."""
 
     def __init__(self, model, device):
@@ -155,7 +159,7 @@ def teacher_forced(model, prompts: Sequence[Sequence[int]], continuations: Seque
     assert len(prompts) == len(continuations)
     device = model_device(model)
     with eval_mode(model):
-        memo = _PrefixMemo(model, device)
+        memo = PrefixMemo(model, device)
         for idx in _batches(prompts, batch_size):
             uniq: dict[tuple, int] = {}
             row_u = []
@@ -216,7 +220,7 @@ def decode(model, prompts: Sequence[Sequence[int]], pad_id: int, stop_ids: set[i
     results: list[list[list[int]]] = [[] for _ in prompts]
     per_batch = max(1, batch_size // max(1, num_samples))
     with eval_mode(model):
-        memo = _PrefixMemo(model, device)
+        memo = PrefixMemo(model, device)
         for idx in _batches(prompts, per_batch):
             ps = [prompts[i] for i in idx]
             plen = min(_lcp(ps), min(len(p) for p in ps) - 1)
@@ -268,3 +272,138 @@ def decode(model, prompts: Sequence[Sequence[int]], pad_id: int, stop_ids: set[i
             if progress is not None:
                 progress.update(len(idx))
     return results
+
+
+# ------------------------------------------------------------------------------ walks (SliCK triage)
+#
+# A *walk* is one continuation of a prompt: greedy, or sampled with its own noise stream. Walks that have
+# emitted the same tokens after the same prompt are one *node*: one row of the forward pass, whose
+# logits every walk on it reads (its greedy token, or its own sample). At T = 0.5 most of a prompt's
+# samples agree on their first tokens, so a prompt with 1 greedy walk and 16 samples typically costs a
+# couple of rows per step, not 17, and walks that can no longer matter leave after any token.
+
+
+def row_uniform(key: str, step: int) -> float:
+    """A uniform in [0, 1) that depends only on (key, step): the noise a sampled walk uses for its
+    ``step``-th token. Counter-based (blake2b), so it does not depend on which other rows share a batch,
+    in what order, or whether they stopped early; any implementation that asks for (key, step) draws the
+    same number."""
+    h = hashlib.blake2b(f"{key}\x00{step}".encode(), digest_size=8).digest()
+    return (int.from_bytes(h, "big") >> 11) * (1.0 / (1 << 53))
+
+
+class SamplingTable:
+    """Per row of ``scores`` [N, V], the distribution of one sample at ``temperature`` with top-k
+    filtering (the tokens whose scaled score is at least the k-th largest, ties kept, as transformers'
+    TopKLogitsWarper does), laid out as a float64 CDF over the kept tokens in token-id order.
+
+    ``draw(rows, u)`` is inverse-CDF sampling: token = the first kept token (by id) whose CDF exceeds
+    ``u * total``. An exact sample of that distribution for u ~ U[0, 1); ordering by id (not by
+    probability) means near-equal probabilities never reorder, so two computations of the same logits
+    that differ by rounding pick different tokens only when u falls within that rounding of a CDF step."""
+
+    def __init__(self, scores: torch.Tensor, temperature: float, top_k: int):
+        sc = scores.float() / temperature
+        k = min(top_k, sc.shape[-1]) if top_k else sc.shape[-1]
+        kth = torch.topk(sc, k, dim=-1).values[:, -1:]
+        width = int((sc >= kth).sum(-1).max())
+        ids = torch.topk(sc, width, dim=-1).indices.sort(dim=-1).values
+        kept = sc.gather(1, ids)
+        kept = kept.masked_fill(kept < kth, float("-inf"))
+        self.ids = ids
+        self.cdf = torch.softmax(kept.double(), dim=-1).cumsum(-1)
+
+    def draw(self, rows: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        cdf = self.cdf[rows]
+        x = (u.double().to(cdf.device) * cdf[:, -1]).unsqueeze(1)
+        pick = torch.searchsorted(cdf, x, right=True).clamp(max=cdf.shape[1] - 1)
+        return self.ids[rows].gather(1, pick).squeeze(1)
+
+
+def sample_tokens(scores: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int) -> torch.Tensor:
+    """One sample per row of ``scores`` [N, V] with the row's uniform ``u`` [N] (see SamplingTable)."""
+    return SamplingTable(scores, temperature, top_k).draw(torch.arange(scores.shape[0]), u)
+
+
+@dataclass
+class Walk:
+    """One continuation of ``prompts[prompt]``: greedy when ``key`` is None, else sampled with the noise
+    stream ``key`` (row_uniform). Ends at a stop token, after ``max_new_tokens`` tokens, or when the judge
+    lets it go. ``owner`` is the caller's tag (e.g. which fact and prompt)."""
+
+    prompt: int
+    key: Optional[str]
+    max_new_tokens: int
+    owner: tuple = ()
+    tokens: list[int] = field(default_factory=list)
+
+
+class WalkJudge(Protocol):
+    def finished(self, walk: Walk) -> None:
+        """The walk ended by a stop token or its token budget: ``walk.tokens`` is its whole output."""
+
+    def keep(self, walk: Walk) -> bool:
+        """Called for every unfinished walk after each step (after all of the step's ``finished`` calls):
+        False ends it (its output can no longer matter to the caller)."""
+
+
+def walk(model, prompts: Sequence[Sequence[int]], walks: Sequence[Walk], judge: WalkJudge, pad_id: int,
+         stop_ids: set[int], prefix_len: int = 0, memo: Optional["PrefixMemo"] = None,
+         temperature: float = 1.0, top_k: int = 0) -> None:
+    """Run ``walks`` over ``prompts`` (all sharing their first ``prefix_len`` tokens, run once and cached
+    through ``memo``): one forward pass over the prompts' own tokens, then one single-token step per
+    round over the distinct (prompt, tokens so far) nodes of the walks still running.
+
+    Exact with respect to decoding each walk on its own: a greedy walk takes the argmax of its node's
+    logits, a sampled walk SamplingTable's draw with row_uniform(key, its token count); neither depends
+    on the other walks, on batching or on early exits (up to floating-point rounding of the logits)."""
+    if not walks:
+        return
+    device = model_device(model)
+    memo = memo or PrefixMemo(model, device)
+    with eval_mode(model), torch.inference_mode():
+        cache = memo.get(list(prompts[0][:prefix_len])) if prefix_len >= MIN_PREFIX else None
+        plen = prefix_len if cache is not None else 0
+        ids, mask = left_pad([list(p[plen:]) for p in prompts], pad_id, device)
+        logits, past, full_mask, pos = _run(model, plen, cache, ids, mask, 1)
+        scores = logits[:, -1]
+        active = [(w, w.prompt) for w in walks]  # (walk, its node: a row of scores and of the cache)
+        while True:
+            running = []
+            for (w, node), t in zip(active, _draw(scores, active, temperature, top_k)):
+                w.tokens.append(t)
+                if t in stop_ids or len(w.tokens) >= w.max_new_tokens:
+                    judge.finished(w)
+                else:
+                    running.append((w, node))
+            children: dict[tuple[int, int], int] = {}  # (parent node, token) -> child node
+            active = [(w, children.setdefault((node, w.tokens[-1]), len(children)))
+                      for w, node in running if judge.keep(w)]
+            if not active:
+                return
+            parents = torch.tensor([n for n, _ in children], device=device)
+            tokens = torch.tensor([[t] for _, t in children], device=device)
+            past.batch_select_indices(parents)
+            full_mask = torch.cat([full_mask[parents], torch.ones((len(children), 1), dtype=full_mask.dtype,
+                                                                  device=device)], 1)
+            pos = pos[parents]
+            out = model(input_ids=tokens, attention_mask=full_mask, position_ids=pos[:, None],
+                        past_key_values=past, use_cache=True)
+            scores, past, pos = out.logits[:, -1].float(), out.past_key_values, pos + 1
+
+
+def _draw(scores: torch.Tensor, active: list[tuple[Walk, int]], temperature: float, top_k: int) -> list[int]:
+    """Each walk's next token from its node's row of ``scores``: argmax for greedy walks, a SamplingTable
+    draw with row_uniform(key, tokens so far) for sampled ones."""
+    out = scores.argmax(-1)[torch.tensor([n for _, n in active])].tolist()
+    sampled = [k for k, (w, _) in enumerate(active) if w.key is not None]
+    if sampled:
+        nodes = sorted({active[k][1] for k in sampled})
+        table = SamplingTable(scores[torch.tensor(nodes)], temperature, top_k)
+        row = {n: r for r, n in enumerate(nodes)}
+        u = torch.tensor([row_uniform(active[k][0].key, len(active[k][0].tokens)) for k in sampled],
+                         dtype=torch.float64)
+        picks = table.draw(torch.tensor([row[active[k][1]] for k in sampled]), u).tolist()
+        for k, t in zip(sampled, picks):
+            out[k] = t
+    return out

@@ -2,19 +2,31 @@
 
 For each fact, ``spec.prompts`` few-shot prompts with ``spec.shots`` exemplars of its relation:
 
-* P(T=0): share of the prompts whose greedy answer is correct. Computed by ONE teacher-forced pass per
-  batch: greedy decoding emits an accepted answer iff the argmax at every answer position is the
-  answer's token and the next argmax is a stop token (or a period, then a stop). Checked for each
-  surface form of :func:`prompts.answer_variants` in its canonical tokenisation; this is exactly
-  "greedy output == one of those forms (optionally + '.')", a subset of normalised exact match (a greedy
-  answer "paris!" or a non-canonical tokenisation of "Paris" counts as wrong here).
-* P(T>0): share of ``spec.samples`` samples per prompt (temperature ``spec.temperature``, top-k 40)
-  whose text is a normalised exact match. A sample stops at its stop token or as soon as its text can no
-  longer normalise to an accepted answer (``prompts.could_become``; exact), which ends most batches of an
-  unknown fact after a token or two. Sampled only for facts with P(T=0) = 0, the only place where
-  it decides the category (WeaklyKnown vs Unknown); elsewhere it is reported as None.
+* P(T=0): share of the prompts whose greedy answer is correct (normalised exact match,
+  ``prompts.is_correct`` of ``PromptFormat.decode_answer``), the answer decoded up to a stop token or
+  :func:`answer_budget` tokens.
+* P(T>0): share of the ``spec.samples`` samples per prompt (temperature ``spec.temperature``, top-k 40)
+  whose answer is correct. It only decides the category where P(T=0) = 0 (WeaklyKnown vs Unknown) and
+  is reported only there (None elsewhere).
 * HighlyKnown: P(T=0) = 1; MaybeKnown: 0 < P(T=0) < 1; WeaklyKnown: P(T=0) = 0 and P(T>0) > 0;
   Unknown: both 0.
+
+How it is computed (``scoring.walk``), and why it is exact: every (fact, prompt) has one greedy walk
+and, while the fact may still need them, ``spec.samples`` sampled walks, all run together after ONE
+forward pass over the prompt (its few-shot prefix is cached once per exemplar set). A sampled walk's
+noise is its own counter-based stream (``scoring.row_uniform`` keyed by seed, fact id, prompt and sample
+index), so its tokens do not depend on batching or on which other walks run or stop: the same seed gives
+the same samples as decoding each one alone (``bench/triage_speed.py`` checks this against
+``transformers`` ``generate()``). Walks leave early only where their output can no longer change a
+category:
+
+* any walk whose text can no longer normalise to an accepted answer (``prompts.could_become``; exact);
+* a fact's sampled walks once one of its greedy answers is correct (P(T=0) > 0: samples do not count)
+  or once one of its samples is correct (P(T>0) > 0 is all WeaklyKnown needs).
+
+So the categories and P(T=0) are those of the full procedure; P(T>0) is exact where it is 0 and, for a
+WeaklyKnown fact, the share of correct samples found before sampling stopped: a lower bound of the full
+share (> 0 either way, which is all the category reads).
 
 Exemplar sets are drawn per relation (seeded) and shared by the facts of that relation (never containing
 the fact itself), so a few-shot prefix is computed once per (relation, set) and cached for all its facts;
@@ -40,7 +52,7 @@ from tuneguard import api
 
 from .data import QAExample, load_examples, load_prompts
 from .prompts import PromptFormat, answer_variants, could_become, is_correct
-from .scoring import decode, greedy_emits, teacher_forced
+from .scoring import PrefixMemo, Walk, model_device, teacher_forced, walk
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +61,8 @@ CATEGORIES = (HIGHLY_KNOWN, MAYBE_KNOWN, WEAKLY_KNOWN, UNKNOWN)
 COUNT_KEYS = {HIGHLY_KNOWN: "highly_known", MAYBE_KNOWN: "maybe_known", WEAKLY_KNOWN: "weakly_known",
               UNKNOWN: "unknown"}
 SAMPLE_TOP_K = 40
+ANSWER_SLACK = 3  # tokens an answer may use beyond the fact's longest accepted answer (e.g. "The", ".")
+MAX_ANSWER_TOKENS = 32
 
 
 def categorize(p_greedy: float, p_sample: Optional[float]) -> str:
@@ -117,6 +131,20 @@ def _exemplar_sets(examples: Sequence[QAExample], n_prompts: int, shots: int, se
     return chosen
 
 
+def answer_budget(fmt: PromptFormat, ex: QAExample) -> int:
+    """New tokens a greedy or sampled answer to ``ex`` may use, the stop token included: the longest
+    accepted answer's tokens + ANSWER_SLACK (room for an article, a period and the stop), at most
+    MAX_ANSWER_TOKENS. A per-fact constant, so a fact's answers never depend on which facts it is
+    triaged with."""
+    return min(max(len(fmt.answer_ids(a)) for a in ex.answers) + ANSWER_SLACK, MAX_ANSWER_TOKENS)
+
+
+def sample_key(seed: int, example_id: str, prompt: int, sample: int) -> str:
+    """The noise stream (scoring.row_uniform) of one sample: fixed by the seed, the fact, which of its
+    prompts and which sample, nothing else."""
+    return f"slick:{seed}:{example_id}:{prompt}:{sample}"
+
+
 def triage(model, tokenizer, examples: Sequence[QAExample], spec: api.TriageSpec, seed: int = 0,
            device=None, batch_size: int = 32, progress: bool = True,
            fmt: Optional[PromptFormat] = None,
@@ -124,89 +152,160 @@ def triage(model, tokenizer, examples: Sequence[QAExample], spec: api.TriageSpec
            sampling: str = "generate") -> TriageResult:
     """Categorise every example by what the (base) model knows. Few-shot exemplars come from
     ``exemplars`` (default: the examples themselves). ``device`` is taken from the model; the argument is
-    accepted for symmetry with the rest of the trainer.
+    accepted for symmetry with the rest of the trainer. ``batch_size``: prompts per forward pass.
 
     ``sampling``: "generate" draws the temperature samples with the model (the paper's procedure);
-    "probability" costs no extra forward pass: the teacher-forced logits give, per prompt, the exact
-    probability q that one temperature/top-40 sample is one of the candidate surface forms (answer
+    "probability" draws none: a teacher-forced pass over the facts with P(T=0) = 0 gives, per prompt, the
+    exact probability q that one temperature/top-40 sample is one of the candidate surface forms (answer
     [+ '.'] + stop), and the number of correct samples is drawn from Binomial(samples, q) with the seed.
     Same distribution as sampling those forms; samples that are other surface forms of a correct answer
     (e.g. 'The Paris') are not counted."""
     if sampling not in ("generate", "probability"):
         raise ValueError("sampling must be 'generate' or 'probability'")
     from tqdm.auto import tqdm
-    import torch
 
     t0 = time.time()
     fmt = fmt or PromptFormat(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sets = _exemplar_sets(examples, spec.prompts, spec.shots, seed, exemplars)
-
-    # --- P(T=0): one teacher-forced pass over (fact, prompt, surface form) rows.
-    prompt_ids: dict[tuple[int, int], list[int]] = {}
-    rows_p, rows_c, meta = [], [], []
-    for i, ex in enumerate(examples):
-        for j, shots in enumerate(sets[ex.id]):
-            p = fmt.prompt_ids(ex, shots)
-            prompt_ids[(i, j)] = p
-            for v in answer_variants(ex.answers):
-                cand, has_period = fmt.candidate_ids(v)
-                rows_p.append(p)
-                rows_c.append(cand)
-                meta.append((i, j, len(cand) - (2 if has_period else 1), has_period))
-    hit = [[False] * spec.prompts for _ in examples]
-    q_sample = [[0.0] * spec.prompts for _ in examples]
-    stops = torch.tensor(sorted(fmt.stop_ids))
-
-    def consume(r, logits):
-        i, j, n_ans, has_period = meta[r]
-        if not hit[i][j] and greedy_emits(logits, rows_c[r], n_ans, has_period, fmt.stop_ids):
-            hit[i][j] = True
-        if sampling == "probability" and spec.samples > 0:
-            lp = _sampling_logprobs(logits, spec.temperature)
-            cand = rows_c[r]
-            head = float(sum(lp[k, cand[k]] for k in range(n_ans)))
-            p_stop = float(lp[n_ans, stops.to(lp.device)].exp().sum())
-            p = p_stop
-            if has_period:
-                p += float(lp[n_ans, cand[n_ans]].exp() * lp[n_ans + 1, stops.to(lp.device)].exp().sum())
-            q_sample[i][j] += math.exp(head) * p
-
-    bar = tqdm(total=len(rows_p), desc="triage: greedy (teacher-forced)", unit="row", disable=not progress)
-    teacher_forced(model, rows_p, rows_c, pad_id, batch_size=batch_size, consume=consume, progress=bar)
+    prompt_ids = {(i, j): fmt.prompt_ids(ex, shots) for i, ex in enumerate(examples)
+                  for j, shots in enumerate(sets[ex.id])}
+    set_of = {(i, j): tuple(e.id for e in shots) for i, ex in enumerate(examples)
+              for j, shots in enumerate(sets[ex.id])}
+    budgets = [answer_budget(fmt, ex) for ex in examples]
+    tally = _Tally(fmt, examples, spec.prompts, spec.samples if sampling == "generate" else 0)
+    memo = PrefixMemo(model, model_device(model))
+    bar = tqdm(total=len(prompt_ids), desc="triage", unit="prompt", disable=not progress)
+    for rows, plen in _sessions(prompt_ids, set_of, batch_size):
+        walks = []
+        for r, (i, j) in enumerate(rows):
+            walks.append(Walk(r, None, budgets[i], (i, j)))
+            if tally.needs_samples(i):
+                walks += [Walk(r, sample_key(seed, examples[i].id, j, s), budgets[i], (i, j))
+                          for s in range(spec.samples)]
+        walk(model, [prompt_ids[k] for k in rows], walks, tally, pad_id, fmt.stop_ids, prefix_len=plen,
+             memo=memo, temperature=spec.temperature, top_k=SAMPLE_TOP_K)
+        bar.update(len(rows))
     bar.close()
-    p_greedy = {ex.id: sum(hit[i]) / spec.prompts for i, ex in enumerate(examples)}
-
-    # --- P(T>0): sampling only where P(T=0) = 0.
-    p_sample: dict[str, Optional[float]] = {ex.id: None for ex in examples}
+    p_greedy = {ex.id: sum(tally.greedy[i]) / spec.prompts for i, ex in enumerate(examples)}
     todo = [i for i, ex in enumerate(examples) if p_greedy[ex.id] == 0.0]
+    p_sample: dict[str, Optional[float]] = {ex.id: None for ex in examples}
     if spec.samples > 0 and todo and sampling == "probability":
-        gen = torch.Generator().manual_seed(seed)
+        p_sample.update(_p_sample_by_probability(model, fmt, examples, todo, prompt_ids, spec, seed, pad_id,
+                                                 batch_size))
+    elif spec.samples > 0:
         for i in todo:
-            q = torch.tensor([min(1.0, x) for x in q_sample[i]], dtype=torch.float64)
-            k = torch.binomial(torch.full_like(q, float(spec.samples)), q, generator=gen)
-            p_sample[examples[i].id] = float(k.sum()) / (spec.prompts * spec.samples)
-    elif spec.samples > 0 and todo:
-        max_ans = max(len(fmt.answer_ids(a)) for i in todo for a in examples[i].answers)
-        plist = [(i, j) for i in todo for j in range(spec.prompts)]
-        gen = torch.Generator().manual_seed(seed)
-        bar = tqdm(total=len(plist), desc=f"triage: sampling (T={spec.temperature})", unit="prompt",
-                   disable=not progress)
-        outs = decode(model, [prompt_ids[k] for k in plist], pad_id, fmt.stop_ids,
-                      max_new_tokens=min(max_ans + 3, 32), batch_size=batch_size * 2,
-                      num_samples=spec.samples, temperature=spec.temperature, top_k=SAMPLE_TOP_K,
-                      generator=gen, progress=bar,
-                      alive=lambda k, toks: could_become(tokenizer.decode(toks), examples[plist[k][0]].answers))
-        bar.close()
-        correct = {i: 0 for i in todo}
-        for (i, _), samples in zip(plist, outs):
-            correct[i] += sum(is_correct(fmt.decode_answer(s), examples[i].answers) for s in samples)
-        for i in todo:
-            p_sample[examples[i].id] = correct[i] / (spec.prompts * spec.samples)
+            p_sample[examples[i].id] = tally.hits[i] / (spec.prompts * spec.samples)
     cats = {ex.id: categorize(p_greedy[ex.id], p_sample[ex.id]) for ex in examples}
     res = TriageResult(categories=cats, p_greedy=p_greedy, p_sample=p_sample, seconds=time.time() - t0)
     log.info("triage of %d facts in %.1fs: %s", len(examples), res.seconds, res.counts())
     return res
+
+
+class _Tally:
+    """The judge of triage's walks (scoring.WalkJudge): records, per fact, which prompts' greedy answers
+    are correct and how many samples are, and ends walks that can no longer change a category (see the
+    module docstring). Texts are judged once per (fact, tokens): a prompt's samples mostly agree."""
+
+    def __init__(self, fmt: PromptFormat, examples: Sequence[QAExample], n_prompts: int, samples: int):
+        self.fmt, self.answers, self.samples = fmt, [ex.answers for ex in examples], samples
+        self.greedy = [[False] * n_prompts for _ in examples]
+        self.hits = [0] * len(examples)
+        self._open: dict[tuple, bool] = {}
+        self._correct: dict[tuple, bool] = {}
+
+    def needs_samples(self, i: int) -> bool:
+        """Can fact i's samples still change its category? Only while no greedy answer and no sample of
+        it has been correct."""
+        return self.samples > 0 and self.hits[i] == 0 and not any(self.greedy[i])
+
+    def finished(self, w: Walk) -> None:
+        i, j = w.owner
+        key = (i, tuple(w.tokens))
+        ok = self._correct.get(key)
+        if ok is None:
+            ok = self._correct[key] = is_correct(self.fmt.decode_answer(w.tokens), self.answers[i])
+        if w.key is None:
+            self.greedy[i][j] = ok
+        elif ok:
+            self.hits[i] += 1
+
+    def keep(self, w: Walk) -> bool:
+        i, _ = w.owner
+        if w.key is not None and not self.needs_samples(i):
+            return False
+        key = (i, tuple(w.tokens))
+        ok = self._open.get(key)
+        if ok is None:
+            ok = self._open[key] = could_become(self.fmt.decode_answer(w.tokens), self.answers[i])
+        return ok
+
+
+def _lcp_len(seqs) -> int:
+    """Length of the longest common prefix, leaving every sequence at least one token of its own."""
+    first, n = seqs[0], min(len(s) for s in seqs) - 1
+    for k in range(n):
+        if any(s[k] != first[k] for s in seqs):
+            return k
+    return max(n, 0)
+
+
+def _sessions(prompt_ids: dict, set_of: dict, batch_size: int):
+    """(rows, shared prefix length) batches of at most ``batch_size`` prompts. The prompts of one
+    exemplar set form a group whose common prefix (the set's exemplar turns, and more when all its
+    questions begin alike) is the same for every batch of the group, so it is run once; prompts whose
+    set no other prompt uses are packed together, sharing what they share (a system prompt)."""
+    groups: dict[tuple, list] = {}
+    for k in prompt_ids:
+        groups.setdefault(set_of[k], []).append(k)
+    singles = []
+    for rows in groups.values():
+        if len(rows) == 1:
+            singles += rows
+            continue
+        plen = _lcp_len([prompt_ids[k] for k in rows])
+        for b in range(0, len(rows), batch_size):
+            yield rows[b:b + batch_size], plen
+    for b in range(0, len(singles), batch_size):
+        rows = singles[b:b + batch_size]
+        yield rows, _lcp_len([prompt_ids[k] for k in rows])
+
+
+def _p_sample_by_probability(model, fmt: PromptFormat, examples, todo: list[int], prompt_ids: dict,
+                             spec: api.TriageSpec, seed: int, pad_id: int, batch_size: int) -> dict:
+    """sampling="probability": P(T>0) of the facts ``todo`` from exact candidate probabilities and
+    seeded binomial draws (see triage)."""
+    import torch
+
+    rows_p, rows_c, meta = [], [], []
+    for i in todo:
+        for j in range(spec.prompts):
+            for v in answer_variants(examples[i].answers):
+                cand, has_period = fmt.candidate_ids(v)
+                rows_p.append(prompt_ids[(i, j)])
+                rows_c.append(cand)
+                meta.append((i, j, len(cand) - (2 if has_period else 1), has_period))
+    q_sample = {i: [0.0] * spec.prompts for i in todo}
+    stops = torch.tensor(sorted(fmt.stop_ids))
+
+    def consume(r, logits):
+        i, j, n_ans, has_period = meta[r]
+        lp = _sampling_logprobs(logits, spec.temperature)
+        cand = rows_c[r]
+        head = float(sum(lp[k, cand[k]] for k in range(n_ans)))
+        p = float(lp[n_ans, stops.to(lp.device)].exp().sum())
+        if has_period:
+            p += float(lp[n_ans, cand[n_ans]].exp() * lp[n_ans + 1, stops.to(lp.device)].exp().sum())
+        q_sample[i][j] += math.exp(head) * p
+
+    teacher_forced(model, rows_p, rows_c, pad_id, batch_size=batch_size, consume=consume)
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for i in todo:
+        q = torch.tensor([min(1.0, x) for x in q_sample[i]], dtype=torch.float64)
+        k = torch.binomial(torch.full_like(q, float(spec.samples)), q, generator=gen)
+        out[examples[i].id] = float(k.sum()) / (spec.prompts * spec.samples)
+    return out
 
 
 def _sampling_logprobs(logits, temperature: float):
