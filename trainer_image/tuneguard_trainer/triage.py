@@ -41,6 +41,7 @@ Unknown) and ``drift_prompts`` (the known probe's questions, or the file's promp
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -400,11 +401,9 @@ def build_splits(examples: Sequence[QAExample], result: TriageResult, dataset_sp
             continue
         if cat == UNKNOWN and policy == "abstain":
             relabelled += 1
-            train.append(QAExample(id=ex.id, question=ex.question, answers=list(ex.answers),
-                                   relation=ex.relation, target=triage_spec.abstention_text, context=ex.context))
+            train.append(dataclasses.replace(ex, answers=list(ex.answers), target=triage_spec.abstention_text))
             continue
-        t = QAExample(id=ex.id, question=ex.question, answers=list(ex.answers), relation=ex.relation,
-                      target=ex.target, context=ex.context)
+        t = dataclasses.replace(ex, answers=list(ex.answers))  # a copy: every field (paraphrases too) kept
         train.append(t)
         if cat in (WEAKLY_KNOWN, UNKNOWN):
             new_facts.append(t)

@@ -142,6 +142,8 @@ def test_splits_disjoint_deterministic_and_policies(policy):
         assert len(unk_train) == 15 and all(x.target == "No idea" for x in unk_train)
         assert s.counts["relabelled"] == 15 and ids(s.new_facts) == \
             {x.id for x in s.train if res.categories[x.id] == WEAKLY_KNOWN}
+    by_id = {e.id: e for e in ex}
+    assert all(x.paraphrases and x.paraphrases == by_id[x.id].paraphrases for x in s.train)  # kept for shift tests
     again = build_splits(ex, res, ds, ts, seed=7)
     assert [x.id for x in again.train] == [x.id for x in s.train]
     assert [x.id for x in again.known_probe] == [x.id for x in s.known_probe]
