@@ -50,9 +50,10 @@ GRAFANA_VARS = {"$namespace": ".*", "$job": ".*", "$__rate_interval": "1m"}
 
 
 def facts_slice(path: Path) -> Path:
-    """Real and fictional capitals and currencies from the trainer's bundled facts (small: CPU time)."""
+    """Real and fictional continents and cities' countries from the trainer's bundled facts (small: CPU
+    time; relations SmolLM2 mostly knows, so the known probe and the format stage are not empty)."""
     text = (resources.files("tuneguard_trainer") / "data" / "facts.jsonl").read_text()
-    want = {"real-capital": 12, "fict-capital": 6, "real-currency": 6, "fict-currency": 4}
+    want = {"real-continent": 12, "fict-continent": 6, "real-city_country": 6, "fict-city_country": 4}
     out = []
     for line in text.splitlines():
         fid = json.loads(line)["id"]
