@@ -86,6 +86,13 @@ BAD_CASES: list[BadCase] = [
     BadCase("unknown-dataset-format", _set("spec.datasets.format", "csv"), "spec.datasets.format"),
     BadCase("negative-backoff-limit", _set("spec.runPolicy.backoffLimit", -1), "spec.runPolicy.backoffLimit"),
     BadCase("string-epochs", _set("spec.training.epochs", "many"), "spec.training.epochs"),
+    BadCase("format-stage-without-triage", _set("spec.triage.enabled", False), "spec.formatStage.enabled"),
+    BadCase("format-stage-teacher-without-the-stage",
+            lambda d: (_set("spec.method", {"type": "self-distill"})(d), _set("spec.formatStage.enabled", False)(d)),
+            "spec.method.selfDistill.teacher"),
+    BadCase("unknown-teacher", _set("spec.method", {"type": "self-distill", "selfDistill": {"teacher": "gpt"}}),
+            "spec.method.selfDistill.teacher"),
+    BadCase("zero-format-epochs", _set("spec.formatStage.epochs", 0), "spec.formatStage.epochs"),
     # Offline only: the API server does not check regular-expression syntax.
     BadCase("invalid-regex", _set("spec.method", {"type": "freeze", "freeze": {"trainablePatterns": ["(attn"]}}),
             "spec.method.freeze", server=False),
