@@ -284,6 +284,16 @@ def share_format_stage(runs: Path, seed: int, run_dir: Path) -> Path:
     return shared
 
 
+def finished_report(method: str, seed: int, s: dict, mix: dict, device: str, runs: Path):
+    """The report of a finished run of exactly this manifest (cleaned up: no weights left), or None."""
+    run_dir = runs / f"{method}-s{seed}"
+    mpath, rpath = run_dir / "manifest.yaml", run_dir / "report.json"
+    text = yaml.safe_dump(manifest(method, seed, s, mix, device), sort_keys=False)
+    if rpath.exists() and mpath.exists() and mpath.read_text() == text and not (run_dir / "best-model").exists():
+        return json.loads(rpath.read_text())
+    return None
+
+
 def run_one(method: str, seed: int, s: dict, mix: dict, triage_result, device: str, runs: Path) -> dict:
     from tuneguard.validation import load_job
     from tuneguard_trainer import loop
@@ -293,9 +303,10 @@ def run_one(method: str, seed: int, s: dict, mix: dict, triage_result, device: s
     run_dir = runs / f"{method}-s{seed}"
     mpath = run_dir / "manifest.yaml"
     rpath = run_dir / "report.json"
-    if rpath.exists() and mpath.exists() and mpath.read_text() == text:
+    done = finished_report(method, seed, s, mix, device, runs)
+    if done is not None:
         print(f"[{method} seed {seed}] reusing {rpath}", flush=True)
-        return json.loads(rpath.read_text())
+        return done
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
@@ -503,14 +514,14 @@ def _cell(t: dict, k: str, scale: float = 100.0, digits: int = 1) -> str:
 
 def markdown(result: dict) -> str:
     s, table = result["settings"], result["aggregate"]["table"]
-    hdr = ["method", "known acc. (%)", "relative drop from peak (%)", "new-fact acc. (%)", "abstention (%)",
+    hdr = ["method", "seeds", "known acc. (%)", "relative drop from peak (%)", "new-fact acc. (%)", "abstention (%)",
            "fabrication (%)", "drift KL (nats/token)", "step (s)"]
     rows = []
     for m in s["methods"]:
         t = table.get(m)
         if not t:
             continue
-        rows.append([m, _cell(t, "known_accuracy"), _cell(t, "known_relative_drop"), _cell(t, "new_fact_accuracy"),
+        rows.append([m, len(t["known_accuracy"]["values"]), _cell(t, "known_accuracy"), _cell(t, "known_relative_drop"), _cell(t, "new_fact_accuracy"),
                      _cell(t, "abstention_rate"), _cell(t, "fabrication_rate"), _cell(t, "drift_kl", 1.0, 3),
                      _cell(t, "step_seconds", 1.0, 2)])
     ref = table.get("sft", next(iter(table.values()), {}))
@@ -522,7 +533,8 @@ def markdown(result: dict) -> str:
         ("**QUICK SMOKE RUN (CPU, tiny settings): proves the script end to end; the figures mean nothing.**\n"
          if result["quick"] else ""),
         ("" if result.get("complete", True) or result["quick"] else
-         f"**Incomplete: {len(s['seeds'])} of {len(s.get('seeds_planned', s['seeds']))} planned seeds so far.**\n"),
+         f"**Incomplete: of {len(s.get('seeds_planned', s['seeds']))} planned seeds, the rows have the number in "
+         f"their seeds column; rows not listed have not run.**\n"),
         f"Device {result['machine']['device']}; {len(s['seeds'])} seeds ({', '.join(map(str, s['seeds']))}). "
         f"Every row first runs the format stage (SFT on the mix's Known facts, {fs.get('epochs', 1)} epoch(s), shared "
         f"by the rows of a seed), then its own fact stage of {s['steps']} optimizer steps, batch {s['batch_size']}, "
@@ -592,6 +604,8 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", help="comma list (of " + ",".join(METHODS) + "); default " + ",".join(MAIN_ROWS))
     ap.add_argument("--sweep", action="store_true", help="add the lambda sweep: " + ",".join(SWEEP_ROWS))
     ap.add_argument("--sweep-seeds", type=int, default=1, help="seeds of the sweep's extra rows (default 1)")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="train nothing: tabulate the runs under --work that have finished (rows may have fewer seeds)")
     ap.add_argument("--facts", default="bundled://facts", help="the fact set (a bundled:// name or a JSONL path)")
     ap.add_argument("--ds-optimizer", choices=("torch", "fused"), default="torch",
                     help="CUDA only: DeepSpeed's AdamW as torch.optim.AdamW (torch_adam, no JIT build; default) or "
@@ -632,7 +646,8 @@ def main(argv=None) -> int:
         s2 = dict(s, seeds=list(done_seeds), seeds_planned=planned)
         agg = aggregate(reports)
         result = {
-            "quick": args.quick, "complete": final and done_seeds == planned, "command": cmd,
+            "quick": args.quick, "command": cmd,
+            "complete": final and done_seeds == planned and all(len(by) == len(planned) for by in reports.values()),
             "settings": s2,
             "machine": machine_info(args.device),
             "triage": {"counts": triage_result.counts(), "seconds": tinfo["seconds"], "facts": len(examples)},
@@ -663,9 +678,15 @@ def main(argv=None) -> int:
         for m in s["methods"]:
             if m in s["sweep_rows"] and seed not in planned[:s["sweep_seeds"]]:
                 continue
+            if args.finished_only:  # tabulate what runs elsewhere (e.g. in parallel processes) finished
+                rep = finished_report(m, seed, s, mix, args.device, work / "runs")
+                if rep is not None:
+                    reports.setdefault(m, {})[seed] = rep
+                continue
             reports.setdefault(m, {})[seed] = run_one(m, seed, s, mix, triage_result, args.device, work / "runs")
-        done_seeds.append(seed)
-        if seed != planned[-1]:
+        if any(seed in by for by in reports.values()):
+            done_seeds.append(seed)
+        if seed != planned[-1] and not args.finished_only:
             write_results(final=False)
     from tuneguard_trainer import local
 
