@@ -121,9 +121,9 @@ class Evaluator:
         self.new = [self._item(e) for e in list(splits.new_facts)[:n]]
         self.probe_notes = {
             "known_probe": f"{len(self.known)} of {len(known_c)} held-out HighlyKnown facts answered correctly "
-                           f"by the base model in the evaluation prompt",
+                           f"by the reference model in the evaluation prompt",
             "unknown_probe": f"{len(self.unknown)} of {len(unknown_c)} held-out Unknown facts not answered "
-                             f"correctly by the base model in the evaluation prompt",
+                             f"correctly by the reference model in the evaluation prompt",
         }
 
         # --- new facts' training targets, for eval_loss
