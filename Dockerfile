@@ -25,7 +25,7 @@ RUN mkdir -p tuneguard operator trainer_image && touch README.md \
 
 FROM deps AS build
 ARG PIP_CERT=
-COPY README.md ./
+# README.md stays the deps stage's placeholder: the docs are not in the image, and editing them rebuilds nothing.
 COPY tuneguard/ tuneguard/
 COPY operator/ operator/
 # setuptools also looks for packages under trainer_image/: the operator image ships none of them.

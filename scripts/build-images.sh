@@ -54,6 +54,10 @@ exec 9>"$store/.lock"
 flock 9
 
 B=(buildah --root "$store/storage" --runroot "$store/run" --storage-driver overlay)
+# This storage is ours alone (and we hold its lock): working containers are leftovers of builds (a failed
+# step, a stage with no instructions), each holding an overlay mount. Remove them before and after.
+trap '"${B[@]}" rm --all >/dev/null 2>&1 || true' EXIT
+"${B[@]}" rm --all >/dev/null 2>&1 || true
 have_image() { "${B[@]}" inspect --type image "$1" >/dev/null 2>&1; }
 hash_text() { sha256sum | cut -c1-16; }
 # Content of files and directories (relative to the repo), as `sha  path` lines; caches excluded.
@@ -137,14 +141,14 @@ fi
 
 bud() {  # bud <ref> <dockerfile> [build args...]
   local ref="$1" file="$2"; shift 2
-  "${B[@]}" bud --layers --isolation chroot --network host --pull-never ${ca_args[@]+"${ca_args[@]}"} \
+  "${B[@]}" bud --layers --force-rm --isolation chroot --network host --pull-never ${ca_args[@]+"${ca_args[@]}"} \
     -f "$file" -t "$ref" "$@" "$root"
 }
 
 build_operator() {
   local base key ref
   base=$(ensure_base)
-  key=$( { echo "$base"; hash_tree Dockerfile .dockerignore pyproject.toml constraints.txt README.md tuneguard operator; } | hash_text)
+  key=$( { echo "$base"; hash_tree Dockerfile .dockerignore pyproject.toml constraints.txt tuneguard operator; } | hash_text)
   ref="$repo/operator:$key"
   have_image "$ref" || timed "$ref" bud "$ref" Dockerfile --build-arg "PYTHON_IMAGE=$base"
   echo "operator=$ref"
@@ -160,11 +164,11 @@ build_trainer() {
     args=(--build-arg FLAVOR=cuda)
   fi
   key=$( { echo "$flavor $base ${TORCH_INDEX_URL:-}"; hash_tree trainer_image/Dockerfile .dockerignore pyproject.toml \
-            constraints.txt README.md tuneguard trainer_image/tuneguard_trainer; } | hash_text)
+            constraints.txt tuneguard trainer_image/tuneguard_trainer; } | hash_text)
   ref="$repo/trainer:$flavor-$key"
   if ! have_image "$ref"; then
     if [ "$flavor" = cuda ]; then
-      timed "$ref" "${B[@]}" bud --layers --isolation chroot --network host ${ca_args[@]+"${ca_args[@]}"} \
+      timed "$ref" "${B[@]}" bud --layers --force-rm --isolation chroot --network host ${ca_args[@]+"${ca_args[@]}"} \
         -f trainer_image/Dockerfile -t "$ref" "${args[@]}" "$root"
     else
       timed "$ref" bud "$ref" trainer_image/Dockerfile "${args[@]}"
