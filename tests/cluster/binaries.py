@@ -12,6 +12,7 @@ from typing import Sequence
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "scripts" / "build-control-plane.sh"
 COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kwok", "helm")
+NODE_COMPONENTS = ("kubelet", "kube-proxy", "coredns")  # the real node (tests.cluster.real_node)
 
 
 def control_plane_binaries(components: Sequence[str] = COMPONENTS) -> dict[str, Path]:
