@@ -1,21 +1,35 @@
 # syntax=docker/dockerfile:1.7
 # The Tuneguard operator image: `tuneguard operator`. Installs the project with its `operator` extra
 # (kopf, kubernetes, prometheus-client) under constraints.txt, exactly as the tests do. No torch.
-#   docker build -t ghcr.io/tuneguard/operator:0.1.0 .
+#   docker build -t REGISTRY/tuneguard/operator:0.1.0 .
+# (scripts/build-images.sh does the same with buildah, without a daemon, and is what the tests run.)
+# PYTHON_IMAGE: any Debian-based Python 3.11+ image with `python` on PATH and the venv module.
+# Layers: dependencies first (pyproject.toml, constraints.txt), the project's code last, so a source
+# change rebuilds only the last small layers.
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${PYTHON_IMAGE} AS deps
+# PIP_CERT: a CA bundle for pip (a TLS-intercepting proxy's); empty: pip's own.
+ARG PIP_CERT=
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml constraints.txt ./
+# The operator extra's dependencies, from pyproject.toml itself: installed through an empty copy of the
+# project (no packages, placeholder readme), which is then removed.
+RUN mkdir -p tuneguard operator trainer_image && touch README.md \
+ && /opt/venv/bin/pip install -c constraints.txt ".[operator]" \
+ && /opt/venv/bin/pip uninstall -y tuneguard \
+ && /opt/venv/bin/python -c "import kopf, kubernetes, prometheus_client" \
+ && ! /opt/venv/bin/python -c "import torch" 2>/dev/null
+
+FROM deps AS build
+ARG PIP_CERT=
+# README.md stays the deps stage's placeholder: the docs are not in the image, and editing them rebuilds nothing.
 COPY tuneguard/ tuneguard/
 COPY operator/ operator/
 # setuptools also looks for packages under trainer_image/: the operator image ships none of them.
-RUN mkdir -p trainer_image \
- && /opt/venv/bin/pip install -c constraints.txt ".[operator]" \
- && /opt/venv/bin/python -c "import tuneguard_operator, kopf, kubernetes, prometheus_client" \
- && ! /opt/venv/bin/python -c "import torch" 2>/dev/null
+RUN /opt/venv/bin/pip wheel -c constraints.txt --no-deps -w /dist . && cp constraints.txt /dist/
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="tuneguard-operator" \
@@ -25,7 +39,12 @@ LABEL org.opencontainers.image.title="tuneguard-operator" \
 RUN groupadd --system --gid 65532 tuneguard \
  && useradd --system --uid 65532 --gid 65532 --home-dir /nonexistent --no-create-home \
       --shell /usr/sbin/nologin tuneguard
-COPY --from=build /opt/venv /opt/venv
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=build /dist /tmp/dist
+RUN cd /tmp/dist && /opt/venv/bin/pip install -c constraints.txt --no-deps --no-cache-dir ./*.whl \
+ && cd / && rm -rf /tmp/dist \
+ && /opt/venv/bin/python -c "import tuneguard_operator.main, kopf, kubernetes, prometheus_client" \
+ && ! /opt/venv/bin/python -c "import torch" 2>/dev/null
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1

@@ -14,6 +14,7 @@ quickstart:
 ## The whole test suite: unit tests, then the real control plane (built once and cached) and end-to-end tests.
 test:
 	@venv=$(VENV); scripts/build-control-plane.sh >/dev/null && scripts/ensure-prometheus.sh >/dev/null && \
+	  scripts/ensure-node-packages.sh >/dev/null && \
 	  "$$venv/bin/python" -m pytest $(PYTEST_ARGS)
 
 ## Unit tests only (seconds, no control plane).
@@ -29,10 +30,15 @@ generate:
 	  "$$venv/bin/python" -m tuneguard.alerts --write && \
 	  "$$venv/bin/python" -m tests.prometheus.alert_tests --write
 
-## Start a local control plane with simulated GPU nodes; prints `export KUBECONFIG=...`.
+## Start a local control plane with simulated GPU nodes and, as root, a real node (kubelet + containerd;
+## REAL_NODE=0 leaves it out); prints `export KUBECONFIG=...`.
+REAL_NODE ?= $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)
 cluster-up:
-	@venv=$(VENV); scripts/build-control-plane.sh >/dev/null && "$$venv/bin/python" -m tests.cluster up
+	@venv=$(VENV); scripts/build-control-plane.sh >/dev/null && \
+	  if [ "$(REAL_NODE)" = 1 ]; then scripts/ensure-node-packages.sh >/dev/null; fi && \
+	  "$$venv/bin/python" -m tests.cluster up $(if $(filter 1,$(REAL_NODE)),--real-node)
 
-## Stop every process cluster-up started and remove its state.
+## Stop every process cluster-up started and remove its state, and undo what a real node changed on the
+## machine (also after a crash).
 cluster-down:
 	@venv=$(VENV); "$$venv/bin/python" -m tests.cluster down

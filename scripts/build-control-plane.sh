@@ -10,20 +10,23 @@
 # builds are serialised by a lock and each result is renamed into place only once complete.
 set -euo pipefail
 
-K8S_VERSION=v1.37.2     # kube-apiserver, kube-controller-manager, kube-scheduler
+K8S_VERSION=v1.37.2     # kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy
 ETCD_VERSION=v3.6.16    # k8s 1.37 supports etcd >= 3.5.24 (kubeadm's MinExternalEtcdVersion)
 KWOK_VERSION=v0.8.0     # sigs.k8s.io/kwok
 HELM_VERSION=v3.22.0    # helm.sh/helm/v3
+COREDNS_VERSION=v1.15.0 # github.com/coredns/coredns: the real test node's cluster DNS
 
 cache=${TUNEGUARD_CACHE:-$HOME/.cache/tuneguard}
 bin_root="$cache/bin"
-all=(kube-apiserver kube-controller-manager kube-scheduler etcd kwok helm)
+all=(kube-apiserver kube-controller-manager kube-scheduler etcd kwok helm kubelet kube-proxy coredns)
+k8s_components=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 wanted=("$@")
 [ ${#wanted[@]} -gt 0 ] || wanted=("${all[@]}")
 
 version_of() {
   case "$1" in
-    kube-apiserver|kube-controller-manager|kube-scheduler) echo "$K8S_VERSION" ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy) echo "$K8S_VERSION" ;;
+    coredns) echo "$COREDNS_VERSION" ;;
     etcd) echo "$ETCD_VERSION" ;;
     kwok) echo "$KWOK_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
@@ -76,8 +79,9 @@ timed() {  # timed <label> <command...>: runs it and reports the wall time on st
 # k8s.io/kubernetes builds as a dependency only when every staging module it replaces with
 # ./staging/src/k8s.io/X is pinned to the published k8s.io/X v0.<minor>.<patch>. We generate those
 # replace lines from the module's own go.mod, so a version bump needs no hand edits.
-build_kubernetes() {
-  local work="$tmp_root/kubernetes" gomod staging_version="v0.${K8S_VERSION#v1.}"
+build_kubernetes() {  # build_kubernetes <component...>: the ones of k8s_components to build
+  local work="$tmp_root/kubernetes" gomod staging_version="v0.${K8S_VERSION#v1.}" targets=() c
+  for c in "$@"; do targets+=("k8s.io/kubernetes/cmd/$c"); done
   mkdir -p "$work/out"
   gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
   [ -f "$gomod" ] || { echo "build-control-plane: cannot download k8s.io/kubernetes@$K8S_VERSION" >&2; return 1; }
@@ -101,6 +105,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 EOF
   # The version the binaries report (kubectl's skew warning, /version), as hack/lib/version.sh sets it.
@@ -112,10 +118,8 @@ EOF
     ldflags+=" -X k8s.io/component-base/version.$key=$val -X k8s.io/client-go/pkg/version.$key=$val"
   done
   (cd "$work" && go mod tidy >&2 && \
-   go build -ldflags "$ldflags" -o out/ k8s.io/kubernetes/cmd/kube-apiserver \
-     k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler >&2)
-  local c
-  for c in kube-apiserver kube-controller-manager kube-scheduler; do install_component "$work/out" "$c"; done
+   go build -ldflags "$ldflags" -o out/ "${targets[@]}" >&2)
+  for c in "$@"; do install_component "$work/out" "$c"; done
 }
 
 # etcd's own main module replaces its sibling modules with local paths, so `go install` of it fails;
@@ -140,6 +144,40 @@ EOF
   install_component "$work/out" etcd
 }
 
+# CoreDNS with only the plugins the test node's Corefile uses (the full plugin set pulls every cloud
+# SDK): its coremain with a directive list, as CoreDNS documents for custom builds.
+build_coredns() {
+  local work="$tmp_root/coredns"
+  mkdir -p "$work/out"
+  cat > "$work/main.go" <<'EOF'
+package main
+
+import (
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+
+	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/ready"
+)
+
+func init() {
+	// The order the plugins run in (a subset of CoreDNS's plugin.cfg, in its order).
+	dnsserver.Directives = []string{"bind", "ready", "health", "errors", "log", "cache", "kubernetes"}
+}
+
+func main() { coremain.Run() }
+EOF
+  (cd "$work" && go mod init tuneguard.local/corednsbin >/dev/null 2>&1 && \
+   go get "github.com/coredns/coredns@$COREDNS_VERSION" >&2 && go mod tidy >&2 && \
+   go build -o out/coredns . >&2)
+  install_component "$work/out" coredns
+}
+
 build_kwok() {
   local work="$tmp_root/kwok"
   mkdir -p "$work/out"
@@ -162,11 +200,13 @@ build_helm() {
 }
 
 todo=$(missing | xargs)
-case " $todo " in *" kube-apiserver "*|*" kube-controller-manager "*|*" kube-scheduler "*)
-  timed "kube-apiserver, kube-controller-manager, kube-scheduler $K8S_VERSION" build_kubernetes ;; esac
+k8s_todo=()
+for c in "${k8s_components[@]}"; do case " $todo " in *" $c "*) k8s_todo+=("$c") ;; esac; done
+[ ${#k8s_todo[@]} -eq 0 ] || timed "${k8s_todo[*]} $K8S_VERSION" build_kubernetes "${k8s_todo[@]}"
 case " $todo " in *" etcd "*) timed "etcd $ETCD_VERSION" build_etcd ;; esac
 case " $todo " in *" kwok "*) timed "kwok $KWOK_VERSION" build_kwok ;; esac
 case " $todo " in *" helm "*) timed "helm $HELM_VERSION" build_helm ;; esac
+case " $todo " in *" coredns "*) timed "coredns $COREDNS_VERSION" build_coredns ;; esac
 
 [ -z "$(missing)" ] || { echo "build-control-plane: still missing: $(missing | xargs)" >&2; exit 1; }
 print_paths

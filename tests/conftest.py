@@ -21,10 +21,16 @@ CRD_PATH = REPO / "crds" / "tuneguard.io_finetunejobs.yaml"
 STATE_PREFIX = "tuneguard-cluster-"
 
 
+def _wants_real_node(session) -> bool:
+    return any(item.get_closest_marker("real_node") for item in session.items)
+
+
 @pytest.fixture(scope="session")
-def cluster():
+def cluster(request):
     """A tests.cluster.Cluster: .kubeconfig, .kubectl(...), .helm(...), .api_client(), .env,
-    .binary(name), .finish_pod(ns, pod, exit_code), .simulated."""
+    .binary(name), .finish_pod(ns, pod, exit_code), .simulated, .real_node. The real node
+    (tests.cluster.real_node: kubelet + containerd beside the kwok nodes) is started only when a
+    collected test is marked `real_node`."""
     from tests.cluster import Cluster, LocalControlPlane
     from tests.cluster.control_plane import remove_stale_state_dirs
     from tests.cluster.binaries import control_plane_binaries, kubectl_binary
@@ -43,7 +49,7 @@ def cluster():
     remove_stale_state_dirs(Path(tempfile.gettempdir()), STATE_PREFIX)
     state = Path(tempfile.mkdtemp(prefix=STATE_PREFIX))
     # die_with_parent: the kernel kills the control plane if pytest itself is killed (no leftovers).
-    plane = LocalControlPlane(state, die_with_parent=True)
+    plane = LocalControlPlane(state, die_with_parent=True, real_node=_wants_real_node(request.session))
     # SIGTERM (CI cancelling a job) would skip fixture teardown; as KeyboardInterrupt it runs.
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     keep = os.environ.get("TUNEGUARD_KEEP_CLUSTER_STATE") == "1"
@@ -111,3 +117,13 @@ def crd_installed(cluster):
         if time.monotonic() > deadline:
             raise TimeoutError(f"the FineTuneJob CRD is not Established after 60 s (Established={got!r})")
         time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def real_node(cluster):
+    """The real node of our control plane (tests.cluster.real_node.RealNode). Tests marked
+    `real_node` take it; with KUBECONFIG naming another cluster they are skipped (their images cannot
+    be loaded into that cluster's runtime from here)."""
+    if cluster.real_node is None:
+        pytest.skip("no real node: the cluster comes from KUBECONFIG (the real-node tests need ours)")
+    return cluster.real_node

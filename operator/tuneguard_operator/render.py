@@ -210,6 +210,12 @@ def pvc_claim(uri: str | None) -> tuple[str, str] | None:
     return claim, path.strip("/")
 
 
+def output_dir(ftj: api.FineTuneJob) -> str:
+    """Where the trainer writes: OUTPUT_DIR, or OUTPUT_DIR/<path> for pvc://claim/<path>."""
+    out = pvc_claim(ftj.spec.output.uri)
+    return f"{contract.OUTPUT_DIR}/{out[1]}" if out and out[1] else contract.OUTPUT_DIR
+
+
 def input_claims(ftj: api.FineTuneJob) -> list[str]:
     """Claims the model and data come from, in first-use order (mounted read-only)."""
     spec = ftj.spec
@@ -238,12 +244,11 @@ def _volumes(ftj: api.FineTuneJob) -> tuple[list[dict], list[dict]]:
     ]
     out = pvc_claim(ftj.spec.output.uri)
     if out:
-        claim, path = out
+        # The claim's root, not a subPath: the kubelet creates a missing subPath directory as root, which
+        # the non-root trainer then cannot write. The trainer creates output_dir(ftj) itself, as its uid.
+        claim, _ = out
         volumes.append({"name": "output", "persistentVolumeClaim": {"claimName": claim}})
-        mount = {"name": "output", "mountPath": contract.OUTPUT_DIR}
-        if path:
-            mount["subPath"] = path
-        mounts.append(mount)
+        mounts.append({"name": "output", "mountPath": contract.OUTPUT_DIR})
     else:
         volumes.append({"name": "output", "emptyDir": {}})
         mounts.append({"name": "output", "mountPath": contract.OUTPUT_DIR})
@@ -274,7 +279,7 @@ def _env(ftj: api.FineTuneJob, restart_attempt: int) -> list[dict]:
         v(contract.ENV_JOB_NAME, name),
         v(contract.ENV_JOB_NAMESPACE, ns),
         v(contract.ENV_CONFIG, contract.CONFIG_PATH),
-        v(contract.ENV_OUTPUT_DIR, contract.OUTPUT_DIR),
+        v(contract.ENV_OUTPUT_DIR, output_dir(ftj)),
         v(contract.ENV_METRICS_PORT, contract.METRICS_PORT),
         v(contract.ENV_STATUS_PATCH, 1),
         v(contract.ENV_RESTART_ATTEMPT, restart_attempt),

@@ -18,8 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.cluster", description=__doc__)
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--gpu-nodes", type=int, default=2, help="simulated 8-GPU nodes (up)")
+    parser.add_argument("--real-node", action="store_true",
+                        help="also start the real node (kubelet + containerd; root, one per machine) (up)")
     args = parser.parse_args(argv)
-    plane = LocalControlPlane(STATE_DIR, die_with_parent=False, gpu_nodes=args.gpu_nodes, kubeconfig=KUBECONFIG)
+    plane = LocalControlPlane(STATE_DIR, die_with_parent=False, gpu_nodes=args.gpu_nodes, kubeconfig=KUBECONFIG,
+                              real_node=args.real_node)
 
     if args.command == "status":
         for p in ProcessGroup.adopt(STATE_DIR).processes:
@@ -28,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "down":
         plane.stop()
         print(f"stopped; removed {STATE_DIR}", file=sys.stderr)
+        # What a real node left after a crash (its state dir gone, its machine-wide changes not):
+        # cleaned up once no node holds the lock.
+        from . import real_node
+
+        if real_node.lock_free() and real_node.leftovers():
+            for line in real_node.cleanup_machine():
+                print(f"real node: {line}", file=sys.stderr)
         return 0
 
     if plane.running():

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from .binaries import control_plane_binaries
+from .binaries import COMPONENTS, NODE_COMPONENTS, control_plane_binaries
 from .handle import SIMULATE_EXIT_ANNOTATION, SIMULATION_MARKER, Cluster
 from .nodes import KWOK_NODE_ANNOTATION, gpu_node
 from .pki import APISERVER_SANS, KeyPair, Pki, write_kubeconfig
@@ -66,11 +66,13 @@ class _Rest:
 
 class LocalControlPlane:
     def __init__(self, state_dir: Path, *, die_with_parent: bool, gpu_nodes: int = 2,
-                 kubeconfig: Path | None = None):
+                 kubeconfig: Path | None = None, real_node: bool = False):
         self.state_dir = Path(state_dir).resolve()
         self.kubeconfig = kubeconfig or self.state_dir / "kubeconfig"
         self.gpu_nodes = gpu_nodes
         self.die_with_parent = die_with_parent
+        self.real_node = real_node  # also start tests.cluster.real_node (kubelet + containerd) beside kwok
+        self.node = None
         self.group: ProcessGroup | None = None
 
     # ------------------------------------------------------------------------------------ start
@@ -79,7 +81,7 @@ class LocalControlPlane:
         Ready, the default ServiceAccount present. Stops what it started if anything fails."""
         if (self.state_dir / "pids").exists():
             raise StartupError(f"{self.state_dir} already holds a running control plane (pids file present)")
-        bins = control_plane_binaries()
+        bins = control_plane_binaries(COMPONENTS + (NODE_COMPONENTS if self.real_node else ()))
         for attempt in range(3):
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self.group = ProcessGroup(self.state_dir, die_with_parent=self.die_with_parent)
@@ -96,7 +98,13 @@ class LocalControlPlane:
     def _start(self, bins: dict[str, Path], deadline: float) -> Cluster:
         s, g = self.state_dir, self.group
         pki = Pki(s / "pki")
-        serving = pki.issue("apiserver", "/CN=kube-apiserver", server_sans=APISERVER_SANS)
+        node_sans, node_flags = [], []
+        if self.real_node:
+            from .real_node import RealNode
+
+            self.node = RealNode(pki, bins)
+            node_sans, node_flags = self.node.prepare()  # lock, clean machine, bridge (the node's address)
+        serving = pki.issue("apiserver", "/CN=kube-apiserver", server_sans=APISERVER_SANS + node_sans)
         admin = pki.issue("admin", "/O=system:masters/CN=tuneguard-admin")
         # The bootstrap RBAC policy grants these two users exactly what their components need.
         kcm = pki.issue("controller-manager", "/CN=system:kube-controller-manager")
@@ -115,17 +123,23 @@ class LocalControlPlane:
             "--unsafe-no-fsync=true",  # throw-away data: skip fsyncs, which dominate etcd latency on CI disks
             "--log-level=warn",
         ])
+        if self.real_node:
+            from .real_node import NODE_IP
+
+            # Pods reach the API server at the node's address, through the `kubernetes` Service (its
+            # Endpoints kept by the default lease reconciler) and kube-proxy.
+            listen = ["--bind-address=0.0.0.0", f"--advertise-address={NODE_IP}", *node_flags]
+        else:
+            # Loopback addresses are not valid Endpoints: don't publish one for the `kubernetes` Service.
+            listen = ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"]
         g.start("kube-apiserver", bins["kube-apiserver"], [
-            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}", *listen, f"--secure-port={api_port}",
             f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
             f"--client-ca-file={pki.ca.cert}",
             "--authorization-mode=Node,RBAC",
             f"--service-account-issuer={SA_ISSUER}",
             f"--service-account-key-file={sa.cert}", f"--service-account-signing-key-file={sa.key}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            # Loopback addresses are not valid Endpoints: don't publish one for the `kubernetes` Service.
-            "--endpoint-reconciler-type=none",
             f"--cert-dir={s / 'apiserver-certs'}", "--profiling=false",
         ])
         # Started together: the API server retries etcd while it initialises (a second saved).
@@ -172,7 +186,11 @@ class LocalControlPlane:
                    lambda: all(_node_ready(rest, n) for n in node_names))
         self._wait("the default ServiceAccount (kube-controller-manager)", deadline,
                    lambda: rest.call("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200)
-        return Cluster(kubeconfig=self.kubeconfig, binaries=bins, simulated=True)
+        if self.node is not None:
+            node_deadline = time.monotonic() + 600  # includes the pause image's first build
+            self.node.start(g, api_port, self.kubeconfig,
+                            lambda what, ready: self._wait(what, node_deadline, ready))
+        return Cluster(kubeconfig=self.kubeconfig, binaries=bins, simulated=True, real_node=self.node)
 
     def _wait(self, what: str, deadline: float, ready: Callable[[], bool]) -> None:
         """Polls `ready` until true; fails fast, with the log tail, if one of our processes died."""
@@ -195,8 +213,22 @@ class LocalControlPlane:
         removes the state dir unless keep_state."""
         # Started by this Python process, or by an earlier one (`up`): then the pid file is all we have.
         group = self.group if self.group is not None else ProcessGroup.adopt(self.state_dir)
+        had_node = self.node is not None or any(p.name == "kubelet" for p in group.processes)
+        if self.node is not None and any(p.name == "kubelet" and p.alive() for p in group.processes):
+            try:
+                self.node.drain(self.kubeconfig)  # the kubelet stops the pods (CNI teardown included)
+            except Exception as e:  # the machine clean-up below removes what is left
+                print(f"real node: drain failed: {e}")
         group.stop()
         self.group = None
+        if had_node:
+            from .real_node import cleanup_machine, lock_free
+
+            if self.node is not None:
+                self.node.stop()  # undoes the machine-wide changes, releases the lock
+                self.node = None
+            elif lock_free():  # `down` from another process: the node's processes (lock holders) are gone
+                cleanup_machine()
         if not keep_state:
             shutil.rmtree(self.state_dir, ignore_errors=True)
             if not self.kubeconfig.is_relative_to(self.state_dir):

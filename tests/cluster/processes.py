@@ -70,13 +70,14 @@ class ProcessGroup:
         self.die_with_parent = die_with_parent
         self.processes: list[Process] = []
 
-    def start(self, name: str, binary: Path, args: list[str]) -> Process:
+    def start(self, name: str, binary: Path, args: list[str], *, pass_fds: tuple[int, ...] = (),
+              env: dict[str, str] | None = None) -> Process:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
         with open(log, "ab") as out:
             popen = subprocess.Popen(
                 [str(binary), *args], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                cwd=self.state_dir, start_new_session=True,
+                cwd=self.state_dir, start_new_session=True, pass_fds=pass_fds, env=env,
                 preexec_fn=_die_with_parent if self.die_with_parent else None)
         proc = Process(name, popen.pid, os.path.realpath(binary), log, popen)
         self.processes.append(proc)

@@ -157,3 +157,28 @@ def test_trainer_entrypoint_is_the_worker_command_the_operator_runs():
     assert int(user) == RUN_AS_USER
     copies = " ".join(rest for s in stages for op, rest in s.instructions if op == "COPY")
     assert "operator/" not in copies.replace("trainer_image", ""), "the trainer image must not ship the operator"
+
+
+def test_trainer_flavours_differ_only_in_their_base_stages():
+    """One Dockerfile, FLAVOR=cuda (default) or cpu: the per-flavour stages are the build environment
+    and the runtime base; the dependencies, the project and the final image are shared, and the CPU
+    flavour adds nothing to its base (no compiler: no DeepSpeed op is built for CPU)."""
+    path = ROOT / "trainer_image" / "Dockerfile"
+    args, stages = parse(path)
+    assert args["FLAVOR"] == "cuda"
+    by_name = {s.name: s for s in stages if s.name}
+    for flavour in ("cuda", "cpu"):
+        assert f"build-env-{flavour}" in by_name and f"runtime-{flavour}" in by_name
+    assert by_name["build-env-cpu"].instructions == [] and by_name["runtime-cpu"].instructions == []
+    assert "DS_BUILD_FUSED_ADAM=1" in " ".join(r for _, r in by_name["build-env-cuda"].instructions)
+    raw = re.sub(r"\\\n", " ", path.read_text())
+    assert re.search(r"^FROM build-env-\$\{FLAVOR\} AS deps$", raw, re.M)
+    assert re.search(r"^FROM runtime-\$\{FLAVOR\}$", raw, re.M)
+    # Layer order: the dependencies are installed before any source is copied, so a source change
+    # rebuilds only the project's own layers.
+    deps = [op + " " + r for op, r in by_name["deps"].instructions]
+    assert not any(op.startswith("COPY") and ("tuneguard/" in op or "trainer_image/" in op) for op in deps)
+    copies = [r for op, r in stages[-1].instructions if op == "COPY"]
+    venv = next(i for i, c in enumerate(copies) if c.startswith("--from=deps /opt/venv"))
+    project = next(i for i, c in enumerate(copies) if c.startswith("--from=build"))
+    assert venv < project == len(copies) - 1

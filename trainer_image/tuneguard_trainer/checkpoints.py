@@ -31,6 +31,7 @@ import json
 import os
 import random
 import shutil
+import socket
 from pathlib import Path
 from typing import Any, Optional
 
@@ -53,9 +54,15 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
+def _tmp_name(path: Path) -> Path:
+    """A temporary sibling of path unique to this process on this host: in containers every worker is
+    PID 1, and on a shared output volume each node's local rank 0 writes the same pointers."""
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _tmp_name(path)
     with open(tmp, "w") as fh:
         fh.write(text)
         fh.flush()
@@ -66,7 +73,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _tmp_name(path)
     torch.save(obj, tmp)
     os.replace(tmp, path)
 

@@ -72,7 +72,7 @@ def test_worker_pod_env():
         "metadata.annotations['batch.kubernetes.io/job-completion-index']"
     assert env[contract.ENV_RESTART_ATTEMPT]["value"] == "3"
     assert env[contract.ENV_CONFIG]["value"] == contract.CONFIG_PATH
-    assert env[contract.ENV_OUTPUT_DIR]["value"] == contract.OUTPUT_DIR
+    assert env[contract.ENV_OUTPUT_DIR]["value"] == f"{contract.OUTPUT_DIR}/facts-sft"  # pvc://checkpoints/facts-sft
     assert env[contract.ENV_JOB_NAME]["value"] == "facts-sft"
     assert env[contract.ENV_JOB_NAMESPACE]["value"] == "ml-team"
     assert env[contract.ENV_STATUS_PATCH]["value"] == "1"
@@ -95,7 +95,9 @@ def test_worker_pod_resources_volumes_and_security():
     assert vols["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}
     assert mounts["/dev/shm"]["name"] == "shm"
     assert vols["output"]["persistentVolumeClaim"] == {"claimName": "checkpoints"}
-    assert mounts[contract.OUTPUT_DIR]["subPath"] == "facts-sft"
+    # No subPath (the kubelet would create it as root): the trainer writes under the claim's root.
+    assert "subPath" not in mounts[contract.OUTPUT_DIR]
+    assert env_of(pod)[contract.ENV_OUTPUT_DIR]["value"] == f"{contract.OUTPUT_DIR}/facts-sft"
     assert mounts[f"{contract.PVC_MOUNT_ROOT}/datasets"]["readOnly"] is True
     datasets = vols[mounts[f"{contract.PVC_MOUNT_ROOT}/datasets"]["name"]]
     assert datasets["persistentVolumeClaim"] == {"claimName": "datasets", "readOnly": True}

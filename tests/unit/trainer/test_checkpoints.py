@@ -78,3 +78,21 @@ def test_killed_run_resumes_at_its_checkpoint(tmp_path):
         if v is not None:
             assert rep["final"]["figures"][f] == pytest.approx(v, rel=1e-3, abs=1e-4), f
     assert [h["step"] for h in rep["history"]] == [4, 8]
+
+
+def test_pointer_temp_names_differ_between_hosts_with_the_same_pid(tmp_path, monkeypatch):
+    """Two worker pods on one shared output volume: both are PID 1, both write `latest`. Their temporary
+    files must not collide (one rename would otherwise pull the other's file away: FileNotFoundError)."""
+    import socket
+
+    from tuneguard_trainer import checkpoints
+
+    monkeypatch.setattr(checkpoints.os, "getpid", lambda: 1)
+    names = []
+    for host in ("job-worker-0", "job-worker-1"):
+        monkeypatch.setattr(socket, "gethostname", lambda host=host: host)
+        names.append(checkpoints._tmp_name(tmp_path / "latest").name)
+        checkpoints.atomic_write_text(tmp_path / "latest", "step-000002")
+    assert names[0] != names[1]
+    assert (tmp_path / "latest").read_text() == "step-000002"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"]

@@ -1,0 +1,3 @@
+module tuneguard.local/pause
+
+go 1.22
