@@ -242,6 +242,7 @@ def test_prepare_from_a_job_spec(tmp_path, tiny_model, tiny_tokenizer, enabled):
                   "probes": {"unknown": write("unknown.jsonl", qa(facts[300:310]))}},
         method={"type": "sft"},
         triage={"enabled": enabled, "prompts": 1, "shots": 2, "samples": 1, "unknownPolicy": "abstain"},
+        formatStage={"enabled": enabled},  # the stage needs triage's labels
         evaluation={"driftPrompts": write("drift.jsonl", [{"prompt": "Hello"}])},
     )
     splits, result = prepare(tiny_model, tiny_tokenizer, spec, seed=0, progress=False)
