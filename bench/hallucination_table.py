@@ -297,6 +297,7 @@ def finished_report(method: str, seed: int, s: dict, mix: dict, device: str, run
 def run_one(method: str, seed: int, s: dict, mix: dict, triage_result, device: str, runs: Path) -> dict:
     from tuneguard.validation import load_job
     from tuneguard_trainer import loop
+    from tuneguard_trainer.format_stage import SNAPSHOT_FILE
 
     doc = manifest(method, seed, s, mix, device)
     text = yaml.safe_dump(doc, sort_keys=False)
@@ -321,7 +322,7 @@ def run_one(method: str, seed: int, s: dict, mix: dict, triage_result, device: s
     # keep the report, drop the weights (a benchmark does not need 12 copies of the model)
     for sub in ("best-model", "checkpoints"):
         shutil.rmtree(run_dir / sub, ignore_errors=True)
-    snapshot = run_dir / shared.name.replace(f"-s{seed}", "")  # format-stage.pt
+    snapshot = run_dir / SNAPSHOT_FILE
     if snapshot.exists():
         if not shared.exists():
             os.link(snapshot, shared)  # the next rows of this seed start from the same snapshot
