@@ -5,17 +5,7 @@
 set -euo pipefail
 have() { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; }
 if ! have; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "ensure-prometheus: prometheus/promtool missing and not root; install Debian's 'prometheus' package" >&2
-    exit 1
-  fi
-  echo ">> installing Debian's prometheus package (prometheus, promtool)" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  # policy-rc.d: keep the package's postinst from starting the service (no init system here anyway).
-  prc=/usr/sbin/policy-rc.d
-  if [ ! -e "$prc" ]; then printf '#!/bin/sh\nexit 101\n' >"$prc"; chmod +x "$prc"; trap 'rm -f "$prc"' EXIT; fi
-  apt-get update -qq >&2 || true
-  apt-get install -y -qq --no-install-recommends prometheus >&2
+  "$(dirname "$0")/apt-install-quiet.sh" ensure-prometheus prometheus
 fi
 # Should the service have started anyway (systemd host), stop it: the tests start their own.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then

@@ -54,5 +54,6 @@ def test_bundled_model_wheels_in_the_trainer_image_match_the_trainer():
 
 
 def test_build_scripts_parse():
-    for script in ("build-images.sh", "build-control-plane.sh", "ensure-node-packages.sh"):
+    for script in ("build-images.sh", "build-control-plane.sh", "ensure-node-packages.sh", "ensure-prometheus.sh",
+                   "apt-install-quiet.sh"):
         subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)], check=True)
