@@ -150,8 +150,8 @@ class ModelSpec(ApiModel):
 class ProbeSets(ApiModel):
     known: Optional[str] = Field(
         None, pattern=DATA_URI_PATTERN,
-        description="Held-out facts to test forgetting; triaged, only HighlyKnown ones are used. "
-        "Default: split off the training file after triage.",
+        description="Held-out facts to test forgetting; triaged, only Known ones (HighlyKnown, MaybeKnown) are "
+        "used. Default: split off the training file after triage.",
     )
     unknown: Optional[str] = Field(
         None, pattern=DATA_URI_PATTERN,

@@ -11,10 +11,11 @@ habit of answering in full sentences zero-shot does not count as not knowing; th
 shared by a relation's questions and computed once. Training may use the same format
 (``encode_for_training(..., shots=evaluator.shots_for)``) or the zero-shot one.
 
-* known probe (held-out HighlyKnown facts): ``known_accuracy`` = correct / n and ``hallucination_rate`` =
-  wrong / n, where *wrong* = neither correct nor an abstention. The probe keeps only facts the base model
-  answers correctly in this evaluation prompt (HighlyKnown under random few-shot prompts nearly implies
-  it), so the base model's hallucination rate is 0 by construction.
+* known probe (held-out Known facts: HighlyKnown and MaybeKnown): ``known_accuracy`` = correct / n and
+  ``hallucination_rate`` = wrong / n, where *wrong* = neither correct nor an abstention. The probe keeps
+  only facts the base model answers correctly in this evaluation prompt (HighlyKnown under random few-shot
+  prompts nearly implies it; MaybeKnown facts pass when this prompt's greedy answer is right), so the base
+  model's hallucination rate is 0 by construction.
 * ``new_fact_accuracy``: correct / n on the trained facts the base model did not know (``splits.new_facts``).
 * unknown probe (held-out Unknown facts; any the base answers correctly in this prompt are removed):
   ``abstention_rate`` = abstained / n and ``fabrication_rate`` = wrong / n.
@@ -120,7 +121,7 @@ class Evaluator:
         base_classes = (["correct"] * len(self.known), [c for _, c in kept_u])
         self.new = [self._item(e) for e in list(splits.new_facts)[:n]]
         self.probe_notes = {
-            "known_probe": f"{len(self.known)} of {len(known_c)} held-out HighlyKnown facts answered correctly "
+            "known_probe": f"{len(self.known)} of {len(known_c)} held-out Known facts answered correctly "
                            f"by the reference model in the evaluation prompt",
             "unknown_probe": f"{len(self.unknown)} of {len(unknown_c)} held-out Unknown facts not answered "
                              f"correctly by the reference model in the evaluation prompt",

@@ -29,10 +29,11 @@ from typing import Optional
 
 from tuneguard import api
 
+from .triage import KNOWN
+
 log = logging.getLogger("tuneguard.trainer")
 
 SNAPSHOT_FILE = "format-stage.pt"
-KNOWN_CATEGORIES = ("HighlyKnown", "MaybeKnown")
 
 
 @dataclass
@@ -55,7 +56,7 @@ class FormatStageResult:
 
 def known_examples(splits) -> list:
     """The training examples triage labels Known (never a probe: probes are not in ``splits.train``)."""
-    return [e for e in splits.train if splits.categories.get(e.id) in KNOWN_CATEGORIES]
+    return [e for e in splits.train if splits.categories.get(e.id) in KNOWN]
 
 
 def learning_rate(spec: api.FineTuneJobSpec) -> float:

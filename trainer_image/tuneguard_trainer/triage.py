@@ -34,7 +34,7 @@ each fact still sees ``prompts`` distinct random sets, as in the paper. Facts wi
 exemplars from the other facts without one.
 
 ``build_splits`` turns the categories into: ``train`` (after the Unknown policy), ``known_probe``
-(held-out HighlyKnown, never trained on), ``new_facts`` (the trained facts the base model's greedy answer
+(held-out Known: HighlyKnown and MaybeKnown, never trained on), ``new_facts`` (the trained facts the base model's greedy answer
 never got right: WeaklyKnown, and Unknown unless dropped or relabelled), ``unknown_probe`` (held-out
 Unknown) and ``drift_prompts`` (the known probe's questions, or the file's prompts).
 """
@@ -58,6 +58,7 @@ from .scoring import PrefixMemo, Walk, model_device, teacher_forced, walk
 log = logging.getLogger(__name__)
 
 HIGHLY_KNOWN, MAYBE_KNOWN, WEAKLY_KNOWN, UNKNOWN = "HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown"
+KNOWN = (HIGHLY_KNOWN, MAYBE_KNOWN)  # the papers' "Known": the format stage trains on them, the known probe holds them out
 CATEGORIES = (HIGHLY_KNOWN, MAYBE_KNOWN, WEAKLY_KNOWN, UNKNOWN)
 COUNT_KEYS = {HIGHLY_KNOWN: "highly_known", MAYBE_KNOWN: "maybe_known", WEAKLY_KNOWN: "weakly_known",
               UNKNOWN: "unknown"}
@@ -363,10 +364,11 @@ def build_splits(examples: Sequence[QAExample], result: TriageResult, dataset_sp
                  drift_prompts: Optional[Sequence[str]] = None) -> Splits:
     """Deterministic (by seed) splits; ``result`` must cover the examples and any probe examples.
 
-    Without probe files, ``holdoutFraction`` of the HighlyKnown facts becomes the known probe and the
-    same fraction of the Unknown facts the unknown probe (stratified by category; MaybeKnown and
-    WeaklyKnown facts are all trained on). A probe file replaces the split for its side: the known file's
-    HighlyKnown facts and the unknown file's Unknown facts are used (the rest of each file is ignored).
+    Without probe files, ``holdoutFraction`` of the Known facts (HighlyKnown and MaybeKnown, each
+    category on its own) becomes the known probe and the same fraction of the Unknown facts the unknown
+    probe (WeaklyKnown facts are all trained on). The known probe is the paper's held-out Known set; the
+    evaluator keeps the facts the reference answers. A probe file replaces the split for its side: the
+    known file's Known facts and the unknown file's Unknown facts are used (the rest is ignored).
     Unknown training facts then follow ``unknownPolicy``: keep; drop; or abstain (target := abstention
     text). With a disabled triage (``result.slick`` False) the policy is not applied."""
     cats = result.categories
@@ -377,24 +379,28 @@ def build_splits(examples: Sequence[QAExample], result: TriageResult, dataset_sp
     frac = dataset_spec.holdout_fraction
     notes: list[str] = []
 
-    def probe_and_train(category: str, probe_file: Optional[Sequence[QAExample]], label: str):
-        """A probe of one category (from its own file, or held out of the training data) and the training
-        examples of that category that remain."""
+    def probe_and_train(categories: tuple, probe_file: Optional[Sequence[QAExample]], label: str):
+        """A probe of some categories (from its own file, or held out of the training data, stratified by
+        category) and the training examples of those categories that remain."""
         if probe_file is None:
-            return _holdout(by_cat[category], frac, rng)
-        probe = [e for e in probe_file if cats.get(e.id) == category]
-        notes.append(f"{label} probe: {len(probe)} {category} of {len(probe_file)} in the file")
-        return probe, by_cat[category]
+            probe, rest = [], []
+            for c in categories:
+                p, r = _holdout(by_cat[c], frac, rng)
+                probe, rest = probe + p, rest + r
+            return probe, rest
+        probe = [e for e in probe_file if cats.get(e.id) in categories]
+        notes.append(f"{label} probe: {len(probe)} {'/'.join(categories)} of {len(probe_file)} in the file")
+        return probe, [e for c in categories for e in by_cat[c]]
 
     # known first, then unknown: the order the seeded rng draws the hold-outs in
-    known_probe, hk_train = probe_and_train(HIGHLY_KNOWN, known_probe_examples, "known")
-    unknown_probe, unk_train = probe_and_train(UNKNOWN, unknown_probe_examples, "unknown")
+    known_probe, known_train = probe_and_train(KNOWN, known_probe_examples, "known")
+    unknown_probe, unk_train = probe_and_train((UNKNOWN,), unknown_probe_examples, "unknown")
 
     policy = triage_spec.unknown_policy if result.slick else "keep"
     dropped = relabelled = 0
     train: list[QAExample] = []
     new_facts: list[QAExample] = []
-    for ex in sorted(hk_train + by_cat[MAYBE_KNOWN] + by_cat[WEAKLY_KNOWN] + unk_train, key=lambda e: e.id):
+    for ex in sorted(known_train + by_cat[WEAKLY_KNOWN] + unk_train, key=lambda e: e.id):
         cat = cats[ex.id]
         if cat == UNKNOWN and policy == "drop":
             dropped += 1
