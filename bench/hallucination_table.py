@@ -4,10 +4,12 @@
     PYTHONPATH=.:operator:trainer_image python bench/hallucination_table.py --device cuda
 
 1. Triage ONCE: SliCK (tuneguard_trainer.triage.triage, the trainer's own function) of the bundled facts
-   with the base model; cached as JSON under --work (keyed by model, facts file and triage settings).
-2. A training mix with at least --unknown-share Unknown facts (default 0.5): held-out HighlyKnown facts
-   become the known probe file, held-out Unknown facts the unknown probe file, the rest the training file
-   (the non-Unknown side subsampled until Unknown is at least half).
+   with the base model, in shards of 600 facts; cached as JSON under --work (keyed by model, facts file,
+   triage settings, the shard's facts and the triage code).
+2. A training mix with at least --unknown-share Unknown facts (default 0.5): held-out Known facts
+   (HighlyKnown and MaybeKnown, as in the paper) become the known probe file, held-out Unknown facts the
+   unknown probe file, the rest the training file (the non-Unknown side subsampled until Unknown is at
+   least half).
 3. For each method (sft, self-distill, freeze attention-only, sft with unknownPolicy=abstain, self-distill
    with teacherPrompt few-shot) and seed: a FineTuneJob manifest (manifest.yaml in its run directory) run
    by tuneguard_trainer.loop.run, the same code path as `tuneguard run` and the worker pods, all at the
@@ -76,16 +78,17 @@ def settings(args) -> dict:
     The CPU scale keeps the papers' design (SliCK categories, a mix half Unknown, the format stage, SFT
     trained until it knows most of the new facts, equal steps for every row, a known probe of 150 facts so
     one fact is 0.7 points) and shrinks what costs compute on two cores: a lighter triage (3 prompts x 4
-    shots, 2 samples) of a seeded 600 of the facts, three quarters of the HighlyKnown ones held out as the
-    known probe, 32 Unknown training facts, batch 8, and two evaluations."""
+    shots, 2 samples) of a seeded 1,200 of the facts, four fifths of the Known ones held out as known probe
+    candidates (the evaluator keeps up to 150 the reference answers), 32 Unknown training facts, batch 8,
+    and two evaluations."""
     quick, cpu = args.quick, args.device == "cpu"
     if quick:
         scale = {"triage": {"prompts": 2, "shots": 4, "samples": 2, "temperature": 0.5}, "max_facts": 120,
                  "max_unknown_train": 8, "unknown_probe_size": 8, "steps": 2, "eval_interval": 2,
                  "batch_size": 8, "warmup_steps": 0, "max_probe_size": 8}
     elif cpu:
-        scale = {"triage": {"prompts": 3, "shots": 4, "samples": 2, "temperature": 0.5}, "max_facts": 600,
-                 "known_probe_fraction": 0.75, "max_unknown_train": 32, "unknown_probe_size": 48, "steps": 48,
+        scale = {"triage": {"prompts": 3, "shots": 4, "samples": 2, "temperature": 0.5}, "max_facts": 1200,
+                 "known_probe_fraction": 0.8, "max_unknown_train": 32, "unknown_probe_size": 48, "steps": 48,
                  "eval_interval": 24, "batch_size": 8, "warmup_steps": 4, "max_probe_size": 150}
     else:
         scale = {"triage": {"prompts": 10, "shots": 4, "samples": 16, "temperature": 0.5}, "max_facts": None,
@@ -102,7 +105,7 @@ def settings(args) -> dict:
         "max_facts": scale["max_facts"],
         "max_unknown_train": scale["max_unknown_train"],
         "unknown_share": args.unknown_share,
-        "known_probe_fraction": scale.get("known_probe_fraction", 0.5),  # of the HighlyKnown facts
+        "known_probe_fraction": scale.get("known_probe_fraction", 0.5),  # of the Known facts (HK and MK)
         "unknown_probe_size": scale["unknown_probe_size"],
         "steps": args.steps or scale["steps"],
         "eval_interval": args.eval_interval or scale["eval_interval"],
@@ -132,43 +135,66 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def cached_triage(s: dict, work: Path, device: str):
-    """(examples, TriageResult) for the facts; computed once with the trainer's triage and cached."""
-    import torch
+TRIAGE_SHARD = 600  # facts per triage call: each shard is SliCK with its own exemplar pool, cached on its own
 
-    from tuneguard import api
-    from tuneguard_trainer import data as data_mod
-    from tuneguard_trainer import models, triage as tri
+
+def cached_triage(s: dict, work: Path, device: str):
+    """(examples, TriageResult, info) for a seeded sample of the facts, triaged with the trainer's triage.
+
+    The sample is cut into shards of TRIAGE_SHARD facts, each triaged (exemplars from the same relation
+    within the shard, as SliCK does) and cached as its own JSON, so a larger --max-facts reuses the shards
+    a smaller one computed: random.sample draws a larger sample's first facts exactly as a smaller one."""
+    from tuneguard_trainer import data as data_mod, triage as tri
 
     facts_path = data_mod.resolve_data_path(s["facts"])
     examples = list(data_mod.load_examples(s["facts"]))
     if s["max_facts"]:
-        rng = random.Random("bench-facts")
-        examples = sorted(rng.sample(examples, min(s["max_facts"], len(examples))), key=lambda e: e.id)
+        drawn = random.Random("bench-facts").sample(examples, min(s["max_facts"], len(examples)))
+        shards = [sorted(drawn[i:i + TRIAGE_SHARD], key=lambda e: e.id) for i in range(0, len(drawn), TRIAGE_SHARD)]
+    else:
+        shards = [examples]
+    parts = [_triage_shard(shard, s, work, device, _sha(facts_path)) for shard in shards]
+    res = tri.TriageResult(categories={}, p_greedy={}, p_sample={}, seconds=0.0)
+    for c in parts:
+        res.categories.update(c["categories"])
+        res.p_greedy.update(c["p_greedy"])
+        res.p_sample.update(c["p_sample"])
+        res.seconds += c["seconds"]
+    examples = sorted((e for shard in shards for e in shard), key=lambda e: e.id)
+    info = {"seconds": round(res.seconds, 1), "shards": len(shards), "device": parts[0]["device"]}
+    print(f"triage of {len(examples)} facts ({len(shards)} shard(s), {info['seconds']} s): {res.counts()}", flush=True)
+    return examples, res, info
+
+
+def _triage_shard(examples: list, s: dict, work: Path, device: str, facts_sha: str) -> dict:
+    import torch
+
+    from tuneguard import api
+    from tuneguard_trainer import models, triage as tri
+
     model_path = models.resolve_model(s["model"])
-    key = json.dumps({"model": str(model_path), "facts": _sha(facts_path), "triage": s["triage"],
-                      "seed": s["triage_seed"], "ids": [e.id for e in examples]}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    path = work / f"triage-{digest}.json"
+    key = json.dumps({"model": str(model_path), "facts": facts_sha, "triage": s["triage"],
+                      "seed": s["triage_seed"], "ids": [e.id for e in examples],
+                      "code": _sha(Path(tri.__file__))}, sort_keys=True)  # a changed triage re-triages
+    path = work / f"triage-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if path.exists():
-        c = json.loads(path.read_text())
-        res = tri.TriageResult(categories=c["categories"], p_greedy=c["p_greedy"], p_sample=c["p_sample"],
-                               seconds=c["seconds"])
-        print(f"triage: reusing {path} ({res.counts()})", flush=True)
-        return examples, res, c
+        print(f"triage: reusing {path}", flush=True)
+        return json.loads(path.read_text())
     model, tok = models.load_model(model_path, device=device, dtype=torch.float32)
-    spec = api.TriageSpec(**s["triage"])
     t0 = time.time()
-    res = tri.triage(model, tok, examples, spec, seed=s["triage_seed"], batch_size=32, progress=False)
+    res = tri.triage(model, tok, examples, api.TriageSpec(**s["triage"]), seed=s["triage_seed"], batch_size=32,
+                     progress=True)
     c = {"categories": res.categories, "p_greedy": res.p_greedy, "p_sample": res.p_sample,
          "seconds": round(time.time() - t0, 1), "device": device, "settings": s["triage"], "model": s["model"],
          "facts": len(examples)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(c))
-    print(f"triage of {len(examples)} facts in {c['seconds']} s on {device}: {res.counts()}", flush=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(c))
+    tmp.replace(path)
+    print(f"triage shard of {len(examples)} facts in {c['seconds']} s on {device}: {res.counts()}", flush=True)
     del model
     gc.collect()
-    return examples, res, c
+    return c
 
 
 def build_mix(examples, categories: dict, s: dict, work: Path) -> dict:
@@ -178,15 +204,17 @@ def build_mix(examples, categories: dict, s: dict, work: Path) -> dict:
     for e in sorted(examples, key=lambda e: e.id):
         by.setdefault(categories[e.id], []).append(e)
     hk, mk, wk, unk = (list(by.get(c, [])) for c in ("HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown"))
-    for lst in (hk, unk):
+    known_probe, known_train = [], []
+    for lst in (hk, mk, unk):
         rng.shuffle(lst)
-    n_kp = int(round(s["known_probe_fraction"] * len(hk)))
-    known_probe, hk_train = hk[:n_kp], hk[n_kp:]
+    for lst in (hk, mk):  # the paper's held-out Known facts, stratified by category
+        n_kp = int(round(s["known_probe_fraction"] * len(lst)))
+        known_probe, known_train = known_probe + lst[:n_kp], known_train + lst[n_kp:]
     n_up = min(s["unknown_probe_size"], len(unk) // 3)
     unknown_probe, unk_train = unk[:n_up], unk[n_up:]
     if s.get("max_unknown_train"):
         unk_train = unk_train[:s["max_unknown_train"]]
-    other = hk_train + mk + wk
+    other = known_train + wk
     rng.shuffle(other)
     share = s["unknown_share"]
     max_other = int(math.floor(len(unk_train) * (1 - share) / share)) if share > 0 else len(other)
@@ -194,13 +222,16 @@ def build_mix(examples, categories: dict, s: dict, work: Path) -> dict:
     train = sorted(other + unk_train, key=lambda e: e.id)
 
     def dump(name, items):
+        rows = []
+        for e in items:
+            row = {"id": e.id, "question": e.question, "answers": e.answers}
+            if e.relation:
+                row["relation"] = e.relation
+            rows.append(json.dumps(row) + "\n")
         p = work / name
-        with p.open("w") as fh:
-            for e in items:
-                row = {"id": e.id, "question": e.question, "answers": e.answers}
-                if e.relation:
-                    row["relation"] = e.relation
-                fh.write(json.dumps(row) + "\n")
+        tmp = p.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text("".join(rows))
+        tmp.replace(p)  # atomic: a run that reads the file never sees half of it
         return p
 
     work.mkdir(parents=True, exist_ok=True)
@@ -284,6 +315,15 @@ def share_format_stage(runs: Path, seed: int, run_dir: Path) -> Path:
     return shared
 
 
+def _publish_snapshot(snapshot: Path, shared: Path) -> None:
+    """The first finished run of a seed shares its snapshot; a parallel run of the same seed that trained
+    the identical stage meanwhile keeps the one already there."""
+    try:
+        os.link(snapshot, shared)
+    except FileExistsError:
+        pass
+
+
 def finished_report(method: str, seed: int, s: dict, mix: dict, device: str, runs: Path):
     """The report of a finished run of exactly this manifest (cleaned up: no weights left), or None."""
     run_dir = runs / f"{method}-s{seed}"
@@ -324,8 +364,7 @@ def run_one(method: str, seed: int, s: dict, mix: dict, triage_result, device: s
         shutil.rmtree(run_dir / sub, ignore_errors=True)
     snapshot = run_dir / SNAPSHOT_FILE
     if snapshot.exists():
-        if not shared.exists():
-            os.link(snapshot, shared)  # the next rows of this seed start from the same snapshot
+        _publish_snapshot(snapshot, shared)  # the next rows of this seed start from the same snapshot
         snapshot.unlink()
     fin = report["final"]["figures"]
     print(f"[{method} seed {seed}] {time.time() - t0:.0f} s: known {fin['known_accuracy']:.3f} "
@@ -544,7 +583,7 @@ def markdown(result: dict) -> str:
         f"{s['triage']['samples']} samples at T={s['triage']['temperature']} (computed once for "
         f"{result['triage']['facts']} facts, {result['triage']['seconds']} s): {result['triage']['counts']}. "
         f"Training mix: {mix['train']} facts, {mix['train_categories']} (Unknown share {mix['unknown_share']}); "
-        f"known probe {mix['known_probe']} held-out HighlyKnown facts, unknown probe {mix['unknown_probe']} "
+        f"known probe {mix['known_probe']} held-out Known (HighlyKnown and MaybeKnown) facts before the reference's filter, unknown probe {mix['unknown_probe']} "
         f"held-out Unknown facts.",
         "",
         "Mean over seeds at the last step, with a 95 % bootstrap interval (seeds and probe facts resampled). "
@@ -575,6 +614,45 @@ def markdown(result: dict) -> str:
     lines += ["", "Lines: mean over seeds; bands: min-max over seeds; step 0 is the format-stage snapshot.", "",
               f"Reproduce: `{result['command']}`", ""]
     return "\n".join(l for l in lines if l is not None)
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    if sys.platform.startswith("linux"):  # a worker ends with the table's process, not orphaned on a kill
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _task(m: str, seed: int, s: dict, mix: dict, triage_result, device: str, runs: Path, deadline):
+    """One row and seed in a worker; None once the time budget is spent (the row then has fewer seeds)."""
+    if deadline is not None and time.time() > deadline and finished_report(m, seed, s, mix, device, runs) is None:
+        print(f"[{m} seed {seed}] skipped: the time budget is spent", flush=True)
+        return m, seed, None
+    return m, seed, run_one(m, seed, s, mix, triage_result, device, runs)
+
+
+def run_tasks(tasks, s, mix, triage_result, device: str, runs: Path, jobs: int, deadline):
+    """Yields (method, seed, report) as runs finish: in this process with --jobs 1, else in ``jobs`` worker
+    processes that take the tasks in order (seeds outermost), each with cores / jobs torch threads. On a
+    small CPU two one-thread runs side by side do more steps per second than one two-thread run: a small
+    model's decode and optimizer steps do not keep two threads busy."""
+    if jobs <= 1:
+        for m, seed in tasks:
+            yield _task(m, seed, s, mix, triage_result, device, runs, deadline)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        futures = [pool.submit(_task, m, seed, s, mix, triage_result, device, runs, deadline) for m, seed in tasks]
+        for f in as_completed(futures):
+            yield f.result()
 
 
 def calibrate(s: dict, mix: dict, triage_result, args, work: Path, out: Path, t0: float) -> int:
@@ -617,7 +695,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", help="names the result files hallucination-table-<tag>.* (default quick, cpu or cuda); "
                     "for a side experiment next to a table, with --work pointing at that table's runs")
     ap.add_argument("--budget-seconds", type=float, default=0,
-                    help="start no new seed after this many seconds; the table covers the finished seeds")
+                    help="start no new run after this many seconds; the table covers the finished runs")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs side by side in worker processes (cores / jobs torch threads each; default 1)")
     args = ap.parse_args(argv)
 
     s = settings(args)
@@ -648,7 +728,8 @@ def main(argv=None) -> int:
         agg = aggregate(reports)
         result = {
             "quick": args.quick, "command": cmd,
-            "complete": final and done_seeds == planned and all(len(by) == len(planned) for by in reports.values()),
+            "complete": final and done_seeds == planned and all(
+                len(reports.get(m, {})) == sum(1 for x, _ in tasks if x == m) for m in s["methods"]),
             "settings": s2,
             "machine": machine_info(args.device),
             "triage": {"counts": triage_result.counts(), "seconds": tinfo["seconds"], "facts": len(examples)},
@@ -671,24 +752,28 @@ def main(argv=None) -> int:
         print(f"wrote {out / (name + '.json')}, {out / (name + '.md')} (seeds {done_seeds}) at "
               f"{result['wall_seconds']} s", flush=True)
 
-    for seed in planned:  # seeds outermost: a cut-short run still has every method for the first seeds
-        if args.budget_seconds and done_seeds and time.time() - t0 > args.budget_seconds:
-            print(f"budget of {args.budget_seconds:.0f} s spent: stopping after seeds {done_seeds}; rerun the "
-                  f"same command to add the others (finished runs are reused)", flush=True)
-            break
-        for m in s["methods"]:
-            if m in s["sweep_rows"] and seed not in planned[:s["sweep_seeds"]]:
-                continue
-            if args.finished_only:  # tabulate what runs elsewhere (e.g. in parallel processes) finished
-                rep = finished_report(m, seed, s, mix, args.device, work / "runs")
-                if rep is not None:
-                    reports.setdefault(m, {})[seed] = rep
-                continue
-            reports.setdefault(m, {})[seed] = run_one(m, seed, s, mix, triage_result, args.device, work / "runs")
-        if any(seed in by for by in reports.values()):
-            done_seeds.append(seed)
-        if seed != planned[-1] and not args.finished_only:
-            write_results(final=False)
+    # seeds outermost, the sweep's extra rows last: a cut-short table still has every main row for its seeds
+    tasks = [(m, seed) for seed in planned for m in s["methods"] if m not in s["sweep_rows"]]
+    tasks += [(m, seed) for seed in planned[:s["sweep_seeds"]] for m in s["sweep_rows"]]
+    deadline = t0 + args.budget_seconds if args.budget_seconds else None
+    if args.finished_only:  # tabulate what ran elsewhere (e.g. an earlier, cut-short run)
+        for m, seed in tasks:
+            rep = finished_report(m, seed, s, mix, args.device, work / "runs")
+            if rep is not None:
+                reports.setdefault(m, {})[seed] = rep
+        done_seeds.extend(sd for sd in planned if any(sd in by for by in reports.values()))
+    else:
+        left = {sd: sum(1 for _, x in tasks if x == sd) for sd in planned}
+        for m, seed, rep in run_tasks(tasks, s, mix, triage_result, args.device, work / "runs", args.jobs, deadline):
+            if rep is not None:
+                reports.setdefault(m, {})[seed] = rep
+            left[seed] -= 1
+            if left[seed] == 0:  # a seed is whole: the table so far (a cut-short run still leaves it)
+                if any(seed in by for by in reports.values()):
+                    done_seeds.append(seed)
+                    done_seeds.sort()
+                if any(left.values()):
+                    write_results(final=False)
     from tuneguard_trainer import local
 
     local._destroy_process_group()
