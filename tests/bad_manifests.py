@@ -93,6 +93,9 @@ BAD_CASES: list[BadCase] = [
     BadCase("unknown-teacher", _set("spec.method", {"type": "self-distill", "selfDistill": {"teacher": "gpt"}}),
             "spec.method.selfDistill.teacher"),
     BadCase("zero-format-epochs", _set("spec.formatStage.epochs", 0), "spec.formatStage.epochs"),
+    BadCase("unknown-leakage-policy", _set("spec.leakage.policy", "ignore"), "spec.leakage.policy"),
+    BadCase("zero-leakage-similarity", _set("spec.leakage.similarity", 0), "spec.leakage.similarity"),
+    BadCase("leakage-similarity-above-one", _set("spec.leakage.similarity", 1.5), "spec.leakage.similarity"),
     # Offline only: the API server does not check regular-expression syntax.
     BadCase("invalid-regex", _set("spec.method", {"type": "freeze", "freeze": {"trainablePatterns": ["(attn"]}}),
             "spec.method.freeze", server=False),

@@ -315,6 +315,23 @@ class FormatStageSpec(ApiModel):
         None, gt=0.0, le=1.0, description="Peak learning rate (default: training.learningRate); cosine decay, no warm-up.")
 
 
+class LeakageSpec(ApiModel):
+    """Probe questions that duplicate training questions, checked on the splits before any training: a
+    normalised exact match, or a near duplicate (weighted token-set similarity) that shares an accepted
+    answer. Duplicates inside the training data are reported the same way."""
+
+    policy: Literal["refuse", "drop", "warn"] = Field(
+        "drop",
+        description="refuse: fail the job before training, listing the leaked pairs; drop: remove the leaked "
+        "probe examples (a leaked probe measures memory, not knowledge) and train; warn: log them and keep them.",
+    )
+    similarity: float = Field(
+        0.8, gt=0.0, le=1.0,
+        description="Near-duplicate threshold: IDF-weighted Jaccard of the two questions' normalised word sets "
+        "(1.0: the same words). Lower catches more paraphrases and more look-alike questions.",
+    )
+
+
 class EarlyStoppingSpec(ApiModel):
     enabled: bool = Field(False, description="Stop when the monitored figure has not improved for `patience` evaluations.")
     metric: Literal["known_accuracy", "new_fact_accuracy", "eval_loss"] = Field(
@@ -461,6 +478,8 @@ class FineTuneJobSpec(ApiModel):
     triage: TriageSpec = Field(default_factory=TriageSpec, description="Knowledge triage of the training data.")
     format_stage: FormatStageSpec = Field(default_factory=FormatStageSpec,
                                           description="SFT on the Known facts before the method's own stage.")
+    leakage: LeakageSpec = Field(default_factory=LeakageSpec,
+                                 description="Probe questions that duplicate training questions.")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="DeepSpeed engine settings.")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="What to measure and how often.")
@@ -490,7 +509,7 @@ class FineTuneJobSpec(ApiModel):
         ),
     ) + tuple(
         _immutable(f".{name}", f"spec.{name}")
-        for name in ("model", "datasets", "method", "triage", "formatStage", "training", "deepspeed",
+        for name in ("model", "datasets", "method", "triage", "formatStage", "leakage", "training", "deepspeed",
                      "evaluation", "output")
     )
 
@@ -542,6 +561,15 @@ class TriageCounts(ApiModel):
     relabelled: int = 0
 
 
+class LeakageCounts(ApiModel):
+    """What the leakage check found (spec.leakage): leaked probe examples, training duplicates, drops."""
+
+    exact: int = Field(0, description="Probe examples with a normalised exact duplicate among the training questions.")
+    near: int = Field(0, description="Probe examples with only near duplicates (sharing an accepted answer).")
+    train_duplicates: int = Field(0, description="Training examples that duplicate an earlier training example.")
+    dropped: int = Field(0, description="Probe examples removed (policy drop).")
+
+
 class CheckpointRef(ApiModel):
     step: int
     path: str
@@ -565,6 +593,7 @@ class TrainingStatus(ApiModel):
         None, description="The figures after the format stage: what drops and drift are measured against.")
     metrics: EvalFigures = Field(default_factory=EvalFigures, description="The latest evaluation's figures.")
     triage: Optional[TriageCounts] = None
+    leakage: Optional[LeakageCounts] = None
     best_checkpoint: Optional[CheckpointRef] = None
     guardrail: Optional[str] = Field(None, description="Last guardrail outcome, e.g. 'breached: stop at step 120'.")
     updated_at: Optional[str] = None
