@@ -5,7 +5,8 @@ Metrics (names from tuneguard.contract, labels job, namespace, method):
   tuneguard_train_tokens_per_second, tuneguard_train_tokens_total (counter),
   tuneguard_train_last_step_timestamp_seconds,
   tuneguard_<figure>{model="base"|"tuned"} for every contract.FIGURES entry,
-  tuneguard_triage_examples{category}, tuneguard_guardrail_breaches_total{guardrail}.
+  tuneguard_triage_examples{category}, tuneguard_leakage_examples{kind},
+  tuneguard_guardrail_breaches_total{guardrail}.
 Served by prometheus-client on TUNEGUARD_METRICS_PORT (rank 0 only; no server when unset or 0).
 
 Status: with TUNEGUARD_STATUS_PATCH=1, rank 0 merge-patches the FineTuneJob's status subresource with
@@ -30,6 +31,7 @@ log = logging.getLogger("tuneguard.trainer")
 PATCH_MIN_INTERVAL_S = 10.0
 
 TRIAGE_CATEGORIES = ("highly_known", "maybe_known", "weakly_known", "unknown", "dropped", "relabelled")
+LEAKAGE_KINDS = ("exact", "near", "train_duplicates", "dropped")  # api.LeakageCounts
 
 
 def _now() -> str:
@@ -69,6 +71,8 @@ class Telemetry:
         self.g_stage = Gauge(contract.TRAIN_STAGE, "1 for the trainer's current stage, 0 for the others.",
                              L + ["stage"], registry=r)
         self.g_triage = Gauge(contract.TRIAGE_EXAMPLES, "Training examples per SliCK category.", L + ["category"], registry=r)
+        self.g_leak = Gauge(contract.LEAKAGE_EXAMPLES, "Leakage check: leaked probe examples (exact, near), "
+                            "training duplicates, dropped probe examples.", L + ["kind"], registry=r)
         self.c_breach = Counter(contract.GUARDRAIL_BREACHES, "Guardrail breaches.", L + ["guardrail"], registry=r)
         self.g_total.labels(**self.labels).set(0)
         self.g_step.labels(**self.labels).set(0)
@@ -127,6 +131,14 @@ class Telemetry:
         for cat in TRIAGE_CATEGORIES:
             self.g_triage.labels(**self.labels, category=cat).set(int(counts.get(cat, 0)))
         self.status.triage = api.TriageCounts(**{k: int(counts.get(k, 0)) for k in TRIAGE_CATEGORIES})
+        self.flush(force=True)
+
+    def leakage(self, counts: dict) -> None:
+        if not self.enabled:
+            return
+        for kind in LEAKAGE_KINDS:
+            self.g_leak.labels(**self.labels, kind=kind).set(int(counts.get(kind, 0)))
+        self.status.leakage = api.LeakageCounts(**{k: int(counts.get(k, 0)) for k in LEAKAGE_KINDS})
         self.flush(force=True)
 
     def figures(self, figures: dict, model: str) -> None:

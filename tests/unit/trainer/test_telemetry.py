@@ -21,6 +21,7 @@ def test_metrics_endpoint_uses_contract_names():
     t.figures({f: 0.1 for f in contract.FIGURES}, "base")
     t.figures({"hallucination_rate": 0.3, "drift_kl": 0.02}, "tuned")
     t.triage({"highly_known": 3, "unknown": 7})
+    t.leakage({"exact": 2, "near": 1, "train_duplicates": 4, "dropped": 3})
     t.breach("hallucination")
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     from prometheus_client.parser import text_string_to_metric_families
@@ -41,6 +42,8 @@ def test_metrics_endpoint_uses_contract_names():
     assert val(contract.figure_metric("hallucination_rate"), model="tuned") == 0.3
     assert val(contract.figure_metric("eval_loss"), model="base") == 0.1
     assert val(contract.TRIAGE_EXAMPLES, category="unknown") == 7
+    assert val(contract.LEAKAGE_EXAMPLES, kind="near") == 1 and val(contract.LEAKAGE_EXAMPLES, kind="dropped") == 3
+    assert t.status.leakage.wire() == {"exact": 2, "near": 1, "trainDuplicates": 4, "dropped": 3}
     assert val(contract.GUARDRAIL_BREACHES + "_total", guardrail="hallucination") == 1
 
 
