@@ -7,7 +7,8 @@ Stages, in order (each a function of this module, or of its own module, called b
    or config fails with a clear message and leaves the output directory absent or untouched; then join the
    process group (a world of one locally; torchrun's world in a pod);
 2. run_triage -- SliCK and the splits on rank 0, broadcast to the other ranks, cached in DIR/triage.pt so a
-   resumed run skips it;
+   resumed run skips it; then the leakage check (leakage.py, spec.leakage) of the splits: refuse fails the
+   job here, before the cache is written; drop removes the leaked probes; warn logs them;
 3. run_format_stage (format_stage.py) -- SFT on the Known training facts on every rank; its snapshot
    (DIR/format-stage.pt) is the fact stage's start, the self-distill teacher and the reference;
 4. evaluate_references -- the evaluator built on the reference, figures of the reference and of the base
@@ -198,10 +199,30 @@ def triage_and_split(p: Prepared):
     return counts, splits
 
 
+def check_leakage(splits, spec: api.FineTuneJobSpec):
+    """The leakage check (leakage.py) of the splits under spec.leakage: (LeakageReport, the refusal's
+    message or None). Leaks and training duplicates are logged whatever the policy."""
+    from . import leakage as leak_mod
+
+    rep = leak_mod.check_splits(splits, spec.leakage.similarity)
+    if rep.train_pairs:
+        log.warning("leakage: %d training example(s) duplicate an earlier one (kept), e.g. %s",
+                    rep.counts()["train_duplicates"], rep.train_pairs[0].line())
+    if not rep.pairs:
+        log.info("leakage: no probe question duplicates a training question (%.2f s)", rep.seconds)
+        return rep, None
+    if spec.leakage.policy == "refuse":
+        return rep, (f"leakage: {rep.describe()}\nremove these probes or training facts, or set "
+                     f"spec.leakage.policy: drop (or warn)")
+    log.warning("leakage (policy %s): %s", spec.leakage.policy, rep.describe(limit=5))
+    return rep, None
+
+
 def run_triage(p: Prepared, out: Path, info, tele, timer: Timer, created_out: bool):
-    """(counts, Splits): SliCK triage on rank 0, broadcast to every rank, cached in DIR/triage.pt (keyed by
-    spec_digest) so a resumed run skips it. A triage that leaves nothing to train fails the job and removes
-    an output directory this run created."""
+    """(counts, Splits, LeakageReport): SliCK triage on rank 0, broadcast to every rank, cached in
+    DIR/triage.pt (keyed by spec_digest) so a resumed run skips it; then the leakage check of the splits,
+    before the cache is written. A triage that leaves nothing to train, or a leak under policy refuse,
+    fails the job and removes an output directory this run created."""
     import torch
 
     from .checkpoints import TRIAGE_FILE, atomic_torch_save
@@ -225,8 +246,15 @@ def run_triage(p: Prepared, out: Path, info, tele, timer: Timer, created_out: bo
                      spec.triage.prompts, spec.triage.samples)
             try:
                 counts, splits = triage_and_split(p)
-                payload = {"digest": digest, "counts": counts, "splits": splits}
-                atomic_torch_save(payload, tri_path)
+                t1 = time.perf_counter()
+                leak, refusal = check_leakage(splits, spec)
+                timer.add("leakage", time.perf_counter() - t1)
+                if refusal:  # before the cache is written: the failed job leaves no triage.pt behind
+                    payload = {"error": refusal}
+                else:
+                    payload = {"digest": digest, "counts": counts, "splits": splits}
+                    atomic_torch_save(payload, tri_path)
+                    payload = {**payload, "leakage": leak}
             except ValueError as e:  # e.g. nothing left to train on after the Unknown policy
                 payload = {"error": f"triage: {e}"}
         cached = broadcast_object(payload)  # the other ranks learn of a failure too, instead of waiting
@@ -239,8 +267,14 @@ def run_triage(p: Prepared, out: Path, info, tele, timer: Timer, created_out: bo
         timer.add("triage", time.perf_counter() - t0)
     else:
         log.info("triage: reusing %s", tri_path)
+        t1 = time.perf_counter()
+        leak, refusal = check_leakage(cached["splits"], spec)  # every rank: deterministic, the same result
+        timer.add("leakage", time.perf_counter() - t1)
+        if refusal:
+            raise JobFailed(refusal)
+        cached = {**cached, "leakage": leak}
     tele.triage(cached["counts"])
-    return cached["counts"], cached["splits"]
+    return cached["counts"], cached["splits"], cached["leakage"]
 
 
 # -------------------------------------------------------------------------------- format stage
@@ -402,7 +436,14 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
         prm.requires_grad_(False)
 
     # ---------------------------------------------------------------- triage (rank 0, broadcast)
-    counts, splits = run_triage(p, out, info, tele, timer, created_out)
+    counts, splits, leak = run_triage(p, out, info, tele, timer, created_out)
+    leak_dropped = 0
+    if leak.pairs and spec.leakage.policy == "drop":
+        from .leakage import drop_leaked
+
+        splits, leak_dropped = drop_leaked(splits, leak)
+        log.warning("leakage: dropped %d leaked probe example(s)", leak_dropped)
+    tele.leakage(leak.counts(leak_dropped))
     if not getattr(splits, "train", None):
         raise JobFailed("no training examples left after triage (all dropped?); "
                         "use triage.unknownPolicy keep or abstain, or add data", before_training=True)
@@ -681,7 +722,8 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
         timer.add("total", time.perf_counter() - wall0)
         report = build_report(job, p, counts, splits, base_figures, final, st, total_steps, step_times,
                               ds_cfg, world, frozen_check, resumed_from, timer, objective, guard.spec, out,
-                              fmt_res=fmt_res, ref_figures=ref_figures, eval_info=eval_info)
+                              fmt_res=fmt_res, ref_figures=ref_figures, eval_info=eval_info,
+                              leakage={**spec.leakage.wire(), **leak.to_dict(leak_dropped)})
         from . import report as rep
 
         try:
@@ -770,7 +812,8 @@ def _split_sizes(splits) -> dict:
 
 def build_report(job, p: Prepared, counts, splits, base_figures, final, st: TrainState, total_steps, step_times,
                  ds_cfg, world, frozen_check, resumed_from, timer: Timer, objective, gspec, out: Path,
-                 fmt_res=None, ref_figures: Optional[dict] = None, eval_info: Optional[dict] = None) -> dict:
+                 fmt_res=None, ref_figures: Optional[dict] = None, eval_info: Optional[dict] = None,
+                 leakage: Optional[dict] = None) -> dict:
     from . import engine as eng
     from .report import forgetting
 
@@ -804,6 +847,8 @@ def build_report(job, p: Prepared, counts, splits, base_figures, final, st: Trai
                     "duplicates_dropped": getattr(p.examples, "duplicates", 0)},
         "triage": {"counts": counts, "settings": spec.triage.wire()},
         "splits": _split_sizes(splits),
+        # probes that duplicate training questions (policy, threshold, counts, the first pairs)
+        "leakage": leakage,
         # the stages in the order they ran; figures of the model each one produced
         "stages": [
             {"name": "triage", "seconds": timer.phases.get("triage"), "counts": counts},
