@@ -134,3 +134,18 @@ def test_clean_job_passes_under_refuse(tmp_path, assets):
     assert rep["leakage"]["counts"] == {"exact": 0, "near": 0, "train_duplicates": 0, "dropped": 0}
     assert rep["splits"]["unknown_probe"] == 3
     assert (out / "best-model" / "config.json").exists()
+
+
+def test_the_speed_benchmark_runs_and_finds_what_it_planted(tmp_path, capsys):
+    from bench import leakage_speed
+
+    rels = leakage_speed.relation_templates()
+    assert len(rels) == 9 and all(len(r["templates"]) == 3 and "{x}" in r["templates"][1] for r in rels.values())
+    assert leakage_speed.main(["--train", "3000", "--probes", "80", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "leakage-speed.json").read_text())
+    k = res["per_kind"]
+    assert k["exact"]["found_exact"] == k["exact"]["planted"] == 20
+    assert k["look-alike"]["found_exact"] + k["look-alike"]["found_near"] == 0
+    assert k["clean"]["found_exact"] + k["clean"]["found_near"] == 0
+    assert res["train_duplicates"]["found"] == res["train_duplicates"]["planted"] == 30
+    assert (tmp_path / "leakage-speed.md").exists()
