@@ -181,7 +181,8 @@ def main(argv=None) -> int:
     other_dups = len({p.probe_id for p in rep.train_pairs if not p.probe_id.startswith("tdup")})
     result = {
         "train": len(train), "probes": len(probes), "probe_texts": texts, "threshold": threshold,
-        "seconds_whole_check_median": round(median(full), 3), "seconds_probes_only_median": round(median(probe_only), 3),
+        "seconds_whole_check_median": round(median(full), 3),
+        "seconds_probes_only_median": round(median(probe_only), 3),
         "seconds_whole_check": [round(x, 3) for x in full], "seconds_probes_only": [round(x, 3) for x in probe_only],
         "cpu_seconds_whole_check": [round(x, 3) for x in full_cpu],
         "cpu_seconds_probes_only": [round(x, 3) for x in probe_cpu],

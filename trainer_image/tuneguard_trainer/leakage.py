@@ -74,7 +74,8 @@ class Pair:
 
     def line(self) -> str:
         sim = "exact" if self.kind == "exact" else f"near {self.similarity:.2f}"
-        return f"{self.probe_set} {self.probe_id} {self.probe_text!r} ~ train {self.train_id} {self.train_text!r} ({sim})"
+        return (f"{self.probe_set} {self.probe_id} {self.probe_text!r} ~ train {self.train_id} "
+                f"{self.train_text!r} ({sim})")
 
 
 @dataclass

@@ -23,6 +23,10 @@ def _ex(ex_id, question, answers, paraphrases=()):
     return data_mod.QAExample(id=ex_id, question=question, answers=list(answers), paraphrases=list(paraphrases))
 
 
+def _leak():
+    return _ex(LEAK["id"], LEAK["question"], LEAK["answers"])
+
+
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("assets")
@@ -41,7 +45,7 @@ def _fictional(n: int) -> list[dict]:
 
 def test_paraphrase_with_the_same_answer_is_caught(train):
     target = next(e for e in train if e.question == "In which country is the city of Shanghai?")
-    probes = {"unknown_probe": [_ex(LEAK["id"], LEAK["question"], LEAK["answers"])] + [_ex(r["id"], r["question"], r["answers"], r["paraphrases"])
+    probes = {"unknown_probe": [_leak()] + [_ex(r["id"], r["question"], r["answers"], r["paraphrases"])
                                                for r in _fictional(3)]}
     rep = leakage.find_leaks(train, probes, threshold=0.8)
     assert [(p.kind, p.probe_id, p.train_id) for p in rep.pairs] == [("near", "leak-1", target.id)]
@@ -76,7 +80,7 @@ def test_drop_removes_only_the_leaked_probes(train):
     from tuneguard_trainer.triage import Splits
 
     clean = _ex("clean", "Which country borders Atlantis?", ["Lemuria"])
-    splits = Splits(train=list(train), known_probe=[clean], new_facts=[], unknown_probe=[_ex(LEAK["id"], LEAK["question"], LEAK["answers"])],
+    splits = Splits(train=list(train), known_probe=[clean], new_facts=[], unknown_probe=[_leak()],
                     drift_prompts=[])
     rep = leakage.check_splits(splits, 0.8)
     kept, dropped = leakage.drop_leaked(splits, rep)
