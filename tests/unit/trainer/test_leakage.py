@@ -153,3 +153,20 @@ def test_the_speed_benchmark_runs_and_finds_what_it_planted(tmp_path, capsys):
     assert k["clean"]["found_exact"] + k["clean"]["found_near"] == 0
     assert res["train_duplicates"]["found"] == res["train_duplicates"]["planted"] == 30
     assert (tmp_path / "leakage-speed.md").exists()
+
+
+@pytest.mark.parametrize("policy,refused", [("refuse", True), ("drop", False), ("warn", False)])
+def test_only_refuse_refuses(train, policy, refused):
+    from tests.bad_manifests import valid_job
+    from tuneguard.validation import parse_job
+    from tuneguard_trainer import loop
+    from tuneguard_trainer.triage import Splits
+
+    doc = valid_job()
+    doc["spec"]["leakage"] = {"policy": policy}
+    spec = parse_job(doc).spec
+    splits = Splits(train=list(train), known_probe=[], new_facts=[], unknown_probe=[_leak()], drift_prompts=[])
+    rep, refusal = loop.check_leakage(splits, spec)
+    assert len(rep.pairs) == 1 and bool(refusal) is refused
+    clean = Splits(train=list(train), known_probe=[], new_facts=[], unknown_probe=[], drift_prompts=[])
+    assert loop.check_leakage(clean, spec)[1] is None
