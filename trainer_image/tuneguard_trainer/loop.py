@@ -536,6 +536,8 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
     guard = GuardrailSource(spec.guardrails, p.config_path)
     es = spec.training.early_stopping
     tele.plan(total_steps)
+    if resumed_from:
+        tele.position(st.step, st.micro / max(micro_per_epoch, 1))
     tele.stage("training")
 
     def evaluate_now() -> dict:

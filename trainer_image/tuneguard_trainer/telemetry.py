@@ -111,18 +111,27 @@ class Telemetry:
         self.status.total_steps = int(total_steps)
         self.g_total.labels(**self.labels).set(total_steps)
 
-    def step(self, step: int, epoch: float, loss: float, tokens: int, tokens_per_second: float) -> None:
+    def position(self, step: int, epoch: float) -> None:
+        """Where training stands (step, epoch, progress): after every step, and at once on a resume, so a
+        job resumed at its last step does not report step 0."""
         if not self.enabled:
             return
         self.g_step.labels(**self.labels).set(step)
+        s = self.status
+        s.step, s.epoch = int(step), round(float(epoch), 4)
+        s.progress = f"{int(100 * step / max(s.total_steps, 1))}%"
+
+    def step(self, step: int, epoch: float, loss: float, tokens: int, tokens_per_second: float) -> None:
+        if not self.enabled:
+            return
+        self.position(step, epoch)
         self.g_loss.labels(**self.labels).set(loss)
         self.g_tps.labels(**self.labels).set(tokens_per_second)
         self.c_tokens.labels(**self.labels).inc(max(tokens, 0))
         self.g_last.labels(**self.labels).set(time.time())
         s = self.status
-        s.step, s.epoch, s.loss = int(step), round(float(epoch), 4), round(float(loss), 6)
+        s.loss = round(float(loss), 6)
         s.tokens_per_second = round(float(tokens_per_second), 2)
-        s.progress = f"{int(100 * step / max(s.total_steps, 1))}%"
         self.flush()
 
     def triage(self, counts: dict) -> None:

@@ -91,3 +91,14 @@ def test_other_ranks_export_nothing():
     t.step(1, 0.1, 1.0, 1, 1.0)
     t.stage("done")
     assert t.registry is None and not t.status_patch
+
+
+def test_position_sets_step_and_progress_without_a_training_step():
+    """A job resumed at its last step reports that step at once (loop.run calls position on resume)."""
+    t = _tele()
+    t.plan(48)
+    t.position(48, 6.0)
+    assert (t.status.step, t.status.epoch, t.status.progress) == (48, 6.0, "100%")
+    assert t.status.loss is None  # no step has run: no loss is invented
+    t.step(10, 0.5, 1.25, tokens=1, tokens_per_second=2.0)
+    assert (t.status.step, t.status.loss, t.status.progress) == (10, 1.25, "20%")
