@@ -616,6 +616,21 @@ def markdown(result: dict) -> str:
     return "\n".join(l for l in lines if l is not None)
 
 
+CORE_ROWS = ("sft", "self-distill", "self-distill-base-teacher", "freeze")  # what the table must decide
+
+
+def task_order(s: dict, planned: list) -> list:
+    """(row, seed) in the order a time budget cuts them last: every row of the first seed, the four core
+    rows of the other seeds, the sweep's extra rows, then the other rows of the other seeds."""
+    main = [m for m in s["methods"] if m not in s["sweep_rows"]]
+    first, rest = planned[:1], planned[1:]
+    tasks = [(m, sd) for sd in first for m in main]
+    tasks += [(m, sd) for sd in rest for m in main if m in CORE_ROWS]
+    tasks += [(m, sd) for sd in planned[:s["sweep_seeds"]] for m in s["sweep_rows"]]
+    tasks += [(m, sd) for sd in rest for m in main if m not in CORE_ROWS]
+    return tasks
+
+
 def _worker_init(threads: int) -> None:
     import torch
 
@@ -752,9 +767,7 @@ def main(argv=None) -> int:
         print(f"wrote {out / (name + '.json')}, {out / (name + '.md')} (seeds {done_seeds}) at "
               f"{result['wall_seconds']} s", flush=True)
 
-    # seeds outermost, the sweep's extra rows last: a cut-short table still has every main row for its seeds
-    tasks = [(m, seed) for seed in planned for m in s["methods"] if m not in s["sweep_rows"]]
-    tasks += [(m, seed) for seed in planned[:s["sweep_seeds"]] for m in s["sweep_rows"]]
+    tasks = task_order(s, planned)
     deadline = t0 + args.budget_seconds if args.budget_seconds else None
     if args.finished_only:  # tabulate what ran elsewhere (e.g. an earlier, cut-short run)
         for m, seed in tasks:
@@ -763,16 +776,13 @@ def main(argv=None) -> int:
                 reports.setdefault(m, {})[seed] = rep
         done_seeds.extend(sd for sd in planned if any(sd in by for by in reports.values()))
     else:
-        left = {sd: sum(1 for _, x in tasks if x == sd) for sd in planned}
+        left = len(tasks)
         for m, seed, rep in run_tasks(tasks, s, mix, triage_result, args.device, work / "runs", args.jobs, deadline):
+            left -= 1
             if rep is not None:
                 reports.setdefault(m, {})[seed] = rep
-            left[seed] -= 1
-            if left[seed] == 0:  # a seed is whole: the table so far (a cut-short run still leaves it)
-                if any(seed in by for by in reports.values()):
-                    done_seeds.append(seed)
-                    done_seeds.sort()
-                if any(left.values()):
+                done_seeds[:] = sorted({sd for by in reports.values() for sd in by})
+                if left:  # the table so far, after every run: a cut-short table still leaves it
                     write_results(final=False)
     from tuneguard_trainer import local
 

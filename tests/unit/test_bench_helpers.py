@@ -119,3 +119,17 @@ def test_prometheus_metric_sum():
     assert metric(text, "tuneguard_operator_reconcile_errors_total") == 3.0
     assert metric(text, "tuneguard_operator_reconcile_duration_seconds_count") == 5.0
     assert metric(text, "missing") == 0.0
+
+
+def test_table_task_order_cuts_the_least_needed_runs_last():
+    from bench.hallucination_table import MAIN_ROWS, task_order
+
+    s = {"methods": list(MAIN_ROWS) + ["self-distill-l0.3", "self-distill-l3"],
+         "sweep_rows": ["self-distill-l0.3", "self-distill-l3"], "sweep_seeds": 1}
+    tasks = task_order(s, [0, 1, 2])
+    assert len(tasks) == len(set(tasks)) == 6 * 3 + 2
+    assert tasks[:6] == [(m, 0) for m in MAIN_ROWS]  # the first seed whole
+    assert tasks[6:14] == [(m, sd) for sd in (1, 2) for m in ("sft", "self-distill", "self-distill-base-teacher",
+                                                               "freeze")]
+    assert tasks[14:16] == [("self-distill-l0.3", 0), ("self-distill-l3", 0)]
+    assert set(tasks[16:]) == {(m, sd) for sd in (1, 2) for m in ("sft-abstain", "sft-rollback")}
