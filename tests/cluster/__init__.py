@@ -1,4 +1,4 @@
-"""A real Kubernetes control plane for tests and demos, with simulated GPU nodes (issue 3).
+"""A real Kubernetes control plane for tests and demos, with simulated GPU nodes.
 
 `python -m tests.cluster up|down` (make cluster-up / cluster-down) runs one in .cluster/ for
 demos; tests get one from the session fixture in tests/conftest.py. The test modules of this package

@@ -4,7 +4,7 @@ All losses are taken at *answer positions* only: the positions whose next-token 
 (``prompts.encode_for_training`` puts -100 on the prompt and on padding). The logits at position t
 predict the token at t+1, so ``logits[:, :-1]`` is paired with ``labels[:, 1:]``.
 
-self-distill (Kaplan, Gekhman et al.; see docs/papers):
+self-distill (Kaplan, Gekhman et al., arXiv 2604.15574):
 
     L = CE(y) + lambda * tau^2 * KL(p_teacher^tau || p_student^tau)
 
