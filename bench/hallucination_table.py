@@ -124,6 +124,7 @@ def settings(args) -> dict:
         "sweep_seeds": args.sweep_seeds,
         "ds_optimizer": args.ds_optimizer,
         "budget_seconds": args.budget_seconds,
+        "jobs": args.jobs,
     }
     return s
 
@@ -552,6 +553,13 @@ def _cell(t: dict, k: str, scale: float = 100.0, digits: int = 1) -> str:
     return f"{scale * e['mean']:.{digits}f}{rng}"
 
 
+def _probe_sizes(result: dict, probe: str) -> str:
+    """The evaluated size of a probe over the runs (one number, or a range across seeds)."""
+    sizes = sorted({(r.get("evaluation") or {}).get("sizes", {}).get(probe) for by in result["runs"].values()
+                    for r in by.values()} - {None})
+    return "?" if not sizes else str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+
+
 def markdown(result: dict) -> str:
     s, table = result["settings"], result["aggregate"]["table"]
     hdr = ["method", "seeds", "known acc. (%)", "relative drop from peak (%)", "new-fact acc. (%)", "abstention (%)",
@@ -583,8 +591,12 @@ def markdown(result: dict) -> str:
         f"{s['triage']['samples']} samples at T={s['triage']['temperature']} (computed once for "
         f"{result['triage']['facts']} facts, {result['triage']['seconds']} s): {result['triage']['counts']}. "
         f"Training mix: {mix['train']} facts, {mix['train_categories']} (Unknown share {mix['unknown_share']}); "
-        f"known probe {mix['known_probe']} held-out Known (HighlyKnown and MaybeKnown) facts before the reference's filter, unknown probe {mix['unknown_probe']} "
-        f"held-out Unknown facts.",
+        f"known probe candidates: {mix['known_probe']} held-out Known (HighlyKnown and MaybeKnown) facts, of which "
+        f"the evaluator keeps {_probe_sizes(result, 'known_probe')} the reference answers; unknown probe "
+        f"{_probe_sizes(result, 'unknown_probe')} of {mix['unknown_probe']} held-out Unknown facts; new facts "
+        f"{_probe_sizes(result, 'new_facts')}."
+        + (f" Runs went {s['jobs']} side by side, one torch thread each: the step column compares rows, not "
+           f"machines." if s.get("jobs", 1) > 1 else ""),
         "",
         "Mean over seeds at the last step, with a 95 % bootstrap interval (seeds and probe facts resampled). "
         "Drops are measured from the reference, the format-stage snapshot every fact stage starts from; the known "
