@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import ssl
 import time
 import urllib.error
@@ -23,18 +22,12 @@ from .binaries import COMPONENTS, NODE_COMPONENTS, control_plane_binaries
 from .handle import SIMULATE_EXIT_ANNOTATION, SIMULATION_MARKER, Cluster
 from .nodes import KWOK_NODE_ANNOTATION, gpu_node
 from .pki import APISERVER_SANS, KeyPair, Pki, write_kubeconfig
-from .processes import PortTaken, ProcessGroup
+from .processes import PortTaken, ProcessGroup, free_port
 
 STAGES = Path(__file__).with_name("kwok-stages.yaml")
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class StartupError(RuntimeError):

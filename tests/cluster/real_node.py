@@ -28,7 +28,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from .pki import Pki, write_kubeconfig
+from .processes import free_port
 
 NODE_NAME = "tuneguard-node"
 NODE_IP = "10.250.0.1"
@@ -75,12 +75,6 @@ def _run(*cmd: str, check: bool = True, input: str | None = None, timeout: float
     if check and done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     return done
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def host_tools() -> dict[str, str]:
@@ -474,8 +468,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
             "clientConnection": {"kubeconfig": str(proxy_kubeconfig)},
             "hostnameOverride": NODE_NAME, "mode": "iptables", "clusterCIDR": POD_SUBNET,
-            "bindAddress": NODE_IP, "healthzBindAddress": f"127.0.0.1:{_free_port()}",
-            "metricsBindAddress": f"127.0.0.1:{_free_port()}",
+            "bindAddress": NODE_IP, "healthzBindAddress": f"127.0.0.1:{free_port()}",
+            "metricsBindAddress": f"127.0.0.1:{free_port()}",
             # No machine-wide sysctls: leave conntrack limits and route_localnet alone.
             "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
             "iptables": {"localhostNodePorts": False},

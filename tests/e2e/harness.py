@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,9 @@ from typing import Any, Callable
 import yaml
 
 from tests.bad_manifests import valid_job
-from tests.cluster.processes import terminate
+from tests.cluster.processes import free_port, terminate
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, interval: float = 0.3,

@@ -17,7 +17,8 @@ from pathlib import Path
 import yaml
 
 from tests.cluster.processes import terminate
-from tests.prometheus.harness import env_with_repo_paths, free_port
+from tests.cluster.processes import free_port
+from tests.prometheus.harness import env_with_repo_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 

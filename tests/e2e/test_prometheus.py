@@ -32,7 +32,8 @@ import yaml
 from tests.chart_tools import ROOT, find_prometheus
 from tests.e2e.local_processes import (LocalOperator, get_json, token_kubeconfig, wait_until,
                                        worker_process)
-from tests.prometheus.harness import Prometheus, free_port
+from tests.cluster.processes import free_port
+from tests.prometheus.harness import Prometheus
 from tuneguard import alerts, dashboard
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow,

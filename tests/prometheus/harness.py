@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -20,13 +19,7 @@ from pathlib import Path
 import yaml
 
 from tests.chart_tools import find_prometheus
-from tests.cluster.processes import terminate
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.cluster.processes import free_port, terminate
 
 
 def scrape_config(jobs: dict[str, list[tuple[str, dict]]], interval: str = "1s") -> dict:
