@@ -3,6 +3,7 @@ bad manifests whose rule a schema can express are refused with a message naming 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,19 @@ def test_example_is_accepted(cluster, crd_installed, module_namespace, example):
         assert stored["spec"]["method"]["type"] == doc["spec"]["method"]["type"]
 
 
-def test_valid_job_is_accepted(cluster, crd_installed, module_namespace):
-    apply(cluster, module_namespace, valid_job("the-good-one"))
+def test_valid_job_is_accepted_and_defaulted_like_the_models(cluster, crd_installed, module_namespace):
+    """The server fills in the schema's defaults; they must be the pydantic models' (one source)."""
+    from tuneguard import api
+
+    doc = valid_job("the-good-one")
+    apply(cluster, module_namespace, doc)
+    # JSON, not YAML: PyYAML reads kubectl's `1e-05` as a string
+    stored = json.loads(cluster.kubectl("get", "ftj", "the-good-one", "-n", module_namespace,
+                                        "-o", "json").stdout)["spec"]
+    models = api.FineTuneJob.model_validate(doc).spec.wire()
+    for block in ("formatStage", "leakage", "triage", "training", "evaluation", "guardrails"):
+        assert stored[block] == models[block], block
+    assert stored["datasets"]["holdoutFraction"] == models["datasets"]["holdoutFraction"]
 
 
 @pytest.mark.parametrize("case", SERVER_CASES, ids=[c.name for c in SERVER_CASES])
