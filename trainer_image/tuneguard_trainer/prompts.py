@@ -317,19 +317,3 @@ def encode_for_training(tokenizer, examples: Sequence["QAExample"], max_seq_leng
             ids, labels = ids[-max_seq_length:], labels[-max_seq_length:]
         out.append({"input_ids": ids, "labels": labels})
     return out
-
-
-def collate(features: Sequence[dict], pad_token_id: int) -> dict:
-    """Right-pad {input_ids, labels} features into tensors with an attention mask."""
-    import torch
-
-    n = max(len(f["input_ids"]) for f in features)
-    ids = torch.full((len(features), n), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(features), n), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(features), n), dtype=torch.long)
-    for i, f in enumerate(features):
-        k = len(f["input_ids"])
-        ids[i, :k] = torch.tensor(f["input_ids"])
-        labels[i, :k] = torch.tensor(f["labels"])
-        mask[i, :k] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}

@@ -14,7 +14,8 @@ import torch
 from tuneguard import api
 from tuneguard_trainer import triage as tri
 from tuneguard_trainer.data import load_examples
-from tuneguard_trainer.prompts import PromptFormat, collate, is_correct
+from tuneguard_trainer.methods import collate
+from tuneguard_trainer.prompts import PromptFormat, is_correct
 from tuneguard_trainer.scoring import SamplingTable, row_uniform, sample_tokens
 
 from .conftest import make_tiny_model
@@ -35,6 +36,7 @@ def knowing(tiny_tokenizer):
             p, a = fmt.prompt_ids(e, shots), fmt.answer_ids(e.answers[0]) + fmt.end_ids[:1]
             feats.append({"input_ids": p + a, "labels": [-100] * len(p) + a})
     batch = collate(feats, tiny_tokenizer.pad_token_id)
+    batch.pop("keep")  # the trainer's logits_to_keep hint; the model's own loss takes the rest
     opt = torch.optim.Adam(model.parameters(), lr=3e-2)
     model.train()
     for _ in range(40):
