@@ -71,7 +71,8 @@ class Rule:
 _ACRONYMS = {"kl": "KL"}  # Kubernetes style keeps acronyms upper-case (podCIDR, driftKL)
 
 
-def _camel(name: str) -> str:
+def wire_name(name: str) -> str:
+    """A Python field name as the API spells it (camelCase): every model's alias, and the status keys."""
     head, *rest = name.rstrip("_").split("_")
     return head + "".join(_ACRONYMS.get(part, part.title()) for part in rest)
 
@@ -81,7 +82,7 @@ class ApiModel(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        alias_generator=_camel,
+        alias_generator=wire_name,
         populate_by_name=True,
         validate_default=True,
     )
@@ -401,7 +402,7 @@ class GuardrailSpec(ApiModel):
 
 
 class Toleration(ApiModel):
-    model_config = ConfigDict(extra="forbid", alias_generator=_camel, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", alias_generator=wire_name, populate_by_name=True)
     key: Optional[str] = None
     operator: Optional[Literal["Exists", "Equal"]] = None
     value: Optional[str] = None

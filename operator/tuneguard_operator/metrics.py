@@ -14,7 +14,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from tuneguard import api, contract
-from tuneguard.api import _camel
+from tuneguard.api import wire_name
 
 
 class Metrics:
@@ -66,7 +66,7 @@ class Metrics:
                 self.job_progress.labels(**lab).set(min(1.0, float(training.get("step") or 0) / total))
             seen = set()
             for f, gauge in self.job_figures.items():
-                value = figures.get(_camel(f))
+                value = figures.get(wire_name(f))
                 if isinstance(value, (int, float)):
                     gauge.labels(**lab).set(float(value))
                     seen.add(f)

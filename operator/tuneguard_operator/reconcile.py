@@ -181,7 +181,7 @@ class Reconciler:
             try:
                 created = self.kube.create(path(kind, meta["namespace"]), want)
                 log.info("created %s %s/%s", kind, meta["namespace"], meta["name"],
-                         extra={"job": meta["labels"].get("tuneguard.io/job"), "kind": kind})
+                         extra={"job": meta["labels"].get(contract.LABEL_JOB), "kind": kind})
                 return created
             except ApiError as e:
                 if e.status != 409:
@@ -211,7 +211,7 @@ class Reconciler:
                         patch.setdefault("data", {})[k] = None
             have = self.kube.patch(p, patch)
             log.info("updated %s %s/%s", kind, meta["namespace"], meta["name"],
-                     extra={"job": meta["labels"].get("tuneguard.io/job"), "kind": kind})
+                     extra={"job": meta["labels"].get(contract.LABEL_JOB), "kind": kind})
         return have
 
     # ------------------------------------------------------------------------------------- apply
@@ -269,7 +269,7 @@ class Reconciler:
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"],
-                         "labels": {"tuneguard.io/job": meta["name"]}},
+                         "labels": {contract.LABEL_JOB: meta["name"]}},
             "involvedObject": {"apiVersion": api.API_VERSION, "kind": api.KIND, "name": meta["name"],
                                "namespace": meta["namespace"], "uid": meta["uid"]},
             "type": type_,
