@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal, Optional
+from typing import Any, Callable, ClassVar, Literal, Optional, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -249,10 +249,14 @@ class FreezeSpec(ApiModel):
         return self
 
 
+MethodName = Literal["sft", "self-distill", "freeze"]
+METHODS: tuple[str, ...] = get_args(MethodName)
+
+
 class MethodSpec(ApiModel):
-    type: Literal["sft", "self-distill", "freeze"] = Field(
-        description="sft: cross-entropy on answer tokens; self-distill: plus a KL term toward the frozen base "
-        "model; freeze: sft on a chosen subset of parameters."
+    type: MethodName = Field(
+        description="sft: cross-entropy on answer tokens; self-distill: plus a KL term toward a frozen teacher "
+        "(the format-stage snapshot by default); freeze: sft on a chosen subset of parameters."
     )
     self_distill: Optional[SelfDistillSpec] = Field(None, description="Settings of self-distill.")
     freeze: Optional[FreezeSpec] = Field(None, description="Which parameters freeze trains.")

@@ -109,7 +109,7 @@ class Metrics:
         for info in self._known.values():
             k = (info["phase"], info["method"])
             counts[k] = counts.get(k, 0) + 1
-        methods = {m for _, m in counts} | {"sft", "self-distill", "freeze"}
+        methods = {m for _, m in counts} | set(api.METHODS)
         for phase in api.PHASES:
             for m in methods:
                 self.jobs.labels(phase=phase, method=m).set(counts.get((phase, m), 0))
