@@ -45,6 +45,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from tuneguard import api
+
 from .prompts import IGNORE_INDEX
 
 
@@ -171,7 +173,7 @@ class Objective:
 
     def __init__(self, method: str, *, teacher=None, lambda_: float = 1.0, temperature: float = 0.5,
                  cache_top_k: int = 0):
-        if method not in ("sft", "self-distill", "freeze"):
+        if method not in api.METHODS:
             raise ValueError(f"unknown method {method!r}")
         self.method = method
         self.lambda_ = float(lambda_)

@@ -143,9 +143,17 @@ def test_every_method_lowers_loss(method):
     assert losses[-1] < losses[0] * 0.9, losses
 
 
+def _right_padded(features, pad_token_id: int) -> dict:
+    """The plain layout (right padding, every position projected): the reference the trainer's must equal."""
+    n = max(len(f["input_ids"]) for f in features)
+    pad = lambda xs, v: xs + [v] * (n - len(xs))
+    return {"input_ids": torch.tensor([pad(f["input_ids"], pad_token_id) for f in features]),
+            "labels": torch.tensor([pad(f["labels"], -100) for f in features]),
+            "attention_mask": torch.tensor([pad([1] * len(f["input_ids"]), 0) for f in features])}
+
+
 def test_left_padded_batch_with_kept_logits_equals_full_right_padded_loss():
     from tuneguard_trainer.methods import collate
-    from tuneguard_trainer.prompts import collate as right_collate
 
     torch.manual_seed(0)
     feats = []
@@ -153,7 +161,7 @@ def test_left_padded_batch_with_kept_logits_equals_full_right_padded_loss():
         ids = torch.randint(3, 64, (n_prompt + n_answer,)).tolist()
         feats.append({"input_ids": ids, "labels": [-100] * n_prompt + ids[n_prompt:]})
     left = collate(feats, pad_token_id=0)
-    right = right_collate(feats, pad_token_id=0)
+    right = _right_padded(feats, pad_token_id=0)
     assert int(left["keep"]) == 5 and left["input_ids"].shape[1] == 16
     student, teacher = tiny_llama(seed=1), tiny_llama(seed=2)
     for obj in (Objective("sft"), Objective("self-distill", teacher=teacher, lambda_=1.0, temperature=0.5)):
