@@ -7,7 +7,7 @@ reconciler creates them (or patches the mutable parts), the unit tests read them
 Children, all owned by the FineTuneJob (ownerReferences, controller=true, blockOwnerDeletion), so
 that deleting the job removes them through garbage collection without any finalizer:
 
-  <job>-config   ConfigMap: the validated manifest at contract.CONFIG_FILE, a DeepSpeed hostfile
+  <job>-config   ConfigMap: the validated manifest at contract.CONFIG_FILE
   <job>-worker   headless Service: stable DNS for every rank, rank 0 is <job>-worker-0.<job>-worker
   <job>-trainer  ServiceAccount + Role + RoleBinding: get/patch this job's status, nothing else
   <job>-worker   Indexed Job: one pod per worker, node rank = completion index
@@ -24,8 +24,6 @@ from tuneguard import api, contract
 CONTAINER = "trainer"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 LABEL_ATTEMPT = "tuneguard.io/restart-attempt"
-ANNOTATION_GENERATION = "tuneguard.io/job-generation"
-HOSTFILE = "hostfile"
 CACHE_DIR = "/var/cache/tuneguard"
 RUN_AS_USER = 1000
 
@@ -121,21 +119,12 @@ def manifest_yaml(ftj: api.FineTuneJob) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def hostfile(ftj: api.FineTuneJob) -> str:
-    """DeepSpeed hostfile (`deepspeed --no_ssh --hostfile ...`): one stable DNS name per rank."""
-    name = ftj.metadata.name
-    return "".join(
-        f"{worker_hostname(name, i)}.{service_name(name)} slots={nprocs(ftj)}\n"
-        for i in range(ftj.spec.resources.workers)
-    )
-
-
 def config_map(ftj: api.FineTuneJob, uid: str) -> dict:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(ftj, uid, config_name(ftj.metadata.name)),
-        "data": {contract.CONFIG_FILE: manifest_yaml(ftj), HOSTFILE: hostfile(ftj)},
+        "data": {contract.CONFIG_FILE: manifest_yaml(ftj)},
     }
 
 
@@ -261,7 +250,7 @@ def _volumes(ftj: api.FineTuneJob) -> tuple[list[dict], list[dict]]:
 # --------------------------------------------------------------------------------------------- env
 
 
-def _env(ftj: api.FineTuneJob, restart_attempt: int) -> list[dict]:
+def _env(ftj: api.FineTuneJob) -> list[dict]:
     name, ns = ftj.metadata.name, ftj.metadata.namespace
     res = ftj.spec.resources
 
@@ -278,11 +267,9 @@ def _env(ftj: api.FineTuneJob, restart_attempt: int) -> list[dict]:
             "fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}},
         v(contract.ENV_JOB_NAME, name),
         v(contract.ENV_JOB_NAMESPACE, ns),
-        v(contract.ENV_CONFIG, contract.CONFIG_PATH),
         v(contract.ENV_OUTPUT_DIR, output_dir(ftj)),
         v(contract.ENV_METRICS_PORT, contract.METRICS_PORT),
         v(contract.ENV_STATUS_PATCH, 1),
-        v(contract.ENV_RESTART_ATTEMPT, restart_attempt),
         v("PYTHONUNBUFFERED", 1),
         v("HF_HOME", f"{CACHE_DIR}/huggingface"),
         v("XDG_CACHE_HOME", CACHE_DIR),
@@ -343,7 +330,7 @@ def pod_template(ftj: api.FineTuneJob, restart_attempt: int) -> dict:
             "image": res.image,
             "imagePullPolicy": res.image_pull_policy,
             "command": list(contract.WORKER_COMMAND),
-            "env": _env(ftj, restart_attempt),
+            "env": _env(ftj),
             "ports": [
                 {"name": contract.METRICS_PORT_NAME, "containerPort": contract.METRICS_PORT, "protocol": "TCP"},
                 {"name": "master", "containerPort": contract.MASTER_PORT, "protocol": "TCP"},

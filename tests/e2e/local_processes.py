@@ -115,7 +115,7 @@ def worker_process(cluster, namespace: str, job: str, workdir: Path, metrics_por
     Taken from the cluster: the ConfigMap's job file and the Indexed Job's pod template env, with
     the substitutions a local process needs: NODE_RANK (a fieldRef) = 0, MASTER_ADDR = 127.0.0.1
     (the pod DNS name does not resolve here), MASTER_PORT and TUNEGUARD_METRICS_PORT = free local
-    ports, TUNEGUARD_CONFIG / TUNEGUARD_OUTPUT_DIR under workdir, cache dirs left to the user's.
+    ports, the config file (--config) and TUNEGUARD_OUTPUT_DIR under workdir, cache dirs left to the user's.
     """
     from tuneguard import contract
 
@@ -135,7 +135,6 @@ def worker_process(cluster, namespace: str, job: str, workdir: Path, metrics_por
         contract.ENV_MASTER_ADDR: "127.0.0.1",
         contract.ENV_MASTER_PORT: str(free_port()),
         contract.ENV_METRICS_PORT: str(metrics_port),
-        contract.ENV_CONFIG: str(config),
         contract.ENV_OUTPUT_DIR: str(Path(workdir) / "output"),
         "KUBECONFIG": str(kubeconfig or cluster.kubeconfig),
     })

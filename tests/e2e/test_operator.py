@@ -97,8 +97,7 @@ def test_multinode_example_runs_on_gpu_nodes(operator, kc, ml_team):
     cm = kc.get("configmap", "facts-sft-config", "-n", ns)
     manifest = yaml.safe_load(cm["data"][contract.CONFIG_FILE])
     assert manifest["spec"]["resources"]["gpusPerWorker"] == 8
-    assert cm["data"]["hostfile"].splitlines() == ["facts-sft-worker-0.facts-sft-worker slots=8",
-                                                   "facts-sft-worker-1.facts-sft-worker slots=8"]
+    assert set(cm["data"]) == {contract.CONFIG_FILE}
     svc = kc.get("service", "facts-sft-worker", "-n", ns)
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
 
@@ -184,7 +183,6 @@ def test_worker_failure_restarts_the_group_until_the_backoff_limit(operator, kc,
     assert not {p["metadata"]["uid"] for p in pods} & {p["metadata"]["uid"] for p in first}
     for p in pods:
         assert p["metadata"]["labels"]["tuneguard.io/restart-attempt"] == "1"
-        assert env_of(p)[contract.ENV_RESTART_ATTEMPT]["value"] == "1"
     failed = [e for e in kc.events("flaky", ns) if e["reason"] == "WorkerFailed"]
     assert len(failed) == 1 and failed[0]["type"] == "Warning" and "exit code 1" in failed[0]["message"]
 

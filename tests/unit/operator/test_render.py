@@ -31,14 +31,13 @@ def test_children_are_owned_by_the_job_and_labelled():
         assert child["metadata"]["labels"][contract.LABEL_MANAGED_BY] == contract.MANAGED_BY
 
 
-def test_config_map_holds_the_validated_manifest_and_a_hostfile():
+def test_config_map_holds_the_validated_manifest_only():
     ftj = multinode()
     cm = render.config_map(ftj, UID)
     doc = yaml.safe_load(cm["data"][contract.CONFIG_FILE])
     again = parse_job(doc)  # the trainer validates it with the same models
     assert again.spec == ftj.spec
-    assert cm["data"]["hostfile"] == ("facts-sft-worker-0.facts-sft-worker slots=8\n"
-                                      "facts-sft-worker-1.facts-sft-worker slots=8\n")
+    assert set(cm["data"]) == {contract.CONFIG_FILE}  # the workers launch torchrun: no DeepSpeed hostfile
 
 
 def test_indexed_job_shape():
@@ -70,8 +69,9 @@ def test_worker_pod_env():
     assert env["NPROC_PER_NODE"]["value"] == "8"
     assert env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == \
         "metadata.annotations['batch.kubernetes.io/job-completion-index']"
-    assert env[contract.ENV_RESTART_ATTEMPT]["value"] == "3"
-    assert env[contract.ENV_CONFIG]["value"] == contract.CONFIG_PATH
+    assert not {k for k in env if k.startswith("TUNEGUARD_")} - {  # only what the trainer reads
+        contract.ENV_OUTPUT_DIR, contract.ENV_JOB_NAME, contract.ENV_JOB_NAMESPACE, contract.ENV_STATUS_PATCH,
+        contract.ENV_METRICS_PORT}
     assert env[contract.ENV_OUTPUT_DIR]["value"] == f"{contract.OUTPUT_DIR}/facts-sft"  # pvc://checkpoints/facts-sft
     assert env[contract.ENV_JOB_NAME]["value"] == "facts-sft"
     assert env[contract.ENV_JOB_NAMESPACE]["value"] == "ml-team"
