@@ -257,7 +257,7 @@ def manifest(method: str, seed: int, s: dict, mix: dict, device: str) -> dict:
     return {
         "apiVersion": "tuneguard.io/v1alpha1",
         "kind": "FineTuneJob",
-        "metadata": {"name": f"bench-{method}-s{seed}", "namespace": "bench"},
+        "metadata": {"name": f"bench-{method}-s{seed}".replace(".", "p"), "namespace": "bench"},  # a DNS label
         "spec": {
             "model": {"uri": s["model"]},
             "datasets": {"train": mix["files"]["train"],

@@ -133,3 +133,20 @@ def test_table_task_order_cuts_the_least_needed_runs_last():
                                                                "freeze")]
     assert tasks[14:16] == [("self-distill-l0.3", 0), ("self-distill-l3", 0)]
     assert set(tasks[16:]) == {(m, sd) for sd in (1, 2) for m in ("sft-abstain", "sft-rollback")}
+
+
+def test_every_table_row_is_a_valid_finetunejob():
+    """Each row's manifest passes the product's own validation (a λ of 0.3 once made an invalid name)."""
+    from types import SimpleNamespace
+
+    from bench.hallucination_table import METHODS, manifest, settings
+    from tuneguard.validation import parse_job
+
+    args = SimpleNamespace(quick=False, device="cpu", methods=",".join(METHODS), sweep=True, seeds=1, steps=0,
+                           eval_interval=0, lr=1e-4, unknown_share=0.5, model="bundled://smollm2-135m-instruct",
+                           facts="bundled://facts", sweep_seeds=1, ds_optimizer="torch", budget_seconds=0, jobs=1)
+    s = settings(args)
+    mix = {"files": {"train": "/data/train.jsonl", "known": "/data/known.jsonl", "unknown": "/data/unknown.jsonl"}}
+    for m in METHODS:
+        job = parse_job(manifest(m, 0, s, mix, "cpu"))
+        assert job.spec.training.max_steps == s["steps"], m
