@@ -10,8 +10,9 @@
    (HighlyKnown and MaybeKnown, as in the paper) become the known probe file, held-out Unknown facts the
    unknown probe file, the rest the training file (the non-Unknown side subsampled until Unknown is at
    least half).
-3. For each method (sft, self-distill, freeze attention-only, sft with unknownPolicy=abstain, self-distill
-   with teacherPrompt few-shot) and seed: a FineTuneJob manifest (manifest.yaml in its run directory) run
+3. For each row (METHODS: sft, self-distill with the format-stage and with the base teacher, freeze
+   attention-only, sft with unknownPolicy=abstain, sft with the guardrail's rollback; the lambda sweep) and
+   seed: a FineTuneJob manifest (manifest.yaml in its run directory) run
    by tuneguard_trainer.loop.run, the same code path as `tuneguard run` and the worker pods, all at the
    same maxSteps. The cached triage is handed to the loop as the run directory's triage.pt (the loop's own
    resume cache, with its digest), so no run re-triages; the splits in it are build_splits() of the trainer. Figures come from each run's report.json.
