@@ -134,20 +134,23 @@ class Telemetry:
         s.tokens_per_second = round(float(tokens_per_second), 2)
         self.flush()
 
+    def _counts(self, gauge, label: str, keys, counts: dict) -> dict:
+        """Sets one labelled series per key (missing keys are 0); returns the counts as ints."""
+        out = {k: int(counts.get(k, 0)) for k in keys}
+        for k, v in out.items():
+            gauge.labels(**self.labels, **{label: k}).set(v)
+        return out
+
     def triage(self, counts: dict) -> None:
         if not self.enabled:
             return
-        for cat in TRIAGE_CATEGORIES:
-            self.g_triage.labels(**self.labels, category=cat).set(int(counts.get(cat, 0)))
-        self.status.triage = api.TriageCounts(**{k: int(counts.get(k, 0)) for k in TRIAGE_CATEGORIES})
+        self.status.triage = api.TriageCounts(**self._counts(self.g_triage, "category", TRIAGE_CATEGORIES, counts))
         self.flush(force=True)
 
     def leakage(self, counts: dict) -> None:
         if not self.enabled:
             return
-        for kind in LEAKAGE_KINDS:
-            self.g_leak.labels(**self.labels, kind=kind).set(int(counts.get(kind, 0)))
-        self.status.leakage = api.LeakageCounts(**{k: int(counts.get(k, 0)) for k in LEAKAGE_KINDS})
+        self.status.leakage = api.LeakageCounts(**self._counts(self.g_leak, "kind", LEAKAGE_KINDS, counts))
         self.flush(force=True)
 
     def figures(self, figures: dict, model: str) -> None:
