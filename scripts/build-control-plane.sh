@@ -122,12 +122,21 @@ EOF
   for c in "$@"; do install_component "$work/out" "$c"; done
 }
 
+# build_go_main <component> <module@version> < main.go: a one-file main package over one module.
+build_go_main() {
+  local component="$1" module="$2" work="$tmp_root/$1"
+  mkdir -p "$work/out"
+  cat > "$work/main.go"
+  (cd "$work" && go mod init "tuneguard.local/${component}bin" >/dev/null 2>&1 && \
+   go get "$module" >&2 && go mod tidy >&2 && \
+   go build -o "out/$component" . >&2)
+  install_component "$work/out" "$component"
+}
+
 # etcd's own main module replaces its sibling modules with local paths, so `go install` of it fails;
 # its server module exports the same entry point (etcdmain.Main), wrapped here in a two-line main.
 build_etcd() {
-  local work="$tmp_root/etcd"
-  mkdir -p "$work/out"
-  cat > "$work/main.go" <<'EOF'
+  build_go_main etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION" <<'EOF'
 package main
 
 import (
@@ -138,18 +147,12 @@ import (
 
 func main() { etcdmain.Main(os.Args) }
 EOF
-  (cd "$work" && go mod init tuneguard.local/etcdbin >/dev/null 2>&1 && \
-   go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2 && go mod tidy >&2 && \
-   go build -o out/etcd . >&2)
-  install_component "$work/out" etcd
 }
 
 # CoreDNS with only the plugins the test node's Corefile uses (the full plugin set pulls every cloud
 # SDK): its coremain with a directive list, as CoreDNS documents for custom builds.
 build_coredns() {
-  local work="$tmp_root/coredns"
-  mkdir -p "$work/out"
-  cat > "$work/main.go" <<'EOF'
+  build_go_main coredns "github.com/coredns/coredns@$COREDNS_VERSION" <<'EOF'
 package main
 
 import (
@@ -172,10 +175,6 @@ func init() {
 
 func main() { coremain.Run() }
 EOF
-  (cd "$work" && go mod init tuneguard.local/corednsbin >/dev/null 2>&1 && \
-   go get "github.com/coredns/coredns@$COREDNS_VERSION" >&2 && go mod tidy >&2 && \
-   go build -o out/coredns . >&2)
-  install_component "$work/out" coredns
 }
 
 build_kwok() {
