@@ -1,4 +1,4 @@
-"""The FineTuneJob state machine, as one pure function.
+"""The FineTuneJob state machine, as one pure function over the policies in policies/.
 
 `decide(body, ftj, job, now)` reads what exists (the FineTuneJob as stored, including the status the
 operator wrote last time, and the worker Job if any) and returns a Plan: the operator's status fields
@@ -18,22 +18,20 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Optional
 
 from tuneguard import api
 
-from .render import LABEL_ATTEMPT
+from .policies import deadline, group, success, suspend, terminal, ttl, workers
+from .policies.observed import (FAILED, RESTARTING, RUNNING, SUCCEEDED, SUSPENDED, TERMINAL, Observed, Verdict,
+                                observe, worker_counts)
+from .policies.observed import rfc3339  # noqa: F401  (reconcile and the tests take it from here)
 
-PENDING, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED = api.PHASES
-TERMINAL = (SUCCEEDED, FAILED)
 # Status fields the operator owns; status.training belongs to the trainer and is never written here.
 OWNED = ("phase", "conditions", "observedGeneration", "workers", "restarts", "startTime", "completionTime",
          "message")
 WARNING_REASONS = {"WorkerFailed", "BackoffLimitExceeded", "DeadlineExceeded", "InvalidSpec", "GuardrailBreached"}
-# How often to look again at a job that waits on something no watch event announces.
-POLL_SECONDS = 5.0
-STUCK_POLL_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -60,41 +58,6 @@ class Plan:
             if new != old:
                 out[key] = new
         return out
-
-
-def rfc3339(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(s: str | None) -> datetime | None:
-    if not s:
-        return None
-    return datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-
-
-def job_condition(job: dict, type_: str) -> dict | None:
-    for c in (job.get("status") or {}).get("conditions") or []:
-        if c.get("type") == type_ and c.get("status") == "True":
-            return c
-    return None
-
-
-def job_attempt(job: dict) -> int:
-    try:
-        return int(((job.get("metadata") or {}).get("labels") or {}).get(LABEL_ATTEMPT, "0"))
-    except ValueError:
-        return 0
-
-
-def worker_counts(desired: int, job: dict | None) -> dict:
-    st = (job or {}).get("status") or {}
-    return {
-        "desired": desired,
-        "active": int(st.get("active") or 0),
-        "ready": int(st.get("ready") or 0),
-        "succeeded": int(st.get("succeeded") or 0),
-        "failed": int(st.get("failed") or 0),
-    }
 
 
 def set_condition(conds: list[dict], type_: str, status: str, reason: str, message: str, now: str,
@@ -145,12 +108,6 @@ def _conditions(old: list[dict], phase: str, reason: str, message: str, now: str
     return conds
 
 
-def _failure_text(job: dict) -> str:
-    cond = job_condition(job, "Failed") or job_condition(job, "FailureTarget") or {}
-    msg = cond.get("message") or cond.get("reason") or "a worker failed"
-    return f"worker failed: {msg}"
-
-
 # Container waiting reasons that leave a worker stuck until someone acts (Kubeflow users' #1 ask:
 # say why a job is not running).
 STUCK_REASONS = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
@@ -176,158 +133,73 @@ def pod_issues(pods: list[dict]) -> list[str]:
     return out
 
 
+# The phase policies in the order they are asked; the first that answers decides, so each may assume
+# that those before it declined. When none answers, the workers should be running.
+PHASE_POLICIES = (
+    terminal.sticky,
+    success.completed,
+    deadline.exceeded,
+    group.create_missing,
+    group.clear_stale,
+    group.restart_failed,
+    suspend.suspend_or_queue,
+)
+
+
+def _phase_verdict(seen: Observed) -> Verdict:
+    for policy in PHASE_POLICIES:
+        verdict = policy(seen)
+        if verdict is not None:
+            return verdict
+    return workers.running(seen)
+
+
+def verdict_for(seen: Observed) -> Verdict:
+    """The verdict for a valid spec, with when to look again (or to delete the job) settled."""
+    return deadline.requeue(seen, ttl.after_finished(seen, _phase_verdict(seen)))
+
+
+def _events(old_conditions: list[dict], conds: list[dict], verdict: Verdict, old_phase: str | None,
+            guardrail: str) -> list[Event]:
+    events = []
+    if verdict.phase != old_phase or verdict.announce:
+        kind = "Warning" if verdict.reason in WARNING_REASONS else "Normal"
+        events.append(Event(kind, verdict.reason, verdict.message))
+    if not _breached(old_conditions) and _breached(conds):
+        events.append(Event("Warning", "GuardrailBreached", guardrail))
+    return events
+
+
+def _breached(conds: list[dict]) -> bool:
+    return any(c.get("type") == "GuardrailBreached" and c.get("status") == "True" for c in conds)
+
+
 def decide(body: dict, ftj: api.FineTuneJob | None, job: dict | None, now: datetime,
            invalid: str | None = None, issues: list[str] | None = None) -> Plan:
     """Plan the next step for one FineTuneJob. `ftj` is None (and `invalid` says why) when the stored
     object does not validate; `job` is the worker Job as observed, or None; `issues` says why
     workers that exist are not ready (pod_issues)."""
-    meta = body.get("metadata") or {}
-    gen = meta.get("generation")
+    gen = (body.get("metadata") or {}).get("generation")
     old = body.get("status") or {}
-    now_s = rfc3339(now)
-    restarts = int(old.get("restarts") or 0)
-    old_phase = old.get("phase")
-    start = old.get("startTime")
-    completion = old.get("completionTime")
-    events: list[Event] = []
-    action: Optional[str] = None
-    requeue: Optional[float] = None
-    delete_self = False
     training = old.get("training") or {}
+    seen = observe(body, ftj, job, now, issues)
+    verdict = terminal.invalid_spec(seen, invalid) if ftj is None else verdict_for(seen)
 
-    if ftj is None:
-        desired = 0
-        phase, reason, message = FAILED, "InvalidSpec", f"the spec does not validate: {invalid}"
-        completion = completion or now_s
-        created = False
-    else:
-        spec = ftj.spec
-        rp = spec.run_policy
-        desired = spec.resources.workers
-        queue = spec.resources.queue_name
-        created = True
-        deleting = bool(job and (job.get("metadata") or {}).get("deletionTimestamp"))
-        current = job is not None and not deleting and job_attempt(job) >= restarts
-
-        if old_phase in TERMINAL:
-            # Terminal phases are sticky; the Job is kept for its logs unless it still runs pods.
-            phase = old_phase
-            cond = next((c for c in old.get("conditions") or [] if c.get("type") == old_phase), {})
-            reason, message = cond.get("reason", old_phase), cond.get("message", old.get("message") or "")
-            if phase == FAILED and current and worker_counts(desired, job)["active"] > 0:
-                action = "delete"
-        elif job is not None and current and job_condition(job, "Complete"):
-            phase, reason = SUCCEEDED, "Succeeded"
-            message = f"all {desired} workers completed"
-            completion = (job.get("status") or {}).get("completionTime") or now_s
-        elif (not rp.suspend and start and rp.active_deadline_seconds is not None
-              and (now - parse_time(start)).total_seconds() >= rp.active_deadline_seconds):
-            phase, reason = FAILED, "DeadlineExceeded"
-            message = f"the job ran longer than activeDeadlineSeconds ({rp.active_deadline_seconds}s); workers stopped"
-            completion = now_s
-            if job is not None and not deleting:
-                action = "delete"
-        elif job is None:
-            action = "create"
-            if rp.suspend:
-                phase, reason, message = SUSPENDED, "Suspended", "suspended: no workers run"
-            elif restarts > 0 and old_phase in (RESTARTING, None):
-                phase, reason = RESTARTING, "WorkerFailed"
-                message = f"starting the group again (restart {restarts} of at most {rp.backoff_limit})"
-            else:
-                phase, reason = PENDING, "Created"
-                message = f"worker Job created for {desired} workers"
-            if not rp.suspend and not queue and not start:
-                start = now_s
-        elif not current:
-            # A Job from an earlier attempt (or one being deleted): wait for it to go, then recreate.
-            if not deleting:
-                action = "delete"
-            requeue = POLL_SECONDS
-            if old_phase == RESTARTING or restarts > 0 and old_phase not in (SUSPENDED,):
-                phase, reason = RESTARTING, "WorkerFailed"
-                message = f"stopping the previous group before restart {restarts} of at most {rp.backoff_limit}"
-            else:
-                phase, reason, message = old_phase or PENDING, "WaitingForCleanup", "waiting for the old worker Job to go"
-            if rp.suspend:
-                phase, reason, message = SUSPENDED, "Suspended", "suspended: no workers run"
-        elif job_condition(job, "Failed"):
-            why = _failure_text(job)
-            if restarts < rp.backoff_limit:
-                restarts += 1
-                phase, reason = RESTARTING, "WorkerFailed"
-                message = f"{why}; restarting the whole group (restart {restarts} of at most {rp.backoff_limit})"
-                action = "delete"
-                if old_phase == RESTARTING:  # a failure during a restart: no phase change, still an Event
-                    events.append(Event("Warning", reason, message))
-            else:
-                phase, reason = FAILED, "BackoffLimitExceeded"
-                message = (f"{why}; the group was restarted {restarts} times and backoffLimit is "
-                           f"{rp.backoff_limit}")
-                completion = now_s
-        else:
-            counts = worker_counts(desired, job)
-            job_suspended = bool((job.get("spec") or {}).get("suspend"))
-            if rp.suspend:
-                if not job_suspended:
-                    action = "suspend"
-                phase, reason = SUSPENDED, "Suspended"
-                message = (f"suspended: stopping {counts['active']} workers" if counts["active"]
-                           else "suspended: no workers run")
-            elif job_suspended and not queue:
-                action = "resume"
-                start = now_s  # as for Jobs: the deadline clock starts again on resume
-                phase, reason, message = PENDING, "Resumed", "resumed: starting the workers again"
-            elif job_suspended:
-                phase, reason = PENDING, "Queued"
-                message = f"waiting for Kueue to admit the job (queue {queue})"
-            else:
-                if not start:
-                    start = now_s
-                if counts["ready"] >= desired:
-                    phase, reason = RUNNING, "WorkersReady"
-                    message = f"all {desired} workers are ready"
-                elif old_phase == RUNNING and counts["active"] >= desired:
-                    phase, reason = RUNNING, "WorkersReady"
-                    message = f"{counts['ready']}/{desired} workers ready, {counts['active']} running"
-                else:
-                    phase = RESTARTING if old_phase == RESTARTING else PENDING
-                    reason = "WorkerFailed" if phase == RESTARTING else "WaitingForWorkers"
-                    message = (f"{counts['ready']}/{desired} workers ready, {counts['active']} created; "
-                               "waiting for the rest to be scheduled and start")
-                    if issues:
-                        message += "; " + "; ".join(issues[:4])
-                    # Scheduling failures and image pulls change no Job status: look again.
-                    requeue = STUCK_POLL_SECONDS
-
-        if phase in TERMINAL and rp.ttl_seconds_after_finished is not None and completion:
-            left = (parse_time(completion) - now).total_seconds() + rp.ttl_seconds_after_finished
-            if left <= 0:
-                delete_self = True
-            else:
-                requeue = left
-        elif (phase not in TERMINAL and not rp.suspend and start and rp.active_deadline_seconds is not None):
-            left = (parse_time(start) - now).total_seconds() + rp.active_deadline_seconds
-            requeue = max(min(left, requeue or left), 0.5)
-
-    if phase != old_phase:
-        events.append(Event("Warning" if reason in WARNING_REASONS else "Normal", reason, message))
-    conds = _conditions(old.get("conditions") or [], phase, reason, message, now_s, gen, created, training)
-    was_breached = any(c.get("type") == "GuardrailBreached" and c.get("status") == "True"
-                       for c in old.get("conditions") or [])
-    if not was_breached and any(c.get("type") == "GuardrailBreached" and c.get("status") == "True" for c in conds):
-        events.append(Event("Warning", "GuardrailBreached", training.get("guardrail", "")))
-
-    counts_job = job if (job is not None and ftj is not None and job_attempt(job) >= restarts
-                         and not (job.get("metadata") or {}).get("deletionTimestamp")) else None
+    old_conditions = old.get("conditions") or []
+    conds = _conditions(old_conditions, verdict.phase, verdict.reason, verdict.message, seen.now_s, gen,
+                        created=ftj is not None, training=training)
+    # Counts come from the current attempt's Job only; a restart just decided makes this one stale.
+    counted = ftj is not None and seen.current_for(verdict.restarts)
     status: dict[str, Any] = {
-        "phase": phase,
+        "phase": verdict.phase,
         "conditions": conds,
         "observedGeneration": gen,
-        "workers": worker_counts(desired, counts_job),
-        "restarts": restarts,
-        "startTime": start,
-        "completionTime": completion if phase in TERMINAL else None,
-        "message": message,
+        "workers": worker_counts(seen.desired, job if counted else None),
+        "restarts": verdict.restarts,
+        "startTime": verdict.start,
+        "completionTime": verdict.completion if verdict.phase in TERMINAL else None,
+        "message": verdict.message,
     }
-    return Plan(status=status, job_action=action, delete_self=delete_self, events=events, requeue_after=requeue)
+    return Plan(status=status, job_action=verdict.action, delete_self=verdict.delete_self,
+                events=_events(old_conditions, conds, verdict, seen.last_phase, training.get("guardrail", "")),
+                requeue_after=verdict.requeue)
