@@ -25,6 +25,7 @@ CONTAINER = "trainer"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 LABEL_ATTEMPT = "tuneguard.io/restart-attempt"
 CACHE_DIR = "/var/cache/tuneguard"
+TMP_DIR = "/tmp"
 RUN_AS_USER = 1000
 
 
@@ -225,11 +226,14 @@ def _volumes(ftj: api.FineTuneJob) -> tuple[list[dict], list[dict]]:
         # Containers get a 64 MB /dev/shm by default; NCCL and the data loaders need far more.
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm_size}},
         {"name": "cache", "emptyDir": {}},
+        # The root file system is read-only: scratch files (torch, DeepSpeed, tempfile) go to /tmp.
+        {"name": "tmp", "emptyDir": {}},
     ]
     mounts: list[dict] = [
         {"name": "config", "mountPath": contract.CONFIG_DIR, "readOnly": True},
         {"name": "shm", "mountPath": contract.SHM_DIR},
         {"name": "cache", "mountPath": CACHE_DIR},
+        {"name": "tmp", "mountPath": TMP_DIR},
     ]
     out = pvc_claim(ftj.spec.output.uri)
     if out:
@@ -273,6 +277,9 @@ def _env(ftj: api.FineTuneJob) -> list[dict]:
         v("PYTHONUNBUFFERED", 1),
         v("HF_HOME", f"{CACHE_DIR}/huggingface"),
         v("XDG_CACHE_HOME", CACHE_DIR),
+        # Libraries that ignore XDG_CACHE_HOME and would write under $HOME on the read-only root.
+        v("TRITON_CACHE_DIR", f"{CACHE_DIR}/triton"),
+        v("MPLCONFIGDIR", f"{CACHE_DIR}/matplotlib"),
         # A dead peer must abort the collective instead of hanging, so the group restart can happen.
         v("TORCH_NCCL_ASYNC_ERROR_HANDLING", 1),
         v("NCCL_DEBUG", "WARN"),
@@ -340,6 +347,7 @@ def pod_template(ftj: api.FineTuneJob, restart_attempt: int) -> dict:
             "securityContext": {
                 "allowPrivilegeEscalation": False,
                 "privileged": False,
+                "readOnlyRootFilesystem": True,
                 "runAsNonRoot": True,
                 "capabilities": {"drop": ["ALL"]},
                 "seccompProfile": {"type": "RuntimeDefault"},

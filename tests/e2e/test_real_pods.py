@@ -214,6 +214,7 @@ def test_two_worker_job_trains_on_real_pods(cluster, ns, operator_release, image
     for p in pods:
         sc = p["spec"]["containers"][0]["securityContext"]
         assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+        assert sc["readOnlyRootFilesystem"] is True  # the trainer ran with only its volumes writable
         assert p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
     rank1_log = cluster.kubectl("logs", "-n", ns, pods[1]["metadata"]["name"]).stdout
     assert rank1_log  # rank 1 joined rank 0 through the headless Service name and trained

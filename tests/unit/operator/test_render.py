@@ -106,6 +106,9 @@ def test_worker_pod_resources_volumes_and_security():
     sc = c["securityContext"]
     assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
     assert sc["runAsNonRoot"] is True
+    # A read-only root: everything the trainer writes goes to a mounted volume.
+    assert sc["readOnlyRootFilesystem"] is True
+    assert vols[mounts["/tmp"]["name"]]["emptyDir"] == {} and vols[mounts[render.CACHE_DIR]["name"]]["emptyDir"] == {}
     assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert pod["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
