@@ -612,6 +612,8 @@ class FineTuneJobStatus(ApiModel):
     restarts: int = 0
     start_time: Optional[str] = None
     completion_time: Optional[str] = None
+    reason: Optional[str] = Field(None, description="Why the job is in its phase, one CamelCase word "
+                                  "(BackoffLimitExceeded, Queued, WorkersReady, ...): the phase condition's reason.")
     message: Optional[str] = None
     training: TrainingStatus = Field(default_factory=TrainingStatus)
 

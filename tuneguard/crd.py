@@ -32,8 +32,7 @@ PRINTER_COLUMNS = [
     {"name": "Drift-KL", "type": "number", "jsonPath": ".status.training.metrics.driftKL",
      "description": "Mean per-token KL(reference || tuned) on held-out prompts"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "priority": 1},
-    {"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.status==\"True\")].reason",
-     "priority": 1},
+    {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

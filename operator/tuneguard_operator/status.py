@@ -198,6 +198,7 @@ def decide(body: dict, ftj: api.FineTuneJob | None, job: dict | None, now: datet
         "restarts": verdict.restarts,
         "startTime": verdict.start,
         "completionTime": verdict.completion if verdict.phase in TERMINAL else None,
+        "reason": verdict.reason,
         "message": verdict.message,
     }
     return Plan(status=status, job_action=verdict.action, delete_self=verdict.delete_self,

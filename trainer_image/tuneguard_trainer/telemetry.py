@@ -34,6 +34,11 @@ TRIAGE_CATEGORIES = ("highly_known", "maybe_known", "weakly_known", "unknown", "
 LEAKAGE_KINDS = ("exact", "near", "train_duplicates", "dropped")  # api.LeakageCounts
 
 
+def _for_status(value) -> Optional[float]:
+    """A figure as `kubectl get ftj` shows it: 4 significant digits (the metrics keep full precision)."""
+    return None if value is None else float(f"{float(value):.4g}")
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -160,7 +165,7 @@ class Telemetry:
             v = figures.get(f)
             if v is not None:
                 self.g_fig[f].labels(**self.labels, model=model).set(float(v))
-        ef = api.EvalFigures(**{f: (None if figures.get(f) is None else float(figures[f])) for f in contract.FIGURES})
+        ef = api.EvalFigures(**{f: _for_status(figures.get(f)) for f in contract.FIGURES})
         if model == "base":
             self.status.base = ef
         elif model == "reference":
@@ -181,8 +186,8 @@ class Telemetry:
     def best(self, step: int, path: str, figures: dict) -> None:
         if self.enabled:
             self.status.best_checkpoint = api.CheckpointRef(
-                step=step, path=path, hallucination_rate=figures.get("hallucination_rate"),
-                drift_kl=figures.get("drift_kl"))
+                step=step, path=path, hallucination_rate=_for_status(figures.get("hallucination_rate")),
+                drift_kl=_for_status(figures.get("drift_kl")))
             self.flush(force=True)
 
     # ------------------------------------------------------------------------------------- patching

@@ -92,6 +92,7 @@ def test_worker_failure_restarts_the_group_then_fails_past_backoff():
     b, plan = step(b, job(attempt=1, active=0, ready=0, failed=1, conditions=[("Failed", "boom")]))
     assert plan.status["phase"] == "Failed" and plan.job_action is None
     assert cond(plan.status, "Failed")["reason"] == "BackoffLimitExceeded"
+    assert plan.status["reason"] == "BackoffLimitExceeded"  # the Reason column of `kubectl get ftj -o wide`
     assert plan.status["completionTime"] == rfc3339(T0)
     b, plan = step(b, job(attempt=1, active=0, ready=0, failed=1, conditions=[("Failed", "boom")]))
     assert plan.status["phase"] == "Failed" and plan.events == []  # terminal is sticky

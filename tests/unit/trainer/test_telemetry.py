@@ -64,7 +64,7 @@ def test_status_patch_body_and_rate_limit():
     t.plan(40)
     t.step(18, 0.9, 0.5, tokens=100, tokens_per_second=50.0)  # within 10 s: skipped
     assert len(api.calls) == 1
-    t.figures({"hallucination_rate": 0.2, "known_accuracy": 0.8}, "tuned")  # forced
+    t.figures({"hallucination_rate": 0.2, "known_accuracy": 0.8, "drift_kl": 0.4793398678302765}, "tuned")  # forced
     t.best(18, "/out/best-model", {"hallucination_rate": 0.2, "drift_kl": 0.01})
     call = api.calls[-1]
     assert call["group"] == "tuneguard.io" and call["plural"] == "finetunejobs"
@@ -74,6 +74,7 @@ def test_status_patch_body_and_rate_limit():
     assert tr["stage"] == "training" and tr["step"] == 18 and tr["totalSteps"] == 40
     assert tr["progress"] == "45%" and tr["tokensPerSecond"] == 50.0
     assert tr["metrics"]["hallucinationRate"] == 0.2
+    assert tr["metrics"]["driftKL"] == 0.4793  # rounded for `kubectl get ftj`; the gauge keeps every digit
     assert tr["bestCheckpoint"] == {"step": 18, "path": "/out/best-model", "hallucinationRate": 0.2, "driftKL": 0.01}
     assert tr["updatedAt"].endswith("Z")
 
