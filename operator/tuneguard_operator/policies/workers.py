@@ -8,9 +8,13 @@ from .observed import PENDING, RESTARTING, RUNNING, STUCK_POLL_SECONDS, Observed
 def running(seen: Observed) -> Verdict:
     counts, desired = worker_counts(seen.desired, seen.job), seen.desired
     start = seen.start or seen.now_s
-    if counts["ready"] >= desired:
-        return seen.verdict(RUNNING, "WorkersReady", f"all {desired} workers are ready", start=start)
-    if seen.last_phase == RUNNING and counts["active"] >= desired:
+    # Workers that exited 0 have done their part: rank 1 often ends before rank 0 writes the report.
+    done = counts["succeeded"]
+    if counts["ready"] + done >= desired:
+        message = (f"{done}/{desired} workers finished, {counts['ready']} running" if done
+                   else f"all {desired} workers are ready")
+        return seen.verdict(RUNNING, "WorkersReady", message, start=start)
+    if seen.last_phase == RUNNING and counts["active"] + done >= desired:
         # A worker that drops out of readiness while its pod runs does not make the job Pending again.
         return seen.verdict(RUNNING, "WorkersReady",
                             f"{counts['ready']}/{desired} workers ready, {counts['active']} running", start=start)

@@ -16,9 +16,10 @@ def at(seconds: float) -> str:
     return rfc3339(T0 + timedelta(seconds=seconds))
 
 
-def worker_job(attempt=0, suspended=False, active=2, ready=2, conditions=(), deleting=False, finished=None):
+def worker_job(attempt=0, suspended=False, active=2, ready=2, conditions=(), deleting=False, finished=None,
+               succeeded=0):
     """A worker Job as the API server returns it; `conditions` are (type, message) pairs that are True."""
-    status = {"active": active, "ready": ready,
+    status = {"active": active, "ready": ready, "succeeded": succeeded,
               "conditions": [{"type": kind, "status": "True", "message": text} for kind, text in conditions]}
     if finished is not None:
         status["completionTime"] = finished
@@ -202,6 +203,9 @@ def test_suspend_resume_and_kueue(suspended, job_suspended, queue, active, expec
 
 @pytest.mark.parametrize("ready, active, last_phase, issues, expected, requeue, message", [
     (2, 2, "Pending", None, ("Running", "WorkersReady"), None, "all 2 workers are ready"),
+    # rank 1 finished while rank 0 writes the report (seen on real pods): still Running, not Pending
+    ((1, 1), 1, "Running", None, ("Running", "WorkersReady"), None, "1/2 workers finished, 1 running"),
+    ((0, 1), 1, "Running", None, ("Running", "WorkersReady"), None, "0/2 workers ready, 1 running"),
     (1, 2, "Running", None, ("Running", "WorkersReady"), None, "1/2 workers ready, 2 running"),
     (1, 2, "Pending", None, ("Pending", "WaitingForWorkers"), STUCK_POLL_SECONDS,
      "1/2 workers ready, 2 created; waiting for the rest to be scheduled and start"),
@@ -214,8 +218,9 @@ def test_suspend_resume_and_kueue(suspended, job_suspended, queue, active, expec
      "w0: ErrImagePull; w1: ErrImagePull; w2: ErrImagePull; w3: ErrImagePull"),
 ])
 def test_running_and_waiting_for_workers(ready, active, last_phase, issues, expected, requeue, message):
-    answer = workers.running(observed(job=worker_job(active=active, ready=ready), last_phase=last_phase,
-                                      issues=issues))
+    ready, succeeded = ready if isinstance(ready, tuple) else (ready, 0)
+    answer = workers.running(observed(job=worker_job(active=active, ready=ready, succeeded=succeeded),
+                                      last_phase=last_phase, issues=issues))
     assert ((answer.phase, answer.reason), answer.requeue, answer.message) == (expected, requeue, message)
     assert answer.start == at(0)
 
