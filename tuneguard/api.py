@@ -492,6 +492,12 @@ class FineTuneJobSpec(ApiModel):
     resources: ResourceSpec = Field(default_factory=ResourceSpec, description="Workers, GPUs and placement.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where results are written.")
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Restarts, deadline, cleanup, suspend.")
+    plan_only: bool = Field(
+        False, strict=True,
+        description="Stop after planning: triage the data, check it for duplicates and leaks, write the plan "
+        "(category shares, the known-fact loss to expect per method, the recommended method and why) to "
+        "status.training.plan and report.json, train nothing and succeed. Every run makes the same plan first.",
+    )
 
     # Fields the trainer reads once at start-up; changing them under a running job would make
     # workers disagree. suspend, guardrails and the run policy's limits stay editable.
@@ -515,7 +521,7 @@ class FineTuneJobSpec(ApiModel):
     ) + tuple(
         _immutable(f".{name}", f"spec.{name}")
         for name in ("model", "datasets", "method", "triage", "formatStage", "leakage", "training", "deepspeed",
-                     "evaluation", "output")
+                     "evaluation", "output", "planOnly")
     )
 
 
@@ -575,6 +581,20 @@ class LeakageCounts(ApiModel):
     dropped: int = Field(0, description="Probe examples removed (policy drop).")
 
 
+class PlanSummary(ApiModel):
+    """The advice made from triage before training; counts: status.training.triage; all of it: report.json."""
+
+    method: Optional[str] = Field(None, description="Recommended method; unset when the plan cannot judge "
+                                  "(triage disabled).")
+    settings: Optional[str] = Field(None, description="The spec fields to set for it, e.g. "
+                                    "'{method: {type: sft}, triage: {unknownPolicy: abstain}}'.")
+    rule: str = Field(description="The advice rule that decided, e.g. new-facts-to-learn.")
+    reason: str = Field(description="Why, citing the measured evidence.")
+    known_share: Optional[float] = Field(None, description="Share of the training file triage labels HighlyKnown "
+                                         "or MaybeKnown.")
+    unknown_share: Optional[float] = Field(None, description="Share of the training file triage labels Unknown.")
+
+
 class CheckpointRef(ApiModel):
     step: int
     path: str
@@ -599,6 +619,7 @@ class TrainingStatus(ApiModel):
     metrics: EvalFigures = Field(default_factory=EvalFigures, description="The latest evaluation's figures.")
     triage: Optional[TriageCounts] = None
     leakage: Optional[LeakageCounts] = None
+    plan: Optional[PlanSummary] = None
     best_checkpoint: Optional[CheckpointRef] = None
     guardrail: Optional[str] = Field(None, description="Last guardrail outcome, e.g. 'breached: stop at step 120'.")
     updated_at: Optional[str] = None

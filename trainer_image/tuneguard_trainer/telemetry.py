@@ -158,6 +158,11 @@ class Telemetry:
         self.status.leakage = api.LeakageCounts(**self._counts(self.g_leak, "kind", LEAKAGE_KINDS, counts))
         self.flush(force=True)
 
+    def plan_summary(self, summary: api.PlanSummary) -> None:
+        if self.enabled:
+            self.status.plan = summary
+            self.flush(force=True)
+
     def figures(self, figures: dict, model: str) -> None:
         if not self.enabled:
             return
