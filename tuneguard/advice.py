@@ -134,9 +134,10 @@ RULES: tuple[Rule, ...] = (
     Rule("too-few-known-for-format-stage", caveat=True,
          when=lambda f: f.format_stage and f.known_train < MIN_FORMAT_STAGE_KNOWN,
          reason=lambda f, rows: f"only {f.known_train} Known training facts for the format stage (fewer than "
-         f"{MIN_FORMAT_STAGE_KNOWN}, two batches of 8; the table's stage had 18): the model may not learn the "
-         "answer format, and drops are measured from that snapshot; add facts the model knows or raise "
-         "formatStage.epochs"),
+         f"{MIN_FORMAT_STAGE_KNOWN}, two batches of 8; the table's stage had 18): "
+         + ("it will be skipped and the base model is the reference, so drops mix format and knowledge; add "
+            "facts the model knows" if f.known_train == 0 else "the model may not learn the answer format, and "
+            "drops are measured from that snapshot; add facts the model knows, or raise formatStage.epochs")),
     Rule("mostly-known", when=lambda f: f.known_share >= MOSTLY_KNOWN_SHARE, row=least_forgetting,
          reason=lambda f, rows: f"{f.known_share:.0%} of the facts are Known: the job mostly teaches a format, "
          f"so keep what the model knows: {least_forgetting(rows).row} lost the fewest known points "

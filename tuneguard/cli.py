@@ -46,6 +46,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_local(Path(args.job), Path(args.out), device=args.device)
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from tuneguard_trainer.plan import plan_job
+
+    return plan_job(Path(args.job), device=args.device, out=Path(args.out) if args.out else None, goal=args.goal)
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
     from tuneguard_trainer.worker import main as worker_main
 
@@ -76,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="directory for the report, plots and the best checkpoint")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
     s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("plan", help="triage a FineTuneJob's data and advise a method, before any training")
+    s.add_argument("job", help="FineTuneJob YAML")
+    s.add_argument("--out", default=None, help="directory for plan.json (default: print only)")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to triage")
+    s.add_argument("--goal", default=None, choices=["learn", "abstain"],
+                   help="learn: the new facts must be learned; abstain: they need not be (answer \"I don't "
+                   "know\"); default: learn unless spec.triage.unknownPolicy drops or relabels them")
+    s.set_defaults(func=_cmd_plan)
 
     s = sub.add_parser("worker", help="pod entrypoint: one DeepSpeed worker (rank/world from the environment)")
     s.add_argument("--config", default="/etc/tuneguard/job.yaml", help="mounted FineTuneJob")

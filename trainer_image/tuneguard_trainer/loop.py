@@ -19,6 +19,9 @@ Stages, in order (each a function of this module, or of its own module, called b
    Face directory;
 6. build_report -- report.json (every stage with its figures), plots, and the final table.
 
+Between 2 and 3, rank 0 makes the plan (plan.py: shares, expected losses, the recommended method), logs it
+and puts it in the status and the report; with spec.planOnly the run writes report.json and ends there.
+
 Decisions taken from evaluations (best, early stop, guardrail action) are made on rank 0 and
 broadcast, so every rank leaves the loop at the same step.
 """
@@ -447,6 +450,15 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
     if not getattr(splits, "train", None):
         raise JobFailed("no training examples left after triage (all dropped?); "
                         "use triage.unknownPolicy keep or abstain, or add data", before_training=True)
+    plan = None
+    if is_main:
+        from . import plan as plan_mod
+
+        plan = plan_mod.build(p, splits, leak, dropped=leak_dropped)
+        log.info("plan before training:\n%s", plan_mod.describe(plan))
+        tele.plan_summary(plan_mod.status(plan))
+    if spec.plan_only:
+        return _finish_plan_only(job, p, counts, splits, leak, leak_dropped, plan, out, tele, timer, wall0)
 
     # ------------------------------------------------------- format stage (every rank trains it)
     fmt_res = None
@@ -725,7 +737,7 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
         report = build_report(job, p, counts, splits, base_figures, final, st, total_steps, step_times,
                               ds_cfg, world, frozen_check, resumed_from, timer, objective, guard.spec, out,
                               fmt_res=fmt_res, ref_figures=ref_figures, eval_info=eval_info,
-                              leakage={**spec.leakage.wire(), **leak.to_dict(leak_dropped)})
+                              leakage={**spec.leakage.wire(), **leak.to_dict(leak_dropped)}, plan=plan)
         from . import report as rep
 
         try:
@@ -742,6 +754,26 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
             print("\n" + rep.table(base_figures, final["figures"], tuned_label=label,
                                     reference=ref_figures if fmt_res and fmt_res.ran else None))
             print(_summary_lines(report))
+    barrier()
+    return RunResult(report=report or {}, out=out)
+
+
+def _finish_plan_only(job, p: Prepared, counts, splits, leak, leak_dropped: int, plan: Optional[dict], out: Path,
+                      tele, timer: Timer, wall0: float) -> RunResult:
+    """spec.planOnly: report.json with the plan and what it was made from; no model, no checkpoint."""
+    report = None
+    if plan is not None:  # rank 0
+        from . import report as rep
+
+        timer.add("total", time.perf_counter() - wall0)
+        report = {"job": {"name": job.metadata.name, "namespace": job.metadata.namespace}, "plan_only": True,
+                  "plan": plan, "triage": {"counts": counts, "settings": job.spec.triage.wire()},
+                  "splits": _split_sizes(splits), "leakage": {**job.spec.leakage.wire(), **leak.to_dict(leak_dropped)},
+                  "device": p.device, "timings": timer.phases, "outputs": {"report": str(out / "report.json")},
+                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        rep.write_report(out, report)
+        tele.stage("done")
+        log.info("planOnly: nothing trained; plan in %s", out / "report.json")
     barrier()
     return RunResult(report=report or {}, out=out)
 
@@ -815,7 +847,7 @@ def _split_sizes(splits) -> dict:
 def build_report(job, p: Prepared, counts, splits, base_figures, final, st: TrainState, total_steps, step_times,
                  ds_cfg, world, frozen_check, resumed_from, timer: Timer, objective, gspec, out: Path,
                  fmt_res=None, ref_figures: Optional[dict] = None, eval_info: Optional[dict] = None,
-                 leakage: Optional[dict] = None) -> dict:
+                 leakage: Optional[dict] = None, plan: Optional[dict] = None) -> dict:
     from . import engine as eng
     from .report import forgetting
 
@@ -851,6 +883,7 @@ def build_report(job, p: Prepared, counts, splits, base_figures, final, st: Trai
         "splits": _split_sizes(splits),
         # probes that duplicate training questions (policy, threshold, counts, the first pairs)
         "leakage": leakage,
+        "plan": plan,  # what the data and the evidence advised before training (plan.py)
         # the stages in the order they ran; figures of the model each one produced
         "stages": [
             {"name": "triage", "seconds": timer.phases.get("triage"), "counts": counts},
