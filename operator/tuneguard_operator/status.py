@@ -29,8 +29,6 @@ from .policies.observed import (FAILED, RESTARTING, RUNNING, SUCCEEDED, SUSPENDE
 from .policies.observed import rfc3339  # noqa: F401  (reconcile and the tests take it from here)
 
 # Status fields the operator owns; status.training belongs to the trainer and is never written here.
-OWNED = ("phase", "conditions", "observedGeneration", "workers", "restarts", "startTime", "completionTime",
-         "message")
 WARNING_REASONS = {"WorkerFailed", "BackoffLimitExceeded", "DeadlineExceeded", "InvalidSpec", "GuardrailBreached"}
 
 
@@ -43,7 +41,7 @@ class Event:
 
 @dataclass
 class Plan:
-    status: dict  # the operator-owned status fields, wire names
+    status: dict  # every operator-owned status field, wire names (status.training is the trainer's)
     job_action: Optional[str] = None  # create | delete | suspend | resume
     delete_self: bool = False
     events: list[Event] = field(default_factory=list)
@@ -53,7 +51,7 @@ class Plan:
         """The merge patch for status: only fields that differ (None removes a field)."""
         current = current or {}
         out = {}
-        for key in OWNED:
+        for key in self.status:
             new, old = self.status.get(key), current.get(key)
             if new != old:
                 out[key] = new

@@ -38,8 +38,10 @@ def job(attempt=0, suspend=False, active=2, ready=2, succeeded=0, failed=0, cond
 
 
 def step(b, j, now=T0):
+    """One reconcile: decide, then write the status the way the operator does (the merge patch)."""
     plan = decide(b, parsed(b), j, now)
-    b = dict(b, status={**(b.get("status") or {}), **plan.status})
+    old = b.get("status") or {}
+    b = dict(b, status={**old, **plan.patch(old)})
     return b, plan
 
 
@@ -55,6 +57,7 @@ def test_new_job_creates_the_worker_job_and_is_pending():
     assert plan.status["startTime"] == rfc3339(T0)
     assert plan.status["observedGeneration"] == 1
     assert [e.reason for e in plan.events] == ["Created"]
+    assert b["status"]["reason"] == "Created"  # every owned field reaches the patch
 
 
 def test_running_when_all_workers_ready_and_no_event_when_nothing_changes():
