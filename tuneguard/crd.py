@@ -33,6 +33,8 @@ PRINTER_COLUMNS = [
      "description": "Mean per-token KL(reference || tuned) on held-out prompts"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "priority": 1},
     {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
+    {"name": "Advice", "type": "string", "jsonPath": ".status.training.plan.method", "priority": 1,
+     "description": "The method the plan recommends for this model and data (tuneguard plan)"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
