@@ -56,15 +56,13 @@ class Kube:
     def _call(self, method: str, p: str, body: Any = None, query: Optional[dict] = None,
               content_type: str = "application/json") -> Any:
         # param_serialize adds the host, the auth headers (token refresh included) and the query;
-        # the request itself goes straight to the client's TLS-configured pool, JSON in and out.
+        # call_api sends it on the client's TLS-configured pool, JSON-encoding the body.
         headers = {"Accept": "application/json", "Content-Type": content_type}
         _, url, headers, _, _ = self.client.param_serialize(
             method, p, query_params=list((query or {}).items()) or None, header_params=headers,
             auth_settings=["BearerToken"])
-        resp = self.client.rest_client.pool_manager.request(
-            method, url, body=json.dumps(body) if body is not None else None, headers=headers,
-            timeout=self.timeout, preload_content=True)
-        data = resp.data
+        resp = self.client.call_api(method, url, header_params=headers, body=body, _request_timeout=self.timeout)
+        data = resp.read()
         try:
             parsed = json.loads(data) if data else None
         except ValueError:
