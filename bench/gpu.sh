@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7's model benchmarks on one GPU, in order. Measured on a lent H100 (2026-11-22; a Firecracker VM
+# The model benchmarks on one GPU, in order. Measured on a lent H100 (2026-11-22; a Firecracker VM
 # whose kernel launches are slow: a plain PyTorch bf16 step of SmolLM2-135M at batch 16 took 139 ms):
 #   1. bench/trainer_speed.py --device cuda        (~4 min with its defaults; killed at 280 s)
 #   2. bench/hallucination_table.py --device cuda  (triage once: 210 s; then 5 methods x 3 seeds x 300 steps

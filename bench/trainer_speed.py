@@ -24,7 +24,7 @@ four ways, timed interleaved: tuneguard_trainer.evaluation.Evaluator in mode "ex
 would write); identical counts are asserted. ``--eval-only`` skips the training contenders and times the
 evaluation of the base model (-> trainer-speed-<device>-eval.*).
 
-Targets (issue 7): sft <= TRL; self-distill <= 1.4x sft without cache, <= 1.15x with; freeze <= 0.8x sft;
+Targets: sft <= TRL; self-distill <= 1.4x sft without cache, <= 1.15x with; freeze <= 0.8x sft;
 teacher-forced evaluation >= 10x faster than generation with identical scores.
 """
 
@@ -289,7 +289,7 @@ def hf_generate_classes(model, ev, items, need: bool, device: str) -> list[str]:
 
 
 EVAL_MODES = ("decode", "exact", "generate", "hf-generate")
-EVAL_TARGET = 10.0  # issue 7: teacher-forced exact match >= 10x faster than generation-based
+EVAL_TARGET = 10.0  # teacher-forced exact match >= 10x faster than generation-based
 
 
 def _same_figures(a: dict, b: dict, rel: float = 1e-5) -> bool:

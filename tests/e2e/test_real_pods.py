@@ -1,4 +1,4 @@
-"""The whole path on real containers (issue 13): the chart's operator image runs in a pod on the real
+"""The whole path on real containers: the chart's operator image runs in a pod on the real
 node (in-cluster config, the chart's ServiceAccount and security context), and a 2-worker CPU
 FineTuneJob of the bundled model runs in two pods of the CPU trainer image under the restricted
 security context: they find each other through the headless Service (cluster DNS), triage, train,
