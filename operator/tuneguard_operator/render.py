@@ -280,6 +280,8 @@ def _env(ftj: api.FineTuneJob) -> list[dict]:
         # Libraries that ignore XDG_CACHE_HOME and would write under $HOME on the read-only root.
         v("TRITON_CACHE_DIR", f"{CACHE_DIR}/triton"),
         v("MPLCONFIGDIR", f"{CACHE_DIR}/matplotlib"),
+        # A pod's log is no terminal: every progress-bar refresh is a line, so refresh at most every 30 s.
+        v("TQDM_MININTERVAL", 30),
         # A dead peer must abort the collective instead of hanging, so the group restart can happen.
         v("TORCH_NCCL_ASYNC_ERROR_HANDLING", 1),
         v("NCCL_DEBUG", "WARN"),

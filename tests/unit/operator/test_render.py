@@ -77,6 +77,7 @@ def test_worker_pod_env():
     assert env[contract.ENV_JOB_NAMESPACE]["value"] == "ml-team"
     assert env[contract.ENV_STATUS_PATCH]["value"] == "1"
     assert env["PYTHONUNBUFFERED"]["value"] == "1"
+    assert env["TQDM_MININTERVAL"]["value"] == "30"  # progress bars are log lines in a pod
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "HF_TOKEN"}
     assert "DS_ACCELERATOR" not in env
 
