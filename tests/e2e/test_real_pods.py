@@ -248,4 +248,5 @@ def test_killed_worker_restarts_the_group_and_resumes(cluster, ns, operator_rele
     print("--- rank 0 after the restart (last lines) ---\n" + "\n".join(log.splitlines()[-20:]))
     report = json.loads((volumes["output"] / "restart" / "report.json").read_text())
     assert report.get("resumed_from"), sorted(report)
+    print(f"resumed from {report['resumed_from']} after {final['status']['restarts']} group restart(s)")
     assert report["resumed_from"]["step"] >= 2
