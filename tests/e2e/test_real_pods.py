@@ -5,7 +5,7 @@ security context: they find each other through the headless Service (cluster DNS
 evaluate, write report.json and the best model to the output PVC (a hostPath PV), rank 0 patches
 status.training with the job's own token, and a Prometheus scrapes the trainer by pod IP. Then the
 failure path: a worker's container is killed mid-training, the operator restarts the group and the new
-pods resume from the checkpoint on the PVC.
+pods resume from the checkpoint on the PVC. Last, a planOnly job: triage and advice, nothing trained.
 
 Both images come from scripts/build-images.sh (content-keyed, cached) and are imported into the node's
 containerd once. The node's processes inherit this process's CPU priority.
@@ -250,3 +250,22 @@ def test_killed_worker_restarts_the_group_and_resumes(cluster, ns, operator_rele
     assert report.get("resumed_from"), sorted(report)
     print(f"resumed from {report['resumed_from']} after {final['status']['restarts']} group restart(s)")
     assert report["resumed_from"]["step"] >= 2
+
+
+def test_plan_only_job_advises_and_trains_nothing(cluster, ns, operator_release, images, volumes):
+    """spec.planOnly in a cluster: triage and advice on the job's own model and data, no training."""
+    name = "real-plan"
+    manifest = job_manifest(name, ns, images["trainer-cpu"], "plan", 4)
+    manifest["spec"]["planOnly"] = True
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    final = wait_for("the plan-only job to end", lambda: (lambda j: j if j.get("status", {}).get("phase") in
+                                                          ("Succeeded", "Failed") else None)(ftj(cluster, ns, name)),
+                     timeout=900, interval=3, describe=lambda: describe(cluster, ns, name))
+    print(cluster.kubectl("get", "ftj", "-n", ns, name, "-o", "wide").stdout)
+    assert final["status"]["phase"] == "Succeeded", describe(cluster, ns, name)
+    plan = final["status"]["training"]["plan"]
+    assert plan["method"] and plan["reason"] and 0 <= plan["unknownShare"] <= 1, plan
+    out = volumes["output"] / "plan"
+    report = json.loads((out / "report.json").read_text())
+    assert report["plan_only"] is True and report["plan"]["recommendation"], sorted(report)
+    assert not (out / "best-model").exists() and not (out / "checkpoints").exists(), sorted(p.name for p in out.iterdir())
