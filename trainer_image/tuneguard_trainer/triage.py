@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -52,8 +51,8 @@ from typing import Optional, Sequence
 from tuneguard import api
 
 from .data import QAExample, load_examples, load_prompts
-from .prompts import PromptFormat, answer_variants, could_become, is_correct
-from .scoring import PrefixMemo, Walk, model_device, teacher_forced, walk
+from .prompts import PromptFormat, could_become, is_correct
+from .scoring import PrefixMemo, Walk, model_device, walk
 
 log = logging.getLogger(__name__)
 
@@ -150,20 +149,10 @@ def sample_key(seed: int, example_id: str, prompt: int, sample: int) -> str:
 def triage(model, tokenizer, examples: Sequence[QAExample], spec: api.TriageSpec, seed: int = 0,
            device=None, batch_size: int = 32, progress: bool = True,
            fmt: Optional[PromptFormat] = None,
-           exemplars: Optional[Sequence[QAExample]] = None,
-           sampling: str = "generate") -> TriageResult:
+           exemplars: Optional[Sequence[QAExample]] = None) -> TriageResult:
     """Categorise every example by what the (base) model knows. Few-shot exemplars come from
     ``exemplars`` (default: the examples themselves). ``device`` is taken from the model; the argument is
-    accepted for symmetry with the rest of the trainer. ``batch_size``: prompts per forward pass.
-
-    ``sampling``: "generate" draws the temperature samples with the model (the paper's procedure);
-    "probability" draws none: a teacher-forced pass over the facts with P(T=0) = 0 gives, per prompt, the
-    exact probability q that one temperature/top-40 sample is one of the candidate surface forms (answer
-    [+ '.'] + stop), and the number of correct samples is drawn from Binomial(samples, q) with the seed.
-    Same distribution as sampling those forms; samples that are other surface forms of a correct answer
-    (e.g. 'The Paris') are not counted."""
-    if sampling not in ("generate", "probability"):
-        raise ValueError("sampling must be 'generate' or 'probability'")
+    accepted for symmetry with the rest of the trainer. ``batch_size``: prompts per forward pass."""
     from tqdm.auto import tqdm
 
     t0 = time.time()
@@ -175,7 +164,7 @@ def triage(model, tokenizer, examples: Sequence[QAExample], spec: api.TriageSpec
     set_of = {(i, j): tuple(e.id for e in shots) for i, ex in enumerate(examples)
               for j, shots in enumerate(sets[ex.id])}
     budgets = [answer_budget(fmt, ex) for ex in examples]
-    tally = _Tally(fmt, examples, spec.prompts, spec.samples if sampling == "generate" else 0)
+    tally = _Tally(fmt, examples, spec.prompts, spec.samples)
     memo = PrefixMemo(model, model_device(model))
     bar = tqdm(total=len(prompt_ids), desc="triage", unit="prompt", disable=not progress)
     for rows, plen in _sessions(prompt_ids, set_of, batch_size):
@@ -192,10 +181,7 @@ def triage(model, tokenizer, examples: Sequence[QAExample], spec: api.TriageSpec
     p_greedy = {ex.id: sum(tally.greedy[i]) / spec.prompts for i, ex in enumerate(examples)}
     todo = [i for i, ex in enumerate(examples) if p_greedy[ex.id] == 0.0]
     p_sample: dict[str, Optional[float]] = {ex.id: None for ex in examples}
-    if spec.samples > 0 and todo and sampling == "probability":
-        p_sample.update(_p_sample_by_probability(model, fmt, examples, todo, prompt_ids, spec, seed, pad_id,
-                                                 batch_size))
-    elif spec.samples > 0:
+    if spec.samples > 0:
         for i in todo:
             p_sample[examples[i].id] = tally.hits[i] / (spec.prompts * spec.samples)
     cats = {ex.id: categorize(p_greedy[ex.id], p_sample[ex.id]) for ex in examples}
@@ -271,52 +257,6 @@ def _sessions(prompt_ids: dict, set_of: dict, batch_size: int):
     for b in range(0, len(singles), batch_size):
         rows = singles[b:b + batch_size]
         yield rows, _lcp_len([prompt_ids[k] for k in rows])
-
-
-def _p_sample_by_probability(model, fmt: PromptFormat, examples, todo: list[int], prompt_ids: dict,
-                             spec: api.TriageSpec, seed: int, pad_id: int, batch_size: int) -> dict:
-    """sampling="probability": P(T>0) of the facts ``todo`` from exact candidate probabilities and
-    seeded binomial draws (see triage)."""
-    import torch
-
-    rows_p, rows_c, meta = [], [], []
-    for i in todo:
-        for j in range(spec.prompts):
-            for v in answer_variants(examples[i].answers):
-                cand, has_period = fmt.candidate_ids(v)
-                rows_p.append(prompt_ids[(i, j)])
-                rows_c.append(cand)
-                meta.append((i, j, len(cand) - (2 if has_period else 1), has_period))
-    q_sample = {i: [0.0] * spec.prompts for i in todo}
-    stops = torch.tensor(sorted(fmt.stop_ids))
-
-    def consume(r, logits):
-        i, j, n_ans, has_period = meta[r]
-        lp = _sampling_logprobs(logits, spec.temperature)
-        cand = rows_c[r]
-        head = float(sum(lp[k, cand[k]] for k in range(n_ans)))
-        p = float(lp[n_ans, stops.to(lp.device)].exp().sum())
-        if has_period:
-            p += float(lp[n_ans, cand[n_ans]].exp() * lp[n_ans + 1, stops.to(lp.device)].exp().sum())
-        q_sample[i][j] += math.exp(head) * p
-
-    teacher_forced(model, rows_p, rows_c, pad_id, batch_size=batch_size, consume=consume)
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for i in todo:
-        q = torch.tensor([min(1.0, x) for x in q_sample[i]], dtype=torch.float64)
-        k = torch.binomial(torch.full_like(q, float(spec.samples)), q, generator=gen)
-        out[examples[i].id] = float(k.sum()) / (spec.prompts * spec.samples)
-    return out
-
-
-def _sampling_logprobs(logits, temperature: float):
-    """Log-probabilities of sampling at ``temperature`` with top-k (k = 40) filtering."""
-    import torch
-
-    scaled = logits / temperature
-    kth = torch.topk(scaled, min(SAMPLE_TOP_K, scaled.shape[-1]), dim=-1).values[:, -1:]
-    return torch.log_softmax(scaled.masked_fill(scaled < kth, float("-inf")), dim=-1)
 
 
 def closed_book_check(model, tokenizer, examples: Sequence[QAExample], seed: int = 0, batch_size: int = 32,
@@ -431,7 +371,7 @@ def build_splits(examples: Sequence[QAExample], result: TriageResult, dataset_sp
 
 
 def prepare(model, tokenizer, spec: api.FineTuneJobSpec, seed: int = 0, batch_size: int = 32,
-            progress: bool = True, sampling: str = "generate") -> tuple[Splits, TriageResult]:
+            progress: bool = True) -> tuple[Splits, TriageResult]:
     """Load the datasets of a job spec, triage them with the base model and build the splits: the one
     call the training loop needs before training."""
     ds = spec.datasets
@@ -449,7 +389,7 @@ def prepare(model, tokenizer, spec: api.FineTuneJobSpec, seed: int = 0, batch_si
             everything.append(e)
     if spec.triage.enabled:
         result = triage(model, tokenizer, everything, spec.triage, seed=seed, batch_size=batch_size,
-                        progress=progress, sampling=sampling)
+                        progress=progress)
     else:
         result = closed_book_check(model, tokenizer, everything, seed=seed, batch_size=batch_size,
                                    progress=progress)

@@ -185,9 +185,9 @@ def test_real_smollm2_triage(smollm2):
     assert cf[UNKNOWN] >= 14 and cf[HIGHLY_KNOWN] <= 1
 
 
-def test_sampling_by_probability_matches_sampling(tiny_tokenizer):
-    """P(T>0) by exact probabilities + binomial draws agrees in distribution with real sampling: on a
-    model that says each answer with probability ~1/2 at T=0.5, both give shares near 1/2."""
+def test_answers_found_only_by_sampling_are_weakly_known(tiny_tokenizer):
+    """A model whose greedy answer is wrong but which says the answer in about half of its T=0.5 samples:
+    every fact is WeaklyKnown, with P(T=0) = 0 and 0 < P(T>0)."""
     fmt = PromptFormat(tiny_tokenizer)
     ex = [e for e in load_examples("bundled://facts") if e.relation == "capital"][:6]
     start = tiny_tokenizer.convert_tokens_to_ids("<|im_start|>")
@@ -211,15 +211,11 @@ def test_sampling_by_probability_matches_sampling(tiny_tokenizer):
 
     model = Coin(outputs, len(tiny_tokenizer), noise)
     spec = api.TriageSpec(prompts=4, shots=1, samples=8, temperature=0.5)
-    a = triage(model, tiny_tokenizer, ex, spec, seed=0, progress=False, exemplars=ex, sampling="probability")
-    b = triage(model, tiny_tokenizer, ex, spec, seed=0, progress=False, exemplars=ex, sampling="generate")
-    assert set(a.categories.values()) == set(b.categories.values()) == {WEAKLY_KNOWN}
-    assert all(0.2 < a.p_sample[e.id] < 0.8 for e in ex)
+    res = triage(model, tiny_tokenizer, ex, spec, seed=0, progress=False, exemplars=ex)
+    assert set(res.categories.values()) == {WEAKLY_KNOWN}
     # sampling stops at a fact's first correct sample: its P(T>0) is then a lower bound, > 0
-    assert all(0 < b.p_sample[e.id] <= 0.8 for e in ex)
-    assert all(r.p_greedy[e.id] == 0 for r in (a, b) for e in ex)
-    with pytest.raises(ValueError):
-        triage(model, tiny_tokenizer, ex, spec, sampling="nope")
+    assert all(0 < res.p_sample[e.id] <= 0.8 for e in ex)
+    assert all(res.p_greedy[e.id] == 0 for e in ex)
 
 
 @pytest.mark.parametrize("enabled", [True, False])
