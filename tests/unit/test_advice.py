@@ -79,7 +79,7 @@ def test_evidence_matches_the_results_file():
     assert results["settings"]["steps"] == evidence.STEPS
     assert results["settings"]["model"] == "bundled://smollm2-135m-instruct"
     assert results["settings"]["unknown_share"] == 0.5
-    assert "--finished-only" in results["command"] and "--finished-only" in evidence.COMMAND
+    assert results["command"].startswith(evidence.COMMAND)  # the table the rows were copied from
 
     def pts(x):
         return round(100 * x, 1)
