@@ -12,9 +12,14 @@ quickstart:
 	@venv=$(VENV); "$$venv/bin/tuneguard" run examples/quickstart.yaml --out runs/quickstart
 
 ## The whole test suite: unit tests, then the real control plane (built once and cached) and end-to-end tests.
+## As root, the whole suite also builds both images for the real-pod test: in the background, beside the
+## control-plane build and the other tests (the test waits on the build's lock; nothing to do when cached).
+PREBUILD_IMAGES = [ -z "$(PYTEST_ARGS)" ] && [ "$$(id -u)" = 0 ] && [ "$${TUNEGUARD_REAL_NODE_E2E:-1}" != 0 ]
 test:
-	@venv=$(VENV); scripts/build-control-plane.sh >/dev/null && scripts/ensure-prometheus.sh >/dev/null && \
-	  scripts/ensure-node-packages.sh >/dev/null && \
+	@venv=$(VENV); scripts/ensure-node-packages.sh >/dev/null && \
+	  if $(PREBUILD_IMAGES); then mkdir -p ~/.cache/tuneguard/images && \
+	    (scripts/build-images.sh --archive operator trainer-cpu >~/.cache/tuneguard/images/prebuild.log 2>&1 &) fi && \
+	  scripts/build-control-plane.sh >/dev/null && scripts/ensure-prometheus.sh >/dev/null && \
 	  "$$venv/bin/python" -m pytest $(PYTEST_ARGS)
 
 ## Unit tests only (seconds, no control plane).
