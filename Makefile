@@ -17,8 +17,8 @@ quickstart:
 PREBUILD_IMAGES = [ -z "$(PYTEST_ARGS)" ] && [ "$$(id -u)" = 0 ] && [ "$${TUNEGUARD_REAL_NODE_E2E:-1}" != 0 ]
 test:
 	@venv=$(VENV); scripts/ensure-node-packages.sh >/dev/null && \
-	  if $(PREBUILD_IMAGES); then mkdir -p ~/.cache/tuneguard/images && \
-	    (scripts/build-images.sh --archive operator trainer-cpu >~/.cache/tuneguard/images/prebuild.log 2>&1 &) fi && \
+	  if $(PREBUILD_IMAGES); then log=$${TUNEGUARD_CACHE:-$$HOME/.cache/tuneguard}/images/prebuild.log && \
+	    mkdir -p "$${log%/*}" && (scripts/build-images.sh --archive operator trainer-cpu >"$$log" 2>&1 &) fi && \
 	  scripts/build-control-plane.sh >/dev/null && scripts/ensure-prometheus.sh >/dev/null && \
 	  "$$venv/bin/python" -m pytest $(PYTEST_ARGS)
 

@@ -27,15 +27,10 @@ def run_local(job_path: Path, out: Path, device: str = "auto") -> int:
     # A local run is one process; do not inherit a launcher's world by accident.
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         os.environ.pop(var, None)
-    # The best tokenizer/thread settings for a CPU box shared with other work.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    threads = choose_threads()
+    threads = configure_threads()
     from .loop import JobFailed, run
 
     if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
         print(f"torch threads: {threads} (load average {os.getloadavg()[0]:.1f} on {_cores()} cores; "
               f"set OMP_NUM_THREADS to choose)", file=sys.stderr)
 
@@ -75,6 +70,18 @@ def choose_threads() -> int | None:
         return None
     idle = int(cores - load + 0.5)
     return max(1, min(cores, idle))
+
+
+def configure_threads() -> int | None:
+    """The best tokenizer and torch thread settings for a CPU box shared with other work (every local
+    command: run, plan); returns the torch threads chosen, or None where OMP_NUM_THREADS decides."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    threads = choose_threads()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    return threads
 
 
 def _destroy_process_group() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -188,7 +187,7 @@ def plan_job(job_path: Path, device: str = "auto", out: Optional[Path] = None, g
 
     from . import loop
     from .checkpoints import atomic_write_text
-    from .local import choose_threads
+    from .local import configure_threads
 
     loop.setup_logging(True)
     try:
@@ -196,12 +195,7 @@ def plan_job(job_path: Path, device: str = "auto", out: Optional[Path] = None, g
     except (InvalidManifest, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    threads = choose_threads()
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+    configure_threads()
     try:
         p = loop.prepare(Path(job_path), device, job)
         p.model.to(p.device)
