@@ -249,6 +249,64 @@ class FreezeSpec(ApiModel):
         return self
 
 
+ADAPTER_TARGETS = ("attention", "mlp", "all-linear")
+
+
+class AdapterSpec(ApiModel):
+    """A LoRA adapter (Hu et al. 2021) built with the peft library: the fact stage trains low-rank matrices
+    beside the frozen weights of the model it starts from (the format-stage snapshot, or the base model),
+    instead of the weights themselves. Cheaper, and itself a forgetting mitigation ("LoRA Learns Less and
+    Forgets Less", Biderman et al. 2024). The format stage, shared by every method, still trains all weights."""
+
+    type: Literal["lora"] = Field("lora", description="lora: the adapter's matrices train, every base weight is frozen.")
+    rank: int = Field(16, ge=1, le=1024, description="Rank r of each adapter's matrices B (out x r) and A (r x in).")
+    alpha: float = Field(32.0, gt=0.0, le=4096.0,
+                         description="Scaling numerator: the adapter adds (alpha / rank) * B A to the frozen weight.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter's input while training.")
+    targets: Optional[Literal[ADAPTER_TARGETS]] = Field(
+        None,
+        description="Which linear layers get an adapter: attention (query, key, value, output projections), mlp "
+        "(the feed-forward projections) or all-linear (both; never the output head). Default all-linear when "
+        "targetPatterns is unset.",
+    )
+    target_patterns: Optional[list[str]] = Field(
+        None,
+        description="Regular expressions full-matched against each linear layer's name and its last component "
+        "(q_proj and .*\\.q_proj both pick every query projection); each must match at least one linear layer. "
+        "Instead of targets.",
+    )
+
+    __rules__ = (
+        Rule(
+            cel="!(has(self.targets) && has(self.targetPatterns))",
+            message="adapter takes targets or targetPatterns, not both",
+            field=".targetPatterns",
+            check=lambda a: a.targets is None or a.target_patterns is None,
+        ),
+        Rule(
+            cel="!has(self.targetPatterns) || (size(self.targetPatterns) > 0 && "
+            "self.targetPatterns.all(p, size(p) > 0))",
+            message="targetPatterns must list at least one non-empty pattern, e.g. ['.*q_proj', '.*v_proj']",
+            field=".targetPatterns",
+            check=lambda a: a.target_patterns is None
+            or (len(a.target_patterns) > 0 and all(p for p in a.target_patterns)),
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _patterns_compile(self):
+        for p in self.target_patterns or []:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"targetPatterns: {p!r} is not a valid regular expression ({e})") from e
+        return self
+
+    def resolved_targets(self) -> str:
+        """The preset in force (all-linear unless targets or targetPatterns says otherwise)."""
+        return "patterns" if self.target_patterns else (self.targets or "all-linear")
+
+
 MethodName = Literal["sft", "self-distill", "freeze"]
 METHODS: tuple[str, ...] = get_args(MethodName)
 
@@ -260,6 +318,9 @@ class MethodSpec(ApiModel):
     )
     self_distill: Optional[SelfDistillSpec] = Field(None, description="Settings of self-distill.")
     freeze: Optional[FreezeSpec] = Field(None, description="Which parameters freeze trains.")
+    adapter: Optional[AdapterSpec] = Field(
+        None, description="Train a LoRA adapter instead of the weights (sft and self-distill). With self-distill "
+        "and the format-stage teacher, the teacher is the same model with the adapter switched off: no copy.")
 
     __rules__ = (
         Rule(
@@ -279,6 +340,14 @@ class MethodSpec(ApiModel):
             message="type: freeze needs a freeze block, e.g. freeze: {preset: attention-only}",
             field=".freeze",
             check=lambda m: m.type != "freeze" or m.freeze is not None,
+        ),
+        Rule(
+            cel="!has(self.adapter) || self.type != 'freeze'",
+            message="adapter is not allowed with type: freeze: freeze trains a chosen subset of the weights "
+            "themselves, an adapter trains new low-rank weights beside all of them frozen; use type: sft with "
+            "adapter.targets: attention for LoRA's counterpart of attention-only freeze",
+            field=".adapter",
+            check=lambda m: m.adapter is None or m.type != "freeze",
         ),
     )
 
@@ -518,6 +587,14 @@ class FineTuneJobSpec(ApiModel):
             check=lambda s: s.method.type != "self-distill" or s.format_stage.enabled
             or s.method.distill().teacher == "base",
         ),
+        Rule(
+            cel="!has(self.method.adapter) || self.deepspeed.zeroStage <= 2",
+            message="method.adapter needs deepspeed.zeroStage 0, 1 or 2: ZeRO-3 would shard the frozen base "
+            "weights, and writing the merged model gathers them; an adapter's optimizer state is small enough "
+            "for stage 2",
+            field=".deepspeed.zeroStage",
+            check=lambda s: s.method.adapter is None or s.deepspeed.zero_stage <= 2,
+        ),
     ) + tuple(
         _immutable(f".{name}", f"spec.{name}")
         for name in ("model", "datasets", "method", "triage", "formatStage", "leakage", "training", "deepspeed",
@@ -597,7 +674,8 @@ class PlanSummary(ApiModel):
 
 class CheckpointRef(ApiModel):
     step: int
-    path: str
+    path: str = Field(description="The best model as a full Hugging Face directory (with an adapter: merged).")
+    adapter_path: Optional[str] = Field(None, description="With method.adapter: the adapter alone (peft format).")
     hallucination_rate: Optional[float] = None
     drift_kl: Optional[float] = None
 

@@ -11,7 +11,9 @@ Layout under the output directory::
       latest                 text: the name of the newest complete checkpoint
       best                   text: the checkpoint of the best evaluation within the guardrail budgets
       .tmp-step-000060/      a checkpoint being written (ignored and removed on start)
-    best-model/              Hugging Face directory (save_pretrained + tokenizer) of the best evaluation
+    best-model/              Hugging Face directory (save_pretrained + tokenizer) of the best evaluation;
+                             with a LoRA adapter, the adapter merged into the weights
+    best-adapter/            with a LoRA adapter only: the adapter alone (peft's save_pretrained)
     triage.pt                the triage result and splits, so a resumed run does not triage again
 
 A checkpoint is written into ``.tmp-<name>`` by every rank, then renamed into place by rank 0 (and,
@@ -20,9 +22,14 @@ the ``latest`` pointer replaced (write + fsync + os.replace). A kill -9 at any m
 the previous checkpoint or the new one as ``latest``, never a partial one. Older checkpoints other
 than latest and best are deleted after the pointer moves.
 
-best-model is replaced by renaming: the new copy is written to ``.best-model.tmp``; the old directory
-is renamed to ``.best-model.old``, the new one into place, then the old one is deleted. A crash in
-the short window between the two renames leaves ``.best-model.old``, which start-up renames back.
+best-model (and best-adapter) is replaced by renaming: the new copy is written to ``.best-model.tmp``;
+the old directory is renamed to ``.best-model.old``, the new one into place, then the old one is deleted.
+A crash in the short window between the two renames leaves ``.best-model.old``, which start-up renames
+back. The adapter is written first: a best-adapter newer than best-model is possible after a crash, the
+reverse never is.
+
+With an adapter (``trainable_only``) a checkpoint holds only the trainable parameters: the frozen base is
+the format-stage snapshot or the base model, which a resumed run rebuilds before it loads the checkpoint.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import torch
 
 CKPT_DIR = "checkpoints"
 BEST_MODEL = "best-model"
+BEST_ADAPTER = "best-adapter"
 TRIAGE_FILE = "triage.pt"
 
 
@@ -129,14 +137,16 @@ class CheckpointManager:
         if self.dir.exists():
             for tmp in self.dir.glob(".tmp-*"):
                 shutil.rmtree(tmp, ignore_errors=True)
-        old, cur = self.out / ".best-model.old", self.out / BEST_MODEL
-        if old.exists() and not cur.exists():
-            os.rename(old, cur)
-        shutil.rmtree(old, ignore_errors=True)
-        shutil.rmtree(self.out / ".best-model.tmp", ignore_errors=True)
+        for name in (BEST_MODEL, BEST_ADAPTER):
+            old, cur = self.out / f".{name}.old", self.out / name
+            if old.exists() and not cur.exists():
+                os.rename(old, cur)
+            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(self.out / f".{name}.tmp", ignore_errors=True)
 
     # ---------------------------------------------------------------------------------------- save
-    def save(self, engine, step: int, client_state: dict, meta: dict, keep_best: bool = False) -> Path:
+    def save(self, engine, step: int, client_state: dict, meta: dict, keep_best: bool = False,
+             trainable_only: bool = False) -> Path:
         """Collective: every rank calls it. Returns the final checkpoint directory."""
         name = f"step-{step:06d}"
         tmp, final = self.dir / f".tmp-{name}", self.dir / name
@@ -148,7 +158,8 @@ class CheckpointManager:
         if self.local_rank == 0:
             tmp.mkdir(parents=True, exist_ok=True)
         _barrier()
-        engine.save_checkpoint(str(tmp), tag="state", client_state=client_state, save_latest=False)
+        engine.save_checkpoint(str(tmp), tag="state", client_state=client_state, save_latest=False,
+                               exclude_frozen_parameters=trainable_only)
         torch.save(rng_state(), tmp / f"rng-rank{self.rank}.pt")
         _barrier()
         if self.rank == 0:
@@ -180,10 +191,10 @@ class CheckpointManager:
                 shutil.rmtree(d, ignore_errors=True)
 
     # ---------------------------------------------------------------------------------------- load
-    def load(self, engine, path: Path) -> dict:
+    def load(self, engine, path: Path, trainable_only: bool = False) -> dict:
         """Collective: restore engine (model, optimizer, scheduler) and this rank's RNG; returns client state."""
         _, client_state = engine.load_checkpoint(str(path), tag="state", load_optimizer_states=True,
-                                                 load_lr_scheduler_states=True)
+                                                 load_lr_scheduler_states=True, load_module_strict=not trainable_only)
         rng = path / f"rng-rank{self.rank}.pt"
         if rng.exists():
             set_rng_state(torch.load(rng, weights_only=False))
@@ -191,12 +202,31 @@ class CheckpointManager:
 
     # ---------------------------------------------------------------------------------- best model
     def save_best_model(self, model, tokenizer) -> Path:
-        """Rank 0 only: write the HF model directory atomically (see module doc)."""
-        tmp, cur, old = self.out / ".best-model.tmp", self.out / BEST_MODEL, self.out / ".best-model.old"
+        """Rank 0 only: write the HF model directory atomically (see module doc); an adapted model also as
+        its adapter, first."""
+        from . import adapters
+
+        if adapters.is_adapted(model):
+            self._replace_dir(BEST_ADAPTER, lambda d: model.save_pretrained(str(d), safe_serialization=True))
+            merged = adapters.merged_state_dict(model)
+
+            def write(d):
+                model.get_base_model().save_pretrained(str(d), state_dict=merged, safe_serialization=True)
+        else:
+            def write(d):
+                model.save_pretrained(str(d), safe_serialization=True)
+
+        def write_with_tokenizer(d):
+            write(d)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(str(d))
+
+        return self._replace_dir(BEST_MODEL, write_with_tokenizer)
+
+    def _replace_dir(self, name: str, write) -> Path:
+        tmp, cur, old = self.out / f".{name}.tmp", self.out / name, self.out / f".{name}.old"
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
+        write(tmp)
         _fsync_dir(tmp)
         if cur.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -207,7 +237,17 @@ class CheckpointManager:
         return cur
 
     def load_best_weights(self, model) -> bool:
-        """Copy the best-model weights into `model` in place (rollback). False when there is none."""
+        """Copy the best-model weights into `model` in place (rollback): an adapted model's adapter from
+        best-adapter. False when there is none."""
+        from . import adapters
+
+        if adapters.is_adapted(model):
+            if not (self.out / BEST_ADAPTER / "adapter_config.json").exists():
+                return False
+            from peft.utils import load_peft_weights
+
+            adapters.load_adapter_state(model, load_peft_weights(str(self.out / BEST_ADAPTER), device="cpu"))
+            return True
         cur = self.out / BEST_MODEL
         files = sorted(cur.glob("*.safetensors"))
         if not files:

@@ -294,9 +294,18 @@ class Evaluator:
         teacher_forced(model, self._drift_prompts, self._drift_conts, self.pad_id, self.batch_size, consume)
         return total[0] / max(1, total[1])
 
+    def release_parameter_copy(self) -> None:
+        """Free the CPU copy of the reference's parameters: a LoRA model's drift comes from its adapter's
+        weight deltas (its base is frozen), and only the reference's norm is needed."""
+        self._theta0 = {}
+
     def param_drift(self, model) -> float:
         """||theta - theta_0|| / ||theta_0||. Under ZeRO-3 each partitioned parameter is gathered in turn
-        (collective: call it on every rank)."""
+        (collective: call it on every rank). A LoRA model: ||delta W|| of its adapters / ||theta_0||."""
+        from .adapters import delta_sq_norm, is_adapted
+
+        if is_adapted(model):
+            return math.sqrt(delta_sq_norm(model)) / self._theta0_norm if self._theta0_norm > 0 else 0.0
         sq = 0.0
         with torch.no_grad():
             for name, p in model.named_parameters():

@@ -132,6 +132,7 @@ class Prepared:
     probes: dict
     drift_prompts: Optional[list]
     freeze_plan: Any
+    adapter_targets: Optional[list]  # the linear modules that get a LoRA adapter (method.adapter)
     precision: str
     timings: Timer
 
@@ -183,9 +184,17 @@ def prepare(config_path: Path, device: str, job: Optional[api.FineTuneJob] = Non
             freeze_plan = freezing.plan(model, spec.method.freeze)
         except freezing.FreezeError as e:
             raise JobFailed(str(e)) from None
+    adapter_targets = None
+    if spec.method.adapter is not None:
+        from . import adapters
+
+        try:
+            adapter_targets = adapters.target_modules(model, spec.method.adapter)
+        except adapters.AdapterError as e:
+            raise JobFailed(str(e)) from None
     return Prepared(job=job, config_path=config_path, device=device, model_path=model_path, model=model,
                     tokenizer=tok, examples=examples, probes=probes, drift_prompts=drift,
-                    freeze_plan=freeze_plan, precision=precision, timings=timer)
+                    freeze_plan=freeze_plan, adapter_targets=adapter_targets, precision=precision, timings=timer)
 
 
 # ------------------------------------------------------------------------------- triage, splits
@@ -418,7 +427,7 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
     seed_everything(spec.training.seed)
     dev = torch.device("cuda", info.local_rank) if device == "cuda" else torch.device("cpu")
 
-    from .checkpoints import CheckpointManager
+    from .checkpoints import BEST_ADAPTER, CheckpointManager
     from .telemetry import Telemetry
 
     ckpt = CheckpointManager(out, info.rank, info.local_rank)
@@ -432,11 +441,10 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
     tele.stage("loading")
 
     model, tok = p.model.to(dev), p.tokenizer
-    import copy
-
-    base = copy.deepcopy(model).eval()
-    for prm in base.parameters():
-        prm.requires_grad_(False)
+    adapter = spec.method.adapter
+    # The frozen base: the format stage's starting weights, the reference when that stage does not run. An
+    # adapter without a format stage never changes the model's own weights: the model is its own base.
+    base = model if adapter is not None and not spec.format_stage.enabled else _frozen_copy(model)
 
     # ---------------------------------------------------------------- triage (rank 0, broadcast)
     counts, splits, leak = run_triage(p, out, info, tele, timer, created_out)
@@ -467,7 +475,8 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
         tele.stage("format")
         t0 = time.perf_counter()
         model, fmt_res = run_format_stage(model, base, tok, splits, spec, device, info, out, tele, progress=progress)
-        reference = _frozen_copy(model) if fmt_res.ran else base
+        # an adapter starts at zero, so the model itself is the reference until the adapter is injected
+        reference = (model if adapter is not None else _frozen_copy(model)) if fmt_res.ran else base
         timer.add("format_stage", time.perf_counter() - t0)
 
     # ------------------------------------------------------- reference and base evaluations
@@ -482,7 +491,11 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
         if is_main:
             log.info("format stage: %s", _eval_line(fmt_res.steps, ref_figures, base_figures))
     timer.add("base_evaluation", time.perf_counter() - t0)
-    if reference is not base and not (spec.method.type == "self-distill" and spec.method.distill().teacher == "base"):
+    distill = spec.method.type == "self-distill" and spec.method.distill().lambda_ > 0
+    teacher_is_base = spec.method.type == "self-distill" and spec.method.distill().teacher == "base"
+    # With an adapter on the teacher's own weights, the teacher is the student with its adapter off.
+    adapter_teacher = distill and reference is model and (not teacher_is_base or base is model)
+    if reference is not base and not (teacher_is_base and not adapter_teacher):
         base = None  # frees it: the teacher, the rollback target and the fallback are the reference
 
     # -------------------------------------------------------------------------------- objective
@@ -491,11 +504,37 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
     from .prompts import encode_for_training
 
     model.train()
+    initial_adapter = adapter_info = None
     if p.freeze_plan is not None:
         freezing.apply(model, p.freeze_plan)
+    elif adapter is not None:
+        from . import adapters
+
+        # peft injects the adapter into the model's own modules: from here on `reference` (when it is the
+        # model) would include it, so the reference is the adapter's initial state instead.
+        model = adapters.wrap(model, adapter, p.adapter_targets)
+        initial_adapter = adapters.adapter_state(model)
+        adapter_info = adapters.summary(model, adapter, p.adapter_targets)
+        log.info("adapter: LoRA rank %d on %d modules, %d trainable parameters (%.2f%% of the model's)",
+                 adapter.rank, adapter_info["modules"], adapter_info["trainable_parameters"],
+                 100 * adapter_info["trainable_share"])
+        if evaluator is not None:
+            evaluator.release_parameter_copy()
+        reference = None if reference is model.get_base_model() else reference
+        base = None if base is model.get_base_model() else base
     else:
         for prm in model.parameters():
             prm.requires_grad_(True)
+
+    def restore_reference(module) -> None:
+        """Rollback target when no evaluation stayed within budget: the reference's function."""
+        import torch
+
+        with torch.no_grad():
+            if initial_adapter is not None:
+                adapters.load_adapter_state(module, initial_adapter)
+            else:
+                module.load_state_dict(reference.state_dict())
     encoded = encode_for_training(tok, splits.train, spec.training.max_seq_length)
     teacher_encoded = None  # the self-distill teacher's own view of each example (teacherPrompt few-shot)
     if spec.method.type == "self-distill" and spec.method.distill().teacher_prompt == "few-shot":
@@ -523,10 +562,12 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
     precision = eng.config_precision(ds_cfg)
     train_dtype = eng.dtype_of(precision)
     teacher = None
-    if spec.method.type == "self-distill" and spec.method.distill().lambda_ > 0:
-        source = base if spec.method.distill().teacher == "base" else reference
+    if distill and not adapter_teacher:
+        import copy
+
+        source = base if teacher_is_base else reference
         teacher = source if train_dtype == torch.float32 else copy.deepcopy(source).to(train_dtype)
-    objective = Objective.from_spec(spec.method, teacher=teacher)
+    objective = Objective.from_spec(spec.method, teacher=teacher, adapter_teacher=adapter_teacher)
     frozen_before = None
     if p.freeze_plan is not None:
         frozen_before = freezing.digests(engine.module, p.freeze_plan.frozen)
@@ -537,7 +578,7 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
     latest = ckpt.latest()
     if latest is not None:
         t0 = time.perf_counter()
-        cs = ckpt.load(engine, latest)
+        cs = ckpt.load(engine, latest, trainable_only=adapter is not None)
         st = TrainState.from_dict(cs.get("train_state", {}))
         resumed_from = {"checkpoint": str(latest), "step": st.step}
         log.info("resumed from %s at step %d", latest, st.step)
@@ -569,7 +610,8 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
         tele.stage("saving")
         meta = {"step": st.step, "micro": st.micro, "epoch": st.micro / max(micro_per_epoch, 1),
                 "history": st.history, "best": st.best, "job": job.metadata.name}
-        ckpt.save(engine, st.step, {"train_state": st.to_dict()}, meta, keep_best=keep_best)
+        ckpt.save(engine, st.step, {"train_state": st.to_dict()}, meta, keep_best=keep_best,
+                  trainable_only=adapter is not None)
         tele.stage("training")
         timer.add("checkpoint", time.perf_counter() - tq)
 
@@ -577,7 +619,8 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
         tq = time.perf_counter()
         if is_main:
             path = ckpt.save_best_model(engine.module, tok)
-            tele.best(st.best["step"], str(path), st.best["figures"])
+            tele.best(st.best["step"], str(path), st.best["figures"],
+                      adapter_path=str(out / BEST_ADAPTER) if adapter is not None else None)
         barrier()
         timer.add("save_best_model", time.perf_counter() - tq)
 
@@ -693,7 +736,7 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
                 if new_best:
                     save_best()
                 if rollback:
-                    _rollback(ckpt, engine.module, reference, st, is_main)
+                    _rollback(ckpt, engine.module, restore_reference, st)
                     rollback_done = True
                 stop = stop_now or last
                 tele.stage("training")
@@ -716,7 +759,9 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
         # no evaluation within budget: the delivered model is the reference (format-stage snapshot or base)
         log.warning("no evaluation stayed within the guardrail budgets; best-model is the %s model",
                     "format-stage" if fmt_res and fmt_res.ran else "base")
-        ckpt.save_best_model(reference, tok)
+        if adapter is not None:  # the end of training: the live adapter may be reset
+            restore_reference(engine.module)
+        ckpt.save_best_model(engine.module if adapter is not None else reference, tok)
     barrier()
 
     frozen_check = None
@@ -737,7 +782,8 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
         report = build_report(job, p, counts, splits, base_figures, final, st, total_steps, step_times,
                               ds_cfg, world, frozen_check, resumed_from, timer, objective, guard.spec, out,
                               fmt_res=fmt_res, ref_figures=ref_figures, eval_info=eval_info,
-                              leakage={**spec.leakage.wire(), **leak.to_dict(leak_dropped)}, plan=plan)
+                              leakage={**spec.leakage.wire(), **leak.to_dict(leak_dropped)}, plan=plan,
+                              adapter_info=adapter_info)
         from . import report as rep
 
         try:
@@ -789,15 +835,12 @@ def _fault_injection(step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _rollback(ckpt, module, reference, st: TrainState, is_main: bool) -> None:
-    import torch
-
+def _rollback(ckpt, module, restore_reference, st: TrainState) -> None:
     barrier()
     if st.best is not None and ckpt.load_best_weights(module):
         log.warning("rollback: restored the best model of step %d", st.best["step"])
     else:
-        with torch.no_grad():
-            module.load_state_dict(reference.state_dict())
+        restore_reference(module)
         log.warning("rollback: no evaluation was within budget; restored the reference model")
         st.best = None
 
@@ -821,6 +864,9 @@ def _summary_lines(report: dict) -> str:
         lines.append(f"best model: step {b['step']} (by {b.get('metric')}"
                      f"{'' if b.get('within_budget', True) else ', outside the guardrail budget'}) -> "
                      f"{report['outputs']['best_model']}")
+    if report["outputs"].get("best_adapter"):
+        lines.append(f"best adapter (LoRA, {report['method']['adapter']['trainable_parameters']:,} parameters; "
+                     f"best-model is it merged) -> {report['outputs']['best_adapter']}")
     else:
         lines.append(f"best model: the base model (no evaluation within the guardrail budget) -> "
                      f"{report['outputs']['best_model']}")
@@ -847,7 +893,8 @@ def _split_sizes(splits) -> dict:
 def build_report(job, p: Prepared, counts, splits, base_figures, final, st: TrainState, total_steps, step_times,
                  ds_cfg, world, frozen_check, resumed_from, timer: Timer, objective, gspec, out: Path,
                  fmt_res=None, ref_figures: Optional[dict] = None, eval_info: Optional[dict] = None,
-                 leakage: Optional[dict] = None, plan: Optional[dict] = None) -> dict:
+                 leakage: Optional[dict] = None, plan: Optional[dict] = None,
+                 adapter_info: Optional[dict] = None) -> dict:
     from . import engine as eng
     from .report import forgetting
 
@@ -864,7 +911,10 @@ def build_report(job, p: Prepared, counts, splits, base_figures, final, st: Trai
                                        "misses": objective.cache.misses}
     if spec.method.type == "freeze":
         method["freeze"] = spec.method.freeze.wire()
-    n_params = sum(x.numel() for x in p.model.parameters())
+    if adapter_info is not None:
+        method["adapter"] = adapter_info
+        method["teacher_is_adapter_off"] = bool(getattr(objective, "adapter_teacher", False))
+    n_params = sum(x.numel() for n, x in p.model.named_parameters() if ".lora_" not in n)  # without an adapter
     breaches = st.breaches
     if not breaches:
         outcome = "within budget"
@@ -918,7 +968,9 @@ def build_report(job, p: Prepared, counts, splits, base_figures, final, st: Trai
         "device": p.device,
         "timings": timer.phases,
         "resumed_from": resumed_from,
+        # best_model is always a full Hugging Face model (with an adapter: merged); best_adapter the adapter alone
         "outputs": {"report": str(out / "report.json"), "best_model": str(out / "best-model"),
+                    "best_adapter": str(out / "best-adapter") if adapter_info is not None else None,
                     "checkpoints": str(out / "checkpoints")},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -9,8 +9,10 @@ self-distill (Kaplan, Gekhman et al., arXiv 2604.15574):
     L = CE(y) + lambda * tau^2 * KL(p_teacher^tau || p_student^tau)
 
 with p^tau = softmax(logits / tau), the KL summed over the vocabulary and averaged over answer tokens
-(the same token average as the cross-entropy). The teacher is a frozen copy of the base model: eval
-mode, ``requires_grad=False``, never handed to the optimizer, same device and dtype as the student.
+(the same token average as the cross-entropy). The teacher is a frozen model (the format-stage snapshot
+or the base): eval mode, ``requires_grad=False``, never handed to the optimizer, same device and dtype as
+the student. When the student is a LoRA adapter on the teacher's own weights (``adapter_teacher``), the
+teacher is the student's model with the adapter switched off, in eval mode: the same function, no copy.
 With lambda = 0 the teacher is never run and the loss is exactly the SFT loss.
 
 Top-k teacher cache (``selfDistill.cacheTopK = k > 0``): the first time an example is seen (in
@@ -171,17 +173,18 @@ class Objective:
     position in the training set, which keys the teacher cache.
     """
 
-    def __init__(self, method: str, *, teacher=None, lambda_: float = 1.0, temperature: float = 0.5,
-                 cache_top_k: int = 0):
+    def __init__(self, method: str, *, teacher=None, adapter_teacher: bool = False, lambda_: float = 1.0,
+                 temperature: float = 0.5, cache_top_k: int = 0):
         if method not in api.METHODS:
             raise ValueError(f"unknown method {method!r}")
         self.method = method
         self.lambda_ = float(lambda_)
         self.tau = float(temperature)
         self.distill = method == "self-distill" and self.lambda_ > 0.0
-        if self.distill and teacher is None:
+        self.adapter_teacher = self.distill and adapter_teacher
+        if self.distill and teacher is None and not self.adapter_teacher:
             raise ValueError("self-distill needs a teacher model")
-        self.teacher = teacher if self.distill else None
+        self.teacher = teacher if self.distill and not self.adapter_teacher else None
         if self.teacher is not None:
             self.teacher.eval()
             for p in self.teacher.parameters():
@@ -190,12 +193,26 @@ class Objective:
         self.teacher_view_batches = 0  # teacher passes that read the batch's own teacher view
 
     @classmethod
-    def from_spec(cls, method_spec, teacher=None) -> "Objective":
+    def from_spec(cls, method_spec, teacher=None, adapter_teacher: bool = False) -> "Objective":
         if method_spec.type == "self-distill":
             d = method_spec.distill()
-            return cls("self-distill", teacher=teacher, lambda_=d.lambda_, temperature=d.temperature,
-                       cache_top_k=d.cache_top_k)
+            return cls("self-distill", teacher=teacher, adapter_teacher=adapter_teacher, lambda_=d.lambda_,
+                       temperature=d.temperature, cache_top_k=d.cache_top_k)
         return cls(method_spec.type)
+
+    def _teacher_logits(self, model, batch: dict) -> torch.Tensor:
+        if not self.adapter_teacher:
+            return _forward_logits(self.teacher, batch)
+        from .adapters import adapter_disabled
+
+        module = getattr(model, "module", model)  # the model inside a DeepSpeed engine
+        was_training = module.training
+        module.eval()  # no dropout, as a separate frozen teacher would run
+        try:
+            with adapter_disabled(module):
+                return _forward_logits(module, batch)
+        finally:
+            module.train(was_training)
 
     def __call__(self, model, batch: dict) -> LossOutput:
         logits = _forward_logits(model, batch)
@@ -214,7 +231,7 @@ class Objective:
             tb = teacher_view(batch)
             viewed = tb is not batch
             with torch.no_grad():
-                t_logits = _forward_logits(self.teacher, tb)
+                t_logits = self._teacher_logits(model, tb)
             t_mask, t_target = _answer_targets(tb["labels"], t_logits.shape[1])
             if viewed and not torch.equal(t_target, _answer_targets(batch["labels"], logits.shape[1])[1]):
                 raise ValueError("the teacher view's answer tokens differ from the student's: both views must "

@@ -188,10 +188,11 @@ class Telemetry:
             self.status.guardrail = text
             self.flush(force=True)
 
-    def best(self, step: int, path: str, figures: dict) -> None:
+    def best(self, step: int, path: str, figures: dict, adapter_path: Optional[str] = None) -> None:
         if self.enabled:
             self.status.best_checkpoint = api.CheckpointRef(
-                step=step, path=path, hallucination_rate=_for_status(figures.get("hallucination_rate")),
+                step=step, path=path, adapter_path=adapter_path,
+                hallucination_rate=_for_status(figures.get("hallucination_rate")),
                 drift_kl=_for_status(figures.get("drift_kl")))
             self.flush(force=True)
 

@@ -38,6 +38,14 @@ def small_facts(root: Path, n_per_relation: int = 6) -> Path:
     return out
 
 
+def drift_prompts_file(root: Path) -> Path:
+    """Three drift prompts: a tiny model knows no fact, so the default (the known probe's questions) is empty."""
+    p = Path(root) / "drift.jsonl"
+    p.write_text("\n".join(json.dumps({"prompt": q}) for q in
+                           ["What is the capital of France?", "Who wrote Hamlet?", "What is gold's symbol?"]) + "\n")
+    return p
+
+
 BASE_SPEC = {
     "method": {"type": "sft"},
     "triage": {"prompts": 1, "shots": 2, "samples": 1},

@@ -49,10 +49,13 @@ def test_pointer_ignores_incomplete_checkpoints(tmp_path):
     assert m.latest() is None
 
 
-def test_killed_run_resumes_at_its_checkpoint(tmp_path):
+@pytest.mark.parametrize("method", [{"type": "sft"}, {"type": "sft", "adapter": {"rank": 4, "targets": "attention"}}],
+                         ids=["full", "lora"])
+def test_killed_run_resumes_at_its_checkpoint(tmp_path, method):
+    """With an adapter the checkpoint holds only the adapter: the resumed run rebuilds the frozen base."""
     model = tiny_model_dir(tmp_path)
     data = small_facts(tmp_path, n_per_relation=3)
-    job = write_job(tmp_path, model=model, data=data,
+    job = write_job(tmp_path, model=model, data=data, method=method,
                     training={"maxSteps": 8, "checkpointInterval": 2, "learningRate": 3e-3},
                     evaluation={"intervalSteps": 4, "maxProbeSize": 4})
     # the reference: one uninterrupted run

@@ -89,9 +89,9 @@ def test_the_teacher_is_the_snapshot_and_never_changes(tmp_path, assets, monkeyp
     teachers = []
     real = methods.Objective.from_spec.__func__
 
-    def capture(cls, method_spec, teacher=None):
+    def capture(cls, method_spec, teacher=None, **kw):
         teachers.append(teacher)
-        return real(cls, method_spec, teacher=teacher)
+        return real(cls, method_spec, teacher=teacher, **kw)
 
     monkeypatch.setattr(methods.Objective, "from_spec", classmethod(capture))
     rep, out, _ = _run(tmp_path, assets, name="sd", method={"type": "self-distill"},

@@ -10,7 +10,7 @@ from tuneguard import api
 from tuneguard_trainer.guardrails import GuardrailSource, check
 from tuneguard_trainer.local import run_local
 
-from ._jobs import small_facts, tiny_model_dir, write_job
+from ._jobs import drift_prompts_file, small_facts, tiny_model_dir, write_job
 
 
 def test_check_budgets():
@@ -35,17 +35,10 @@ def test_budgets_are_reread_from_the_file(tmp_path):
     assert src.current().max_drift_kl == 0.1
 
 
-def _drift_file(tmp_path):
-    p = tmp_path / "drift.jsonl"
-    p.write_text("\n".join(json.dumps({"prompt": q}) for q in
-                           ["What is the capital of France?", "Who wrote Hamlet?", "What is gold's symbol?"]) + "\n")
-    return p
-
-
 def test_rollback_restores_the_base_when_nothing_is_within_budget(tmp_path, capsys):
     job = write_job(tmp_path, model=tiny_model_dir(tmp_path), data=small_facts(tmp_path, n_per_relation=3),
                     training={"maxSteps": 6, "learningRate": 3e-3},
-                    evaluation={"intervalSteps": 2, "maxProbeSize": 4, "driftPrompts": str(_drift_file(tmp_path))},
+                    evaluation={"intervalSteps": 2, "maxProbeSize": 4, "driftPrompts": str(drift_prompts_file(tmp_path))},
                     guardrails={"maxDriftKL": 1e-9, "action": "rollback"})
     out = tmp_path / "out"
     assert run_local(job, out, "cpu") == 0
