@@ -17,6 +17,9 @@ backward, optimizer step; on CUDA synchronised):
 - ``self-distill`` without the teacher cache (cacheTopK 0) and ``self-distill-cache`` (cacheTopK 64, the
   cache filled by one pass over the data before timing, as after the first epoch).
 - ``freeze``: attention-only preset of tuneguard_trainer.freezing.
+- ``lora-sft`` and ``lora-self-distill``: a LoRA adapter (tuneguard_trainer.adapters: peft, rank 16, alpha 32,
+  every linear layer of the decoder); lora-self-distill's teacher is the same model with the adapter off.
+  ``trl-lora-sft``: TRL's SFTTrainer on a peft model built from the same LoraConfig.
 Evaluation: the exact-match classification of the known / unknown / new-fact probes (the bundled facts)
 four ways, timed interleaved: tuneguard_trainer.evaluation.Evaluator in mode "exact" (teacher-forced),
 "decode" (its default: prefix-cached batched greedy decoding, rows stopped once decided) and "generate"
@@ -50,7 +53,13 @@ TARGETS = {
     "self_distill_vs_sft": ("self-distill", "sft", 1.4, "self-distill (no teacher cache) / sft (target <= 1.4)"),
     "self_distill_cache_vs_sft": ("self-distill-cache", "sft", 1.15, "self-distill with teacher cache / sft (target <= 1.15)"),
     "freeze_vs_sft": ("freeze", "sft", 0.8, "freeze attention-only / sft (target <= 0.8)"),
+    "lora_vs_sft": ("lora-sft", "sft", 1.0, "LoRA sft / full sft (target <= 1.0)"),
+    "lora_self_distill_vs_lora": ("lora-self-distill", "lora-sft", 1.4,
+                                  "LoRA self-distill, adapter-off teacher / LoRA sft (target <= 1.4)"),
+    "lora_vs_trl_lora": ("lora-sft", "trl-lora-sft", 1.0,
+                         "our LoRA sft / TRL SFTTrainer with the same peft config (target <= 1.0)"),
 }
+LORA = {"rank": 16, "alpha": 32, "targets": "all-linear"}
 
 
 def sync(device: str) -> None:
@@ -114,13 +123,19 @@ class Ours:
             plan = freezing.plan(model, spec.method.freeze)
             freezing.apply(model, plan)
             self.trainable = sum(model.get_parameter(n).numel() for n in plan.trainable)
+        elif spec.method.adapter is not None:
+            from tuneguard_trainer import adapters
+
+            model = adapters.wrap(model, spec.method.adapter, adapters.target_modules(model, spec.method.adapter))
+            self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         else:
             for p in model.parameters():
                 p.requires_grad_(True)
             self.trainable = sum(p.numel() for p in model.parameters())
         self.engine, self.cfg = eng.create_engine(model, spec, device, 1, 10**6)
         if self.objective is None:
-            self.objective = Objective.from_spec(spec.method, teacher=teacher)
+            self.objective = Objective.from_spec(spec.method, teacher=teacher,
+                                                 adapter_teacher=spec.method.adapter is not None)
             self.prefill_cache()
 
     def release(self) -> None:
@@ -177,13 +192,13 @@ class Ours:
 class Trl:
     """TRL's SFTTrainer on the same token sequences; train() for n steps per call, timed by a callback."""
 
-    def __init__(self, base_cpu, tok, encoded, s, device, site_info):
+    def __init__(self, base_cpu, tok, encoded, s, device, site_info, lora: dict | None = None):
         import torch
         from datasets import Dataset
         from transformers import TrainerCallback
         from trl import SFTConfig, SFTTrainer
 
-        self.name, self.device = "trl-sft", device
+        self.name, self.device = ("trl-lora-sft" if lora else "trl-sft"), device
         self.site_info = site_info
         from datasets.table import InMemoryTable
 
@@ -197,6 +212,13 @@ class Trl:
         self.model.train()
         for p in self.model.parameters():
             p.requires_grad_(True)
+        if lora:  # wrapped once, as our contender is; a fresh SFTTrainer per block would wrap it again
+            from tuneguard import api
+            from tuneguard_trainer import adapters
+
+            spec = api.AdapterSpec(**lora)
+            self.model = adapters.wrap(self.model, spec, adapters.target_modules(self.model, spec))
+        self.trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.s, self.tok, self.torch = s, tok, torch
         outer = self
 
@@ -376,6 +398,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ds-optimizer", choices=("torch", "fused"), default="torch",
                     help="CUDA only: torch AdamW inside DeepSpeed (default, no JIT build) or DeepSpeed's FusedAdam")
     ap.add_argument("--no-trl", action="store_true", help="skip TRL (recorded as skipped)")
+    ap.add_argument("--no-eval", action="store_true", help="skip the evaluation comparison (training contenders only)")
     ap.add_argument("--eval-only", action="store_true",
                     help="only the evaluation comparison, on the base model (-> trainer-speed-<device>-eval.*)")
     args = ap.parse_args(argv)
@@ -444,11 +467,15 @@ def main(argv=None) -> int:
              base, tok, encoded, batches, s, args.device, teacher=teacher),
         Ours("freeze", {"type": "freeze", "freeze": {"preset": "attention-only"}}, base, tok, encoded, batches, s,
              args.device),
+        Ours("lora-sft", {"type": "sft", "adapter": LORA}, base, tok, encoded, batches, s, args.device),
+        Ours("lora-self-distill", {"type": "self-distill", "selfDistill": {"lambda": 1.0, "temperature": 0.5},
+                                   "adapter": LORA}, base, tok, encoded, batches, s, args.device),
     ]
     if contenders[2].objective is not None:
         log(f"teacher cache filled: {len(contenders[2].objective.cache.values)} examples (top-{s['teacher_cache_top_k']})")
     if trl_info is not None:
         try:
+            contenders.append(Trl(base, tok, encoded, s, args.device, trl_info, lora=LORA))
             contenders.append(Trl(base, tok, encoded, s, args.device, trl_info))
         except Exception as e:
             trl_error = f"SFTTrainer setup failed: {type(e).__name__}: {e}"
@@ -457,12 +484,12 @@ def main(argv=None) -> int:
     try:
         training = time_training(contenders, s, log)
     except Exception as e:
-        if trl_info is not None and contenders[-1].name == "trl-sft":
+        if any(isinstance(c, Trl) for c in contenders):
             import traceback
 
             trl_error = f"SFTTrainer.train failed: {type(e).__name__}: {e}"
             log(trl_error + "\n" + traceback.format_exc()[-1500:])
-            contenders.pop()
+            contenders = [c for c in contenders if not isinstance(c, Trl)]
             training = time_training(contenders, s, log)
         else:
             raise
@@ -472,9 +499,11 @@ def main(argv=None) -> int:
         ra = ratio((training.get(a) or {}).get("median_s"), (training.get(b) or {}).get("median_s"))
         ratios[key] = {"ratio": ra, "target_max": target, "met": None if ra is None else ra <= target,
                        "what": desc}
-    log("evaluation: teacher-forced vs generation (own decoder, transformers generate)")
-    evaluation = time_evaluation(base.to(args.device), tok, examples, s, args.device,
-                                 contenders[0].module(), log)
+    evaluation = None
+    if not args.no_eval:
+        log("evaluation: teacher-forced vs generation (own decoder, transformers generate)")
+        evaluation = time_evaluation(base.to(args.device), tok, examples, s, args.device,
+                                     contenders[0].module(), log)
 
     result = {
         "quick": q, "device": args.device,
@@ -495,7 +524,7 @@ def main(argv=None) -> int:
         result["trl_error"] = trl_error
     name = f"trainer-speed-{args.device}{'-quick' if q else ''}"
     log(f"wrote {write_result(out, name, result, markdown(result))}")
-    if not evaluation["identical"]:
+    if evaluation is not None and not evaluation["identical"]:
         print(f"ASSERTION FAILED: teacher-forced and generation-based scores differ: {evaluation['counts']}",
               file=sys.stderr)
         return 1
@@ -536,7 +565,8 @@ def markdown(r: dict) -> str:
               markdown_table(["comparison", "ratio", "target", "target met"],
                              [[v["what"], "-" if v["ratio"] is None else f"{v['ratio']:.3f}", f"<= {v['target_max']}",
                                yes_no(v["met"])] for v in r["ratios"].values()]), ""]
-    lines += markdown_eval(r)
+    if r["evaluation"] is not None:
+        lines += markdown_eval(r)
     return "\n".join(lines)
 
 
