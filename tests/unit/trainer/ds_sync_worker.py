@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 
-def main(out: Path, zero_stage: int) -> None:
+def main(out: Path, zero_stage: int, lora: bool) -> None:
     from tuneguard import api
     from tuneguard_trainer import engine as eng
     from tuneguard_trainer.methods import Objective
@@ -20,6 +20,12 @@ def main(out: Path, zero_stage: int) -> None:
 
     info = eng.init_distributed("cpu")
     model = tiny_llama(seed=0)  # identical start on every rank
+    if lora:
+        from tuneguard_trainer import adapters
+
+        torch.manual_seed(0)  # the adapters' A matrices are random: the same on every rank
+        spec_a = api.AdapterSpec(rank=4)
+        model = adapters.wrap(model, spec_a, adapters.target_modules(model, spec_a))
     init = {n: p.detach().clone() for n, p in model.named_parameters()}
     spec = api.FineTuneJobSpec.model_validate({
         "model": {"uri": "/unused"}, "datasets": {"train": "/unused.jsonl"}, "method": {"type": "sft"},
@@ -34,15 +40,17 @@ def main(out: Path, zero_stage: int) -> None:
         engine.backward(out_.loss)
         engine.step()
     digest = hashlib.sha256()
-    moved = 0
+    moved, moved_frozen = 0, 0
     for n, p in engine.module.named_parameters():
         digest.update(p.detach().contiguous().view(torch.uint8).numpy().tobytes())
-        moved += int(not torch.equal(p.detach(), init[n]))
+        changed = int(not torch.equal(p.detach(), init[n]))
+        moved += changed
+        moved_frozen += changed * (not p.requires_grad)
     (out / f"rank{info.rank}.json").write_text(json.dumps({
-        "digest": digest.hexdigest(), "moved": moved, "steps": engine.global_steps, "world": info.world_size,
+        "digest": digest.hexdigest(), "moved": moved, "moved_frozen": moved_frozen, "steps": engine.global_steps, "world": info.world_size,
         "zero": cfg["zero_optimization"]["stage"], "lr": eng.current_lr(engine)}))
     torch.distributed.barrier()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]))
+    main(Path(sys.argv[1]), int(sys.argv[2]), len(sys.argv) > 3 and sys.argv[3] == "lora")

@@ -62,10 +62,12 @@ def test_schedule_warmup_then_cosine():
     assert all(f(i) >= f(i + 1) for i in range(2, 10))
 
 
-def test_two_processes_zero2_stay_in_sync(tmp_path):
+@pytest.mark.parametrize("weights", ["full", "lora"])
+def test_two_processes_zero2_stay_in_sync(tmp_path, weights):
+    """ZeRO-2 over two ranks; with a LoRA adapter only the adapter moves, identically on both ranks."""
     port = eng.free_port()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
-           f"--master-port={port}", str(Path(__file__).with_name("ds_sync_worker.py")), str(tmp_path), "2"]
+           f"--master-port={port}", str(Path(__file__).with_name("ds_sync_worker.py")), str(tmp_path), "2", weights]
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
@@ -73,3 +75,4 @@ def test_two_processes_zero2_stay_in_sync(tmp_path):
     assert r0["steps"] == r1["steps"] == 3
     assert r0["moved"] > 0  # training changed the parameters
     assert r0["digest"] == r1["digest"]  # ... identically on both ranks
+    assert r0["moved_frozen"] == 0  # frozen parameters (a LoRA model's base) never move
