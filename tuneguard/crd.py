@@ -20,6 +20,8 @@ CRD_FILE = "tuneguard.io_finetunejobs.yaml"
 
 PRINTER_COLUMNS = [
     {"name": "Method", "type": "string", "jsonPath": ".spec.method.type"},
+    {"name": "LoRA-Rank", "type": "integer", "jsonPath": ".spec.method.adapter.rank", "priority": 1,
+     "description": "Rank of the LoRA adapter the method trains (empty: the weights themselves)"},
     {"name": "Workers", "type": "integer", "jsonPath": ".spec.resources.workers"},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Stage", "type": "string", "jsonPath": ".status.training.stage",

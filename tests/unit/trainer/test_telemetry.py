@@ -77,6 +77,8 @@ def test_status_patch_body_and_rate_limit():
     assert tr["metrics"]["driftKL"] == 0.4793  # rounded for `kubectl get ftj`; the gauge keeps every digit
     assert tr["bestCheckpoint"] == {"step": 18, "path": "/out/best-model", "hallucinationRate": 0.2, "driftKL": 0.01}
     assert tr["updatedAt"].endswith("Z")
+    t.best(20, "/out/best-model", {}, adapter_path="/out/best-adapter")  # a LoRA job names both
+    assert api.calls[-1]["body"]["status"]["training"]["bestCheckpoint"]["adapterPath"] == "/out/best-adapter"
 
 
 def test_status_patch_failures_are_not_fatal():
