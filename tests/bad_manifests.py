@@ -86,6 +86,10 @@ BAD_CASES: list[BadCase] = [
     BadCase("unknown-dataset-format", _set("spec.datasets.format", "csv"), "spec.datasets.format"),
     BadCase("negative-backoff-limit", _set("spec.runPolicy.backoffLimit", -1), "spec.runPolicy.backoffLimit"),
     BadCase("string-epochs", _set("spec.training.epochs", "many"), "spec.training.epochs"),
+    # No coercion, as on the server: a quoted number is a string, 1 is not true.
+    BadCase("quoted-batch-size", _set("spec.training.batchSize", "8"), "spec.training.batchSize"),
+    BadCase("integer-as-boolean", _set("spec.triage.enabled", 1), "spec.triage.enabled"),
+    BadCase("fractional-workers", _set("spec.resources.workers", 1.5), "spec.resources.workers"),
     BadCase("format-stage-without-triage", _set("spec.triage.enabled", False), "spec.formatStage.enabled"),
     BadCase("format-stage-teacher-without-the-stage",
             lambda d: (_set("spec.method", {"type": "self-distill"})(d), _set("spec.formatStage.enabled", False)(d)),

@@ -80,8 +80,10 @@ def wire_name(name: str) -> str:
 class ApiModel(BaseModel):
     """Base for every API object: camelCase on the wire, unknown fields rejected."""
 
+    # strict: no coercion ("8" is not 8, 1 is not true, 2.0 is not an integer), as the API server's schema
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         alias_generator=wire_name,
         populate_by_name=True,
         validate_default=True,
@@ -421,11 +423,11 @@ class TrainingSpec(ApiModel):
     batch_size: int = Field(8, ge=1, le=4096, description="Micro-batch size per GPU (per process).")
     gradient_accumulation: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
     max_seq_length: int = Field(256, ge=16, le=131072, description="Tokens per example; longer ones are truncated from the left.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps, then cosine decay.")
+    warmup_steps: int = Field(0, ge=0, le=10_000_000, description="Linear warm-up steps, then cosine decay.")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed for data order, sampling and initialisation.")
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec, description="Early stopping.")
-    checkpoint_interval: int = Field(0, ge=0, description="Save a resumable checkpoint every N steps (0 = at each evaluation).")
+    checkpoint_interval: int = Field(0, ge=0, le=10_000_000, description="Save a resumable checkpoint every N steps (0 = at each evaluation).")
 
 
 class DeepSpeedSpec(ApiModel):
@@ -451,7 +453,7 @@ class DeepSpeedSpec(ApiModel):
 
 
 class EvaluationSpec(ApiModel):
-    interval_steps: int = Field(50, ge=1, description="Evaluate every N optimizer steps (and at the end).")
+    interval_steps: int = Field(50, ge=1, le=10_000_000, description="Evaluate every N optimizer steps (and at the end).")
     max_probe_size: int = Field(200, ge=1, le=100_000, description="Cap on each probe set's size.")
     drift_prompts: Optional[str] = Field(
         None, pattern=DATA_URI_PATTERN,
@@ -540,8 +542,8 @@ class OutputSpec(ApiModel):
 
 class RunPolicy(ApiModel):
     backoff_limit: int = Field(3, ge=0, le=100, description="Group restarts allowed before the job fails.")
-    active_deadline_seconds: Optional[int] = Field(None, ge=1, description="Fail with DeadlineExceeded after this long.")
-    ttl_seconds_after_finished: Optional[int] = Field(None, ge=0, description="Delete the job this long after it ends.")
+    active_deadline_seconds: Optional[int] = Field(None, ge=1, le=10**10, description="Fail with DeadlineExceeded after this long.")
+    ttl_seconds_after_finished: Optional[int] = Field(None, ge=0, le=10**10, description="Delete the job this long after it ends.")
     suspend: bool = Field(False, description="Stop all workers (the job resumes from its checkpoint when unset).")
 
 

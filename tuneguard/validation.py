@@ -7,6 +7,7 @@ renders anything. The messages follow the form `spec.training.learningRate: <pro
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -109,12 +110,30 @@ def _rule_field(err: dict) -> str:
     return base + rule.field if base else rule.field.lstrip(".")
 
 
+# Objects whose contents the CRD keeps as written (x-kubernetes-preserve-unknown-fields): a null there is data.
+_KEPT_AS_WRITTEN = {("spec", "deepspeed", "config")}
+
+
+def as_the_server_reads(doc: Any, path: tuple = ()) -> Any:
+    """The manifest as the API server reads it. No field of the CRD is nullable, so the server prunes a field set
+    to null (then applies its default) instead of refusing it: null means unset here too. JSON has one number
+    type, and the server's integer fields take 2.0: an integral number is an integer here too (float fields
+    take integers)."""
+    if isinstance(doc, float) and doc.is_integer() and abs(doc) < 2**53:  # beyond, not every integer is a float
+        return int(doc)
+    if isinstance(doc, list):
+        return [as_the_server_reads(v, path) for v in doc]
+    if not isinstance(doc, dict) or path in _KEPT_AS_WRITTEN:
+        return doc
+    return {k: as_the_server_reads(v, path + (k,)) for k, v in doc.items() if v is not None}
+
+
 def parse_job(doc: Any, source: str = "<manifest>") -> api.FineTuneJob:
     """Validate one manifest document; raise InvalidManifest listing every problem."""
     if not isinstance(doc, dict):
         raise InvalidManifest(source, [FieldError("", "a FineTuneJob manifest must be a YAML mapping")])
     try:
-        return api.FineTuneJob.model_validate(doc)
+        return api.FineTuneJob.model_validate(as_the_server_reads(doc))
     except ValidationError as e:
         errors = []
         for err in e.errors(include_url=False):
@@ -123,11 +142,20 @@ def parse_job(doc: Any, source: str = "<manifest>") -> api.FineTuneJob:
         raise InvalidManifest(source, errors) from None
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where 1e-4 (no dot) is a string; kubectl reads YAML 1.2, where it is a number."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
 def load_documents(path: str | Path) -> list[tuple[str, Any]]:
     """All YAML documents of a file, each labelled 'file#index' for messages."""
     text = Path(path).read_text()
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in yaml.load_all(text, Loader=_Yaml12Loader) if d is not None]
     except yaml.YAMLError as e:
         raise InvalidManifest(str(path), [FieldError("", f"not valid YAML: {e}")]) from None
     return [(f"{path}#{i}" if len(docs) > 1 else str(path), d) for i, d in enumerate(docs)]

@@ -7,7 +7,7 @@ import yaml
 
 from tests.bad_manifests import BAD_CASES, bad_job, valid_job
 from tuneguard.cli import main
-from tuneguard.validation import InvalidManifest, parse_job
+from tuneguard.validation import InvalidManifest, load_job, parse_job
 
 EXAMPLES = sorted(Path(__file__).resolve().parents[2].joinpath("examples").glob("*.yaml"))
 
@@ -70,3 +70,17 @@ def test_not_yaml(tmp_path, capsys):
     f.write_text("spec: [unclosed")
     assert main(["validate", str(f)]) == 1
     assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_null_integral_numbers_and_yaml_floats_read_as_the_server_reads_them(tmp_path):
+    """tests/cluster/test_fuzz_manifests.py found each of these: the API server prunes a null (and defaults the
+    field), takes 2.0 for an integer, and kubectl reads 1e-4 as a number; the offline validator does the same."""
+    doc = valid_job()
+    doc["spec"]["triage"] = {"enabled": None, "prompts": 3.0}
+    doc["spec"]["deepspeed"] = {"config": {"zero_optimization": {"reduce_bucket_size": None}}}
+    job = parse_job(doc)
+    assert job.spec.triage.enabled is True and job.spec.triage.prompts == 3 and isinstance(job.spec.triage.prompts, int)
+    assert job.spec.deepspeed.config == {"zero_optimization": {"reduce_bucket_size": None}}  # kept as written
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(valid_job()).replace("spec:\n", "spec:\n  training: {learningRate: 1e-4}\n", 1))
+    assert load_job(path).spec.training.learning_rate == 1e-4

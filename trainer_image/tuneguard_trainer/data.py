@@ -90,8 +90,14 @@ def _read_lines(uri: str) -> tuple[str, list[tuple[int, dict]]]:
     if path.is_dir():
         raise DatasetError(f"{uri}: {path} is a directory, expected a JSONL file")
     rows = []
-    with path.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:  # decoded line by line, so that bad bytes are reported with their line
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                # utf-8-sig on the first line: a byte order mark (Windows editors write one) is not data
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DatasetError(f"{label} line {lineno}: not valid UTF-8 (byte {raw[e.start]:#04x} at column "
+                                   f"{e.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
