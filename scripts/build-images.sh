@@ -108,7 +108,8 @@ build_base() {
   local ref="$1" tar ctr
   command -v mmdebstrap >/dev/null || { echo "build-images: mmdebstrap is required" >&2; exit 1; }
   tar=$(mktemp "$store/.base.XXXXXX.tar")
-  trap 'rm -f "$tar"' RETURN
+  # A RETURN trap is global: it would fire again when the caller returns, with $tar gone (set -u). Once only.
+  trap 'rm -f "${tar:-}"; trap - RETURN' RETURN
   # minbase: Essential packages + apt; no docs, man pages or translations.
   mmdebstrap --variant=minbase --include="$BASE_PACKAGES" --format=tar \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
