@@ -29,19 +29,22 @@ SHORT_NAMES = ["ftj"]
 BUNDLED_MODELS = ("smollm2-135m-instruct", "gemma3-270m")
 BUNDLED_DATASETS = ("facts", "facts-small")
 
-# RE2-compatible (the API server) and Python-compatible (the offline validator) at once.
+# RE2-compatible (the API server) and Python-compatible (the offline validator) at once. Not \s: RE2's is ASCII
+# whitespace, pydantic's (Rust regex) is Unicode's, so a non-breaking space would pass one and fail the other.
+_NO_SPACE = r"[^\t\n\f\r ]"
 MODEL_URI_PATTERN = (
     r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?"
-    r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[^\s]*"
+    r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/" + _NO_SPACE + r"*"
     r"|bundled://(" + "|".join(BUNDLED_MODELS) + r")"
-    r"|/[^\s]*)$"
+    r"|/" + _NO_SPACE + r"*)$"
 )
 DATA_URI_PATTERN = (
-    r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[^\s]+"
+    r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/" + _NO_SPACE + r"+"
     r"|bundled://(" + "|".join(BUNDLED_DATASETS) + r")"
-    r"|/[^\s]+|[A-Za-z0-9._][^\s]*)$"
+    r"|/" + _NO_SPACE + r"+|[A-Za-z0-9._]" + _NO_SPACE + r"*)$"
 )
-OUTPUT_URI_PATTERN = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^\s]*)?|/[^\s]*|[A-Za-z0-9._][^\s]*)$"
+OUTPUT_URI_PATTERN = (r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/" + _NO_SPACE + r"*)?|/" + _NO_SPACE + r"*"
+                      r"|[A-Za-z0-9._]" + _NO_SPACE + r"*)$")
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 # What to write instead, for messages about a pattern mismatch.
