@@ -61,9 +61,23 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 def _cmd_operator(args: argparse.Namespace) -> int:
     from tuneguard_operator.main import run_operator
 
+    election = None
+    if args.leader_elect:
+        import os
+
+        from tuneguard_operator.leader import ElectionSettings
+
+        try:
+            election = ElectionSettings(
+                namespace=args.leader_election_namespace or os.environ.get("POD_NAMESPACE") or "default",
+                name=args.leader_election_id, lease_duration=args.lease_duration,
+                renew_deadline=args.renew_deadline, retry_period=args.retry_period)
+        except ValueError as e:
+            print(f"tuneguard operator: {e} (--retry-period, --renew-deadline, --lease-duration)", file=sys.stderr)
+            return 2
     return run_operator(namespaces=args.namespace, all_namespaces=args.all_namespaces,
                         metrics_port=args.metrics_port, health_port=args.health_port,
-                        log_format=args.log_format)
+                        log_format=args.log_format, election=election)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics-port", type=int, default=8080)
     s.add_argument("--health-port", type=int, default=8081)
     s.add_argument("--log-format", choices=["json", "plain"], default="json")
+    s.add_argument("--leader-elect", action="store_true",
+                   help="reconcile only while holding a coordination.k8s.io Lease (run several replicas)")
+    s.add_argument("--leader-election-namespace", default=None, help="the Lease's namespace (default $POD_NAMESPACE)")
+    s.add_argument("--leader-election-id", default="tuneguard-operator", help="the Lease's name")
+    s.add_argument("--lease-duration", type=float, default=15.0,
+                   help="seconds a standby waits after the last renewal it saw before taking over")
+    s.add_argument("--renew-deadline", type=float, default=10.0,
+                   help="seconds the leader keeps trying to renew before it stops (less than the lease duration)")
+    s.add_argument("--retry-period", type=float, default=2.0, help="seconds between attempts to acquire or renew")
     s.set_defaults(func=_cmd_operator)
     return p
 

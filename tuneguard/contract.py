@@ -77,6 +77,7 @@ def figure_metric(figure: str) -> str:
 
 # Operator (scraped through the ServiceMonitor):
 OP_JOBS = "tuneguard_operator_jobs"  # gauge: labels phase, method
+OP_LEADER = "tuneguard_operator_leader"  # gauge: 1 while this replica holds the leader Lease
 OP_RECONCILE_SECONDS = "tuneguard_operator_reconcile_duration_seconds"  # histogram
 OP_RECONCILE_ERRORS = "tuneguard_operator_reconcile_errors"  # counter
 OP_GROUP_RESTARTS = "tuneguard_operator_group_restarts"  # counter: labels job, namespace

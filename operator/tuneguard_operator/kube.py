@@ -2,7 +2,7 @@
 
 Plain dicts in and out (no generated model classes: they cost CPU and memory for nothing here), one
 exception type with the HTTP status, and paths built in one place. Tests substitute an in-memory
-fake with the same four methods.
+fake with the same methods.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ KINDS = {
     "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "Job": ("/apis/batch/v1", "jobs"),
+    "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
     api.KIND: (f"/apis/{api.API_VERSION}", api.PLURAL),
 }
 
@@ -85,6 +86,10 @@ class Kube:
 
     def create(self, p: str, body: dict) -> dict:
         return self._call("POST", p, body)
+
+    def replace(self, p: str, body: dict) -> dict:
+        """PUT: with body.metadata.resourceVersion set, 409 Conflict when the object changed since it was read."""
+        return self._call("PUT", p, body)
 
     def patch(self, p: str, body: dict) -> dict:
         return self._call("PATCH", p, body, content_type="application/merge-patch+json")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 
 
@@ -33,8 +34,52 @@ def setup_logging(log_format: str, level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def serve_standby_health(port: int):
+    """/healthz for a standby (kopf serves it only once it runs): the pod stays alive while it waits to lead."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            ok = self.path.split("?")[0] == "/healthz"
+            self.send_response(200 if ok else 404)
+            self.end_headers()
+            self.wfile.write(b"standby\n" if ok else b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    threading.Thread(target=server.serve_forever, name="standby-health", daemon=True).start()
+    return server
+
+
+def lead(kube, election, metrics, health_port: int, log):
+    """Block until this operator leads (serving /healthz meanwhile); returns the elector. Losing the lease
+    later ends the process at once: a reconcile must not run without it."""
+    from .leader import LeaderElector
+
+    elector = LeaderElector(kube, election)
+    metrics.leader.set(0)
+    standby = serve_standby_health(health_port)
+    try:
+        elector.acquire(threading.Event())
+    finally:
+        standby.shutdown()
+        standby.server_close()
+    metrics.leader.set(1)
+
+    def lost():
+        metrics.leader.set(0)
+        logging.shutdown()  # flush the log line that says why
+        os._exit(1)
+
+    elector.keep_leading(threading.Event(), on_lost=lost)
+    return elector
+
+
 def run_operator(namespaces: list[str], all_namespaces: bool, metrics_port: int, health_port: int,
-                 log_format: str = "json") -> int:
+                 log_format: str = "json", election=None) -> int:
+    """Run kopf until stopped; with ``election`` (leader.ElectionSettings) only while holding its Lease."""
     import kopf
 
     from .handlers import Controller, register
@@ -56,12 +101,18 @@ def run_operator(namespaces: list[str], all_namespaces: bool, metrics_port: int,
     register(registry, controller, cluster_wide=bool(all_namespaces))
     log.info("tuneguard operator starting", extra={
         "namespaces": ",".join(namespaces) if namespaces else "*", "metrics_port": metrics_port,
-        "health_port": health_port, "workers": workers})
-    kopf.run(
-        registry=registry,
-        clusterwide=bool(all_namespaces),
-        namespaces=[] if all_namespaces else list(namespaces),
-        standalone=True,
-        liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz",
-    )
+        "health_port": health_port, "workers": workers,
+        "leader_election": f"{election.namespace}/{election.name}" if election else "off"})
+    elector = lead(kube, election, metrics, health_port, log) if election else None
+    try:
+        kopf.run(
+            registry=registry,
+            clusterwide=bool(all_namespaces),
+            namespaces=[] if all_namespaces else list(namespaces),
+            standalone=True,  # no kopf peering: the Lease decides who runs
+            liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz",
+        )
+    finally:
+        if elector is not None:
+            elector.release()
     return 0

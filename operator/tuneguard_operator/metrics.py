@@ -22,6 +22,8 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.jobs = Gauge(contract.OP_JOBS, "FineTuneJobs by phase and method", ["phase", "method"], registry=r)
+        self.leader = Gauge(contract.OP_LEADER, "1 while this replica leads (reconciles); 0 on a standby", registry=r)
+        self.leader.set(1)  # without leader election every operator reconciles
         self.reconcile_seconds = Histogram(
             contract.OP_RECONCILE_SECONDS, "Time to reconcile one FineTuneJob", registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))

@@ -68,7 +68,7 @@ def test_helm_install_creates_the_chart_objects(cluster, namespaced_release):
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.tuneguard.io")
     ns = r["release_ns"]
     dep = get_json(cluster, "deployment", "-n", ns, f"{RELEASE}-operator")
-    assert dep["spec"]["strategy"]["type"] == "Recreate" and dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"]["type"] == "RollingUpdate" and dep["spec"]["replicas"] == 2  # one leads
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert f"--namespace={r['watched']}" in args
     get_json(cluster, "serviceaccount", "-n", ns, SA)

@@ -163,16 +163,26 @@ def volumes(cluster, ns):
 def test_operator_runs_in_cluster_on_the_real_node(cluster, ns, operator_release):
     pods = json.loads(cluster.kubectl("get", "pods", "-n", ns, "-l", "app.kubernetes.io/name=tuneguard",
                                       "-o", "json").stdout)["items"]
-    assert len(pods) == 1
-    pod = pods[0]
-    assert pod["spec"]["nodeName"] == NODE_NAME and pod["status"]["phase"] == "Running"
+    assert len(pods) == 2  # the chart's default: a leader and a standby
+    assert all(p["spec"]["nodeName"] == NODE_NAME and p["status"]["phase"] == "Running" for p in pods)
+
+    def holder():  # the Lease, taken with the operator's own token (the chart's leader-election Role)
+        leases = json.loads(cluster.kubectl("get", "leases", "-n", ns, "-o", "json").stdout)["items"]
+        who = [(lease["spec"].get("holderIdentity") or "") for lease in leases]
+        return next((p for p in pods for w in who if w.startswith(p["metadata"]["name"] + "_")), None)
+
+    leader = wait_for("an operator pod to hold the Lease", holder, timeout=60, interval=1)
     # In-cluster: the ServiceAccount token is mounted and the API server is reached through the
-    # `kubernetes` Service (kube-proxy): the operator's health endpoint is served from the pod.
-    done = cluster.kubectl("exec", "-n", ns, pod["metadata"]["name"], "--", "python", "-c",
-                           "import os, urllib.request; print(os.environ['KUBERNETES_SERVICE_HOST'], "
-                           "urllib.request.urlopen('http://127.0.0.1:8081/healthz').status, os.getuid())")
-    host, status, uid = done.stdout.split()
-    assert host == "10.96.0.1" and status == "200" and uid == "65532"
+    # `kubernetes` Service (kube-proxy): the health endpoint is served from each pod, the standby's too.
+    probe = ("import os, urllib.request; print(os.environ['KUBERNETES_SERVICE_HOST'], "
+             "urllib.request.urlopen('http://127.0.0.1:8081/healthz').status, os.getuid(), "
+             "[l for l in urllib.request.urlopen('http://127.0.0.1:8080/metrics').read().decode().splitlines() "
+             "if l.startswith('tuneguard_operator_leader ')][0].split()[1])")
+    for pod in pods:
+        host, status, uid, leads = cluster.kubectl("exec", "-n", ns, pod["metadata"]["name"], "--", "python", "-c",
+                                                   probe).stdout.split()
+        assert host == "10.96.0.1" and status == "200" and uid == "65532"
+        assert float(leads) == (1.0 if pod is leader else 0.0), pod["metadata"]["name"]
 
 
 def test_two_worker_job_trains_on_real_pods(cluster, ns, operator_release, images, volumes, tmp_path):

@@ -188,6 +188,8 @@ def test_rbac_covers_every_kind_the_operator_writes_and_nothing_cluster_scoped()
     kube = pytest.importorskip("tuneguard_operator.kube", reason="the operator is not merged yet")
     rules = _helper_rules()
     for kind, (prefix, plural) in kube.KINDS.items():
+        if kind == "Lease":  # leader election: its own Role, in the release namespace only (checked below)
+            continue
         group = "" if prefix == "/api/v1" else prefix.split("/")[2]
         verbs = ["create"] if kind == "Event" else ["create", "get", "patch"]
         if kind == "FineTuneJob":
@@ -222,7 +224,8 @@ def test_helm_lint_strict_passes_in_every_mode(tmp_path):
     ({"watch": {"clusterWide": "yes"}}, "clusterWide"),
     ({"watch": {"clusterWide": False, "namespaces": ["ML_Team"]}}, "namespaces"),
     ({"alerts": {"hallucinationIncrease": 5}}, "hallucinationIncrease"),
-    ({"operator": {"replicas": 2}}, "replicas"),
+    ({"operator": {"replicas": 2, "leaderElection": {"enabled": False}}}, "leaderElection"),
+    ({"operator": {"replicas": 9}}, "replicas"),
     ({"operator": {"logFormat": "xml"}}, "logFormat"),
     ({"monitoring": {"serviceMonitor": {"interval": "soon"}}}, "interval"),
     ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
@@ -244,13 +247,21 @@ def test_cluster_wide_mode_renders_a_cluster_role_and_restricted_deployment():
     objs = template()
     assert len(by_kind(objs, "CustomResourceDefinition")) == 1
     assert [o["metadata"]["name"] for o in by_kind(objs, "ClusterRole")] == ["tuneguard-operator"]
-    assert len(by_kind(objs, "ClusterRoleBinding")) == 1 and not by_kind(objs, "Role")
+    assert len(by_kind(objs, "ClusterRoleBinding")) == 1
     (dep,) = by_kind(objs, "Deployment")
     spec = dep["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # two replicas, one leading through the Lease: a rollout brings the new pod up before the old one goes
+    assert spec["replicas"] == 2 and spec["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
     pod = spec["template"]["spec"]
     (c,) = pod["containers"]
     assert c["command"] == ["tuneguard", "operator"]
+    assert "--leader-elect" in c["args"] and "--leader-election-id=tuneguard-operator" in c["args"]
+    (pdb,) = by_kind(objs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    (lease_role,) = by_kind(objs, "Role")
+    assert lease_role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                    "verbs": ["get", "create", "update"]}]
     assert "--all-namespaces" in c["args"] and "--metrics-port=8080" in c["args"] and "--health-port=8081" in c["args"]
     assert c["livenessProbe"]["httpGet"]["port"] == "health" and c["readinessProbe"]["httpGet"]["port"] == "health"
     assert c["resources"]["limits"] and c["resources"]["requests"]
@@ -269,7 +280,8 @@ def test_cluster_wide_mode_renders_a_cluster_role_and_restricted_deployment():
 def test_namespaced_mode_renders_roles_only_in_watched_namespaces():
     objs = template("--set", "watch.clusterWide=false", "--set", "watch.namespaces={ml,research}")
     assert not by_kind(objs, "ClusterRole") and not by_kind(objs, "ClusterRoleBinding")
-    assert sorted(o["metadata"]["namespace"] for o in by_kind(objs, "Role")) == ["ml", "research"]
+    watch_roles = [o for o in by_kind(objs, "Role") if not o["metadata"]["name"].endswith("-leader-election")]
+    assert sorted(o["metadata"]["namespace"] for o in watch_roles) == ["ml", "research"]
     for rb in by_kind(objs, "RoleBinding"):
         assert rb["subjects"] == [{"kind": "ServiceAccount", "name": "tuneguard", "namespace": "tuneguard-system"}]
     (dep,) = by_kind(objs, "Deployment")
@@ -277,7 +289,7 @@ def test_namespaced_mode_renders_roles_only_in_watched_namespaces():
     assert "--namespace=ml" in args and "--namespace=research" in args and "--all-namespaces" not in args
     # default: the release namespace
     objs = template("--set", "watch.clusterWide=false")
-    assert [o["metadata"]["namespace"] for o in by_kind(objs, "Role")] == ["tuneguard-system"]
+    assert [o["metadata"]["namespace"] for o in by_kind(objs, "Role")] == ["tuneguard-system"] * 2  # + the Lease's
 
 
 @needs_helm
