@@ -19,8 +19,11 @@ Layout under the output directory::
 A checkpoint is written into ``.tmp-<name>`` by every rank, then renamed into place by rank 0 (and,
 when the output directory is not shared between nodes, by each node's local rank 0), and only then is
 the ``latest`` pointer replaced (write + fsync + os.replace). A kill -9 at any moment leaves either
-the previous checkpoint or the new one as ``latest``, never a partial one. Older checkpoints other
-than latest and best are deleted after the pointer moves.
+the previous checkpoint or the new one as ``latest``, never a partial one. meta.json lists every file
+of the checkpoint with its size; a resume (:meth:`CheckpointManager.resume_point`) takes the newest
+checkpoint whose files are all there at their sizes, so a checkpoint damaged after it was written (a
+truncated file, a deleted shard) costs the steps since the one before it, not the run. That is why the
+checkpoint before latest is kept too; older ones other than best are deleted after the pointer moves.
 
 best-model (and best-adapter) is replaced by renaming: the new copy is written to ``.best-model.tmp``;
 the old directory is renamed to ``.best-model.old``, the new one into place, then the old one is deleted.
@@ -34,6 +37,8 @@ the format-stage snapshot or the base model, which a resumed run rebuilds before
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import random
@@ -68,13 +73,42 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
 
 
+def _volume_full(where: Path, e: BaseException) -> bool:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        st = os.statvfs(where)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
+
+
+@contextlib.contextmanager
+def writing(path: Path, cleanup: Optional[Path] = None):
+    """A write to path (a file, or a directory being filled) that failed because its volume is full comes out
+    as OSError(ENOSPC) naming path, with ``cleanup`` (the partial temporary) removed: torch.save reports a full
+    disk as a RuntimeError from its zip writer, and a partial temporary would hold the space."""
+    try:
+        yield
+    except Exception as e:
+        where = Path(path) if Path(path).is_dir() else Path(path).parent
+        if not _volume_full(where, e):
+            raise
+        if cleanup is not None and Path(cleanup).is_dir():
+            shutil.rmtree(cleanup, ignore_errors=True)
+        elif cleanup is not None:
+            Path(cleanup).unlink(missing_ok=True)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     tmp = _tmp_name(path)
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
+    with writing(path, cleanup=tmp):
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 
@@ -82,7 +116,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_torch_save(obj: Any, path: Path) -> None:
     path = Path(path)
     tmp = _tmp_name(path)
-    torch.save(obj, tmp)
+    with writing(path, cleanup=tmp):
+        torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
@@ -99,6 +134,18 @@ def set_rng_state(st: dict) -> None:
     torch.set_rng_state(st["torch"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def debug_kill(var: str, step: int) -> None:
+    """Tests of kill -9 safety: $var=N sends SIGKILL to this process at that point of step N, as a node
+    failure would (no clean-up runs): TUNEGUARD_DEBUG_KILL_AT_STEP right after optimizer step N (and its
+    checkpoint, if one was due), TUNEGUARD_DEBUG_KILL_IN_SAVE inside step N's checkpoint, before its rename."""
+    if os.environ.get(var) == str(step):
+        import signal
+        import sys
+
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _barrier():
@@ -158,12 +205,15 @@ class CheckpointManager:
         if self.local_rank == 0:
             tmp.mkdir(parents=True, exist_ok=True)
         _barrier()
-        engine.save_checkpoint(str(tmp), tag="state", client_state=client_state, save_latest=False,
-                               exclude_frozen_parameters=trainable_only)
-        torch.save(rng_state(), tmp / f"rng-rank{self.rank}.pt")
+        with writing(tmp, cleanup=tmp if self.local_rank == 0 else None):
+            engine.save_checkpoint(str(tmp), tag="state", client_state=client_state, save_latest=False,
+                                   exclude_frozen_parameters=trainable_only)
+            torch.save(rng_state(), tmp / f"rng-rank{self.rank}.pt")
         _barrier()
         if self.rank == 0:
-            atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2, default=str))
+            files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+            atomic_write_text(tmp / "meta.json", json.dumps({**meta, "files": files}, indent=2, default=str))
+            debug_kill("TUNEGUARD_DEBUG_KILL_IN_SAVE", step)
             os.rename(tmp, final)
             _fsync_dir(self.dir)
         _barrier()
@@ -184,8 +234,37 @@ class CheckpointManager:
             atomic_write_text(self.dir / "best", f"step-{step:06d}")
             self._prune()
 
+    def _complete(self, d: Path) -> bool:
+        """meta.json is there and every file it lists has its recorded size."""
+        try:
+            files = json.loads((d / "meta.json").read_text()).get("files")
+        except (OSError, ValueError):
+            return False
+        return all((d / rel).is_file() and (d / rel).stat().st_size == size for rel, size in (files or {}).items())
+
+    def _by_step(self) -> list[Path]:
+        return sorted(self.dir.glob("step-*"), reverse=True) if self.dir.exists() else []
+
+    def resume_point(self) -> Optional[Path]:
+        """The newest complete checkpoint: latest, else the newest older one whose files are intact."""
+        latest = self.latest()
+        if latest is not None and self._complete(latest):
+            return latest
+        for d in self._by_step():
+            if (latest is None or d.name < latest.name) and self._complete(d):
+                import logging
+
+                logging.getLogger("tuneguard.trainer").warning(
+                    "checkpoint %s is damaged or missing (a file is absent or not its recorded size); resuming "
+                    "from %s", latest.name if latest else "latest", d.name)
+                return d
+        return None
+
     def _prune(self) -> None:
-        keep = {p.name for p in (self.latest(), self.best()) if p is not None}
+        latest = self.latest()
+        keep = {p.name for p in (latest, self.best()) if p is not None}
+        older = [d for d in self._by_step() if latest is not None and d.name < latest.name and self._complete(d)]
+        keep |= {d.name for d in older[:1]}  # the fallback if latest turns out damaged
         for d in self.dir.glob("step-*"):
             if d.name not in keep:
                 shutil.rmtree(d, ignore_errors=True)
@@ -226,7 +305,8 @@ class CheckpointManager:
     def _replace_dir(self, name: str, write) -> Path:
         tmp, cur, old = self.out / f".{name}.tmp", self.out / name, self.out / f".{name}.old"
         shutil.rmtree(tmp, ignore_errors=True)
-        write(tmp)
+        with writing(tmp, cleanup=tmp):
+            write(tmp)
         _fsync_dir(tmp)
         if cur.exists():
             shutil.rmtree(old, ignore_errors=True)

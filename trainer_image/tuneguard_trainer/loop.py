@@ -402,13 +402,31 @@ def _monitor(es: api.EarlyStoppingSpec, figures: dict) -> Optional[float]:
 
 def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Optional[api.FineTuneJob] = None,
         print_table: bool = True, progress: bool = True) -> RunResult:
-    """Run one job end to end on this process (one rank of the world in the environment)."""
+    """Run one job end to end on this process (one rank of the world in the environment). A full output volume
+    fails the job with what to do; every file is written atomically, so what was complete stays complete."""
+    import errno
+
+    try:
+        return _run(config_path, Path(out), device, job=job, print_table=print_table, progress=progress)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        from .checkpoints import CheckpointManager
+
+        last = CheckpointManager(Path(out), 0, 0).resume_point()
+        raise JobFailed(f"no space left for the output ({out}): {e.strerror} writing {e.filename or 'a file'}; "
+                        f"free space or give spec.output a larger volume, then run the job again: it resumes from "
+                        f"{'its checkpoint ' + last.name if last else 'the start (no complete checkpoint yet)'}",
+                        before_training=False) from None
+
+
+def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[api.FineTuneJob],
+         print_table: bool, progress: bool) -> RunResult:
     import torch
 
     from . import engine as eng
 
     wall0 = time.perf_counter()
-    out = Path(out)
     # Rank and world are known from the environment before the process group exists.
     rank = int(os.environ.get("RANK", "0"))
     setup_logging(rank == 0)
@@ -427,7 +445,7 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
     seed_everything(spec.training.seed)
     dev = torch.device("cuda", info.local_rank) if device == "cuda" else torch.device("cpu")
 
-    from .checkpoints import BEST_ADAPTER, CheckpointManager
+    from .checkpoints import BEST_ADAPTER, CheckpointManager, debug_kill
     from .telemetry import Telemetry
 
     ckpt = CheckpointManager(out, info.rank, info.local_rank)
@@ -575,7 +593,7 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
     # ------------------------------------------------------------------------------------ resume
     st = TrainState()
     resumed_from = None
-    latest = ckpt.latest()
+    latest = broadcast_object(ckpt.resume_point() if is_main else None)  # rank 0 decides: the same on all
     if latest is not None:
         t0 = time.perf_counter()
         cs = ckpt.load(engine, latest, trainable_only=adapter is not None)
@@ -745,7 +763,7 @@ def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Op
             elif evaluated and new_best:
                 ckpt.mark_best(st.step)
             window = {"loss": 0.0, "n": 0, "tokens": 0, "t": time.perf_counter()}
-            _fault_injection(st.step)
+            debug_kill("TUNEGUARD_DEBUG_KILL_AT_STEP", st.step)
             if stop:
                 break
     bar.close()
@@ -822,17 +840,6 @@ def _finish_plan_only(job, p: Prepared, counts, splits, leak, leak_dropped: int,
         log.info("planOnly: nothing trained; plan in %s", out / "report.json")
     barrier()
     return RunResult(report=report or {}, out=out)
-
-
-def _fault_injection(step: int) -> None:
-    """Tests of kill -9 safety: TUNEGUARD_DEBUG_KILL_AT_STEP=N sends SIGKILL to this process right after
-    optimizer step N (and its checkpoint, if one was due) -- no clean-up runs, as with a node failure."""
-    kill_at = os.environ.get("TUNEGUARD_DEBUG_KILL_AT_STEP")
-    if kill_at and int(kill_at) == step:
-        import signal
-
-        sys.stderr.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _rollback(ckpt, module, restore_reference, st: TrainState) -> None:
