@@ -139,7 +139,8 @@ class LocalControlPlane:
         self._wait("etcd to become healthy", deadline,
                    lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health"))
         rest = _Rest(server, pki.ca.cert, admin)
-        self._wait("kube-apiserver /readyz", deadline, lambda: _rest_ok(rest, "/readyz"))
+        self._api_ready = lambda: _rest_ok(rest, "/readyz")
+        self._wait("kube-apiserver /readyz", deadline, self._api_ready)
 
         write_kubeconfig(self.kubeconfig, server=server, ca=pki.ca.cert, user="tuneguard-admin", client=admin)
         kcm_config = write_kubeconfig(s / "controller-manager.kubeconfig", server=server, ca=pki.ca.cert,
@@ -183,7 +184,15 @@ class LocalControlPlane:
             node_deadline = time.monotonic() + 600  # includes the pause image's first build
             self.node.start(g, api_port, self.kubeconfig,
                             lambda what, ready: self._wait(what, node_deadline, ready))
-        return Cluster(kubeconfig=self.kubeconfig, binaries=bins, simulated=True, real_node=self.node)
+        return Cluster(kubeconfig=self.kubeconfig, binaries=bins, simulated=True, real_node=self.node,
+                       control_plane=self)
+
+    def restart(self, *names: str, down_seconds: float = 2.0, timeout: float = 60.0) -> None:
+        """An outage: stops the named components (e.g. "etcd", "kube-apiserver"), keeps them down for
+        down_seconds, starts them again with the same flags and data, and waits for /readyz."""
+        for name in names:
+            self.group.restart(name, down_seconds=down_seconds)
+        self._wait("kube-apiserver /readyz after the restart", time.monotonic() + timeout, self._api_ready)
 
     def _wait(self, what: str, deadline: float, ready: Callable[[], bool]) -> None:
         """Polls `ready` until true; fails fast, with the log tail, if one of our processes died."""

@@ -25,6 +25,7 @@ class Cluster:
     binaries: dict[str, Path] = field(default_factory=dict)  # name -> path: kubectl, helm, kwok, ...
     simulated: bool = False  # nodes are kwok's: finish_pod works
     real_node: object = None  # tests.cluster.real_node.RealNode when a real node runs beside kwok's
+    control_plane: object = None  # tests.cluster.LocalControlPlane when the tests started it (restart())
 
     @property
     def env(self) -> dict[str, str]:

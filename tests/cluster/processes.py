@@ -42,6 +42,7 @@ class Process:
     binary: str
     log: Path
     popen: subprocess.Popen | None = None  # None when adopted from a pid file
+    args: tuple = ()  # how it was started, for restart()
 
     def alive(self) -> bool:
         if self.popen is not None:
@@ -87,7 +88,7 @@ class ProcessGroup:
                 [str(binary), *args], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 cwd=self.state_dir, start_new_session=True, pass_fds=pass_fds, env=env,
                 preexec_fn=_die_with_parent if self.die_with_parent else None)
-        proc = Process(name, popen.pid, os.path.realpath(binary), log, popen)
+        proc = Process(name, popen.pid, os.path.realpath(binary), log, popen, args=(binary, list(args), pass_fds, env))
         self.processes.append(proc)
         with open(self.pid_file, "a") as f:
             f.write(f"{name} {proc.pid} {proc.binary}\n")
@@ -113,6 +114,21 @@ class ProcessGroup:
                     name, pid, binary = fields
                     group.processes.append(Process(name, int(pid), binary, group.log_dir / f"{name}.log"))
         return group
+
+    def restart(self, name: str, down_seconds: float = 0.0) -> Process:
+        """Stops one process of this group (SIGTERM) and starts it again with the same command line, after
+        down_seconds: an etcd or API server outage in a test."""
+        (old,) = [p for p in self.processes if p.name == name]
+        if not old.args:
+            raise RuntimeError(f"{name} was adopted from a pid file: its command line is unknown")
+        _signal_group(old.pid, signal.SIGTERM)
+        if not _wait_gone([old], 10):
+            _signal_group(old.pid, signal.SIGKILL)
+            _wait_gone([old], 10)
+        self.processes.remove(old)
+        time.sleep(down_seconds)
+        binary, args, pass_fds, env = old.args
+        return self.start(name, binary, args, pass_fds=pass_fds, env=env)
 
     def stop(self, grace: float = 3.0) -> None:
         """Stops the processes one by one, newest first (clients before the API server before etcd:

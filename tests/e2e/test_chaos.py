@@ -111,3 +111,35 @@ def test_random_operator_kills_lose_nothing(cluster, crd_installed, kc, namespac
         assert kills >= 3  # the schedule really killed it, more than once
     finally:
         op.stop()
+
+
+def test_an_etcd_and_api_server_outage_loses_nothing(cluster, crd_installed, kc, namespace, tmp_path):
+    """etcd and then kube-apiserver stopped for 2 s each and started again under running jobs: the operator
+    reconnects by itself (it never exits) and the jobs end exactly as without the outage."""
+    if cluster.control_plane is None:
+        pytest.skip("restarts the control plane the tests start (not a KUBECONFIG cluster)")
+    ns = namespace
+    op = OperatorProcess(cluster, tmp_path).start()
+    try:
+        names = [f"o{i}" for i in range(6)]
+        kc.apply([cpu_job(n, backoffLimit=3) for n in names], ns)
+        wait_for("every job's two workers to run", lambda: all(len(kc.pods(n, ns, running=True)) == 2 for n in names),
+                 120, interval=1)
+        t0 = time.monotonic()
+        cluster.control_plane.restart("etcd", "kube-apiserver", down_seconds=2.0)
+        outage = time.monotonic() - t0
+        cluster.finish_pod(ns, kc.pods("o0", ns, running=True)[0]["metadata"]["name"], exit_code=1)
+        kc.wait_phase("o0", ns, "Running", 120, restarts=1)
+        wait_for("o0's new group to run", lambda: len(kc.pods("o0", ns, running=True)) == 2, 120, interval=1)
+        for n in names:
+            for pod in kc.pods(n, ns, running=True):
+                cluster.finish_pod(ns, pod["metadata"]["name"], exit_code=0)
+        for n in names:
+            st = kc.wait_phase(n, ns, "Succeeded", 120)
+            assert st["restarts"] == (1 if n == "o0" else 0), (n, st)
+            assert children(kc, n, ns) == expected_children(n)
+            assert reasons(kc, n, ns).count("WorkerFailed") == (1 if n == "o0" else 0)
+        assert op.proc.poll() is None, "the operator exited during the outage:\n" + op.tail(40)
+        print(f"\netcd and kube-apiserver restarted ({outage:.1f} s until /readyz); the operator reconnected")
+    finally:
+        op.stop()
