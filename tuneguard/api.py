@@ -713,7 +713,9 @@ class FineTuneJobStatus(ApiModel):
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: Optional[int] = None
     workers: WorkerCounts = Field(default_factory=WorkerCounts)
-    restarts: int = 0
+    restarts: int = Field(0, description="Group restarts after a worker failed, counted against runPolicy.backoffLimit.")
+    disruptions: int = Field(0, description="Group restarts after a worker was preempted, evicted or drained "
+                             "(its DisruptionTarget condition): not counted against backoffLimit.")
     start_time: Optional[str] = None
     completion_time: Optional[str] = None
     reason: Optional[str] = Field(None, description="Why the job is in its phase, one CamelCase word "

@@ -232,10 +232,11 @@ class Reconciler:
 
         jp = path("Job", ns, render.worker_job_name(name))
         if plan.job_action == "create" and ftj is not None:
-            want = render.worker_job(ftj, uid, new_restarts, suspend=ftj.spec.run_policy.suspend)
+            attempt = new_restarts + plan.status["disruptions"]
+            want = render.worker_job(ftj, uid, attempt, suspend=ftj.spec.run_policy.suspend)
             try:
                 self.kube.create(path("Job", ns), want)
-                log.info("created worker Job %s/%s (attempt %d)", ns, want["metadata"]["name"], new_restarts,
+                log.info("created worker Job %s/%s (attempt %d)", ns, want["metadata"]["name"], attempt,
                          extra={"job": name})
             except ApiError as e:
                 if e.status != 409:

@@ -393,10 +393,12 @@ def worker_job(ftj: api.FineTuneJob, uid: str, restart_attempt: int, suspend: bo
             "completions": res.workers,
             "parallelism": res.workers,
             "backoffLimit": 0,
-            "podFailurePolicy": {"rules": [{
-                "action": "FailJob",
-                "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn", "values": [0]},
-            }]},
+            # Rule 0 first: a worker preempted, evicted or drained fails the Job through it, which tells the
+            # operator (policies.group.disrupted) to restart the group without spending backoffLimit.
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn", "values": [0]}},
+            ]},
             # With a queue, Kueue admits (unsuspends) the Job; without one the operator does.
             "suspend": bool(suspend or res.queue_name),
             "template": pod_template(ftj, restart_attempt),

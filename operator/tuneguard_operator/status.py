@@ -29,7 +29,7 @@ from .policies.observed import (FAILED, RESTARTING, RUNNING, SUCCEEDED, SUSPENDE
 from .policies.observed import rfc3339  # noqa: F401  (reconcile and the tests take it from here)
 
 # Status fields the operator owns; status.training belongs to the trainer and is never written here.
-WARNING_REASONS = {"WorkerFailed", "BackoffLimitExceeded", "DeadlineExceeded", "InvalidSpec", "GuardrailBreached"}
+WARNING_REASONS = {"WorkerFailed", "WorkerDisrupted", "BackoffLimitExceeded", "DeadlineExceeded", "InvalidSpec", "GuardrailBreached"}
 
 
 @dataclass(frozen=True)
@@ -187,13 +187,14 @@ def decide(body: dict, ftj: api.FineTuneJob | None, job: dict | None, now: datet
     conds = _conditions(old_conditions, verdict.phase, verdict.reason, verdict.message, seen.now_s, gen,
                         created=ftj is not None, training=training)
     # Counts come from the current attempt's Job only; a restart just decided makes this one stale.
-    counted = ftj is not None and seen.current_for(verdict.restarts)
+    counted = ftj is not None and seen.current_for(verdict.restarts + verdict.disruptions)
     status: dict[str, Any] = {
         "phase": verdict.phase,
         "conditions": conds,
         "observedGeneration": gen,
         "workers": worker_counts(seen.desired, job if counted else None),
         "restarts": verdict.restarts,
+        "disruptions": verdict.disruptions,
         "startTime": verdict.start,
         "completionTime": verdict.completion if verdict.phase in TERMINAL else None,
         "reason": verdict.reason,

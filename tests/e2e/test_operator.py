@@ -197,6 +197,36 @@ def test_worker_failure_restarts_the_group_until_the_backoff_limit(operator, kc,
     assert f'tuneguard_job_restarts{{job="flaky",method="self-distill",namespace="{ns}"}} 1.0' in operator.metrics()
 
 
+def test_a_preempted_worker_restarts_the_group_without_spending_the_backoff_limit(operator, kc, cluster, namespace):
+    """A worker ended by a disruption (its DisruptionTarget condition, as preemption, eviction and node drain set
+    it; here written by the test, then the pod ends with 137 as a killed container does): with backoffLimit 0 the
+    group still restarts, counted in status.disruptions, and the Event says what happened."""
+    ns = namespace
+    start(kc, ns, cpu_job("preempted", workers=2, backoffLimit=0))
+    victim = kc.pods("preempted", ns, running=True)[1]
+    now = "2026-01-01T00:00:00Z"
+    kc("patch", "pod", victim["metadata"]["name"], "-n", ns, "--subresource=status", "--type=strategic", "-p",
+       json.dumps({"status": {  # in one write, as the kubelet reports a killed pod (kwok would rewrite a later one)
+           "phase": "Failed",
+           "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                           "message": "preempted by a higher-priority pod", "lastTransitionTime": now}],
+           "containerStatuses": [{"name": c["name"], "image": c["image"], "ready": False, "restartCount": 0,
+                                  "state": {"terminated": {"exitCode": 137, "reason": "Error", "startedAt": now,
+                                                           "finishedAt": now}}}
+                                 for c in victim["spec"]["containers"]]}}))
+    st = kc.wait_phase("preempted", ns, "Running", 90, disruptions=1)
+    assert st["restarts"] == 0
+    pods = kc.pods("preempted", ns, running=True)
+    assert len(pods) == 2 and all(p["metadata"]["labels"]["tuneguard.io/restart-attempt"] == "1" for p in pods)
+    (event,) = [e for e in kc.events("preempted", ns) if e["reason"] == "WorkerDisrupted"]
+    assert event["type"] == "Warning" and "DisruptionTarget" in event["message"]
+    assert "not counted against backoffLimit (disruption 1)" in event["message"]
+    # a real failure afterwards still spends the (zero) backoff limit
+    cluster.finish_pod(ns, pods[0]["metadata"]["name"], exit_code=1)
+    st = kc.wait_phase("preempted", ns, "Failed", 60)
+    assert (st["restarts"], st["disruptions"], st["reason"]) == (0, 1, "BackoffLimitExceeded")
+
+
 def test_all_workers_succeeding_then_ttl_cleanup(operator, kc, cluster, namespace):
     ns = namespace
     start(kc, ns, cpu_job("done", workers=2, ttlSecondsAfterFinished=8))

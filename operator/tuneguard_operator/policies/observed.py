@@ -67,6 +67,7 @@ class Verdict:
     requeue: Optional[float] = None  # seconds until the next look
     delete_self: bool = False  # the TTL ran out: delete the FineTuneJob
     announce: bool = False  # post the Event even though the phase stays the same
+    disruptions: int = 0  # status.disruptions: group restarts after a preemption, eviction or drain
 
 
 @dataclass(frozen=True)
@@ -82,11 +83,18 @@ class Observed:
     issues: Optional[list[str]] = None  # why existing workers are not ready (status.pod_issues)
     # What the operator wrote to status last time.
     last_phase: Optional[str] = None
+    last_reason: Optional[str] = None
     last_message: str = ""
     last_conditions: tuple[dict, ...] = ()
     restarts: int = 0
+    disruptions: int = 0
     start: Optional[str] = None
     completion: Optional[str] = None
+
+    @property
+    def attempt(self) -> int:
+        """The group's attempt: every restart, counted against backoffLimit or not (a disruption)."""
+        return self.restarts + self.disruptions
 
     @property
     def now_s(self) -> str:
@@ -99,14 +107,15 @@ class Observed:
     @property
     def current(self) -> bool:
         """The Job belongs to this attempt; an older one is a leftover of a restart not yet finished."""
-        return self.current_for(self.restarts)
+        return self.current_for(self.attempt)
 
-    def current_for(self, restarts: int) -> bool:
-        return self.job is not None and not self.deleting and job_attempt(self.job) >= restarts
+    def current_for(self, attempt: int) -> bool:
+        return self.job is not None and not self.deleting and job_attempt(self.job) >= attempt
 
     def verdict(self, phase: str, reason: str, message: str, **changes) -> Verdict:
-        """A Verdict that keeps restarts, startTime and completionTime unless `changes` says otherwise."""
-        kept = Verdict(phase, reason, message, restarts=self.restarts, start=self.start, completion=self.completion)
+        """A Verdict that keeps restarts, disruptions, startTime and completionTime unless `changes` says otherwise."""
+        kept = Verdict(phase, reason, message, restarts=self.restarts, start=self.start, completion=self.completion,
+                       disruptions=self.disruptions)
         return dataclasses.replace(kept, **changes)
 
 
@@ -122,9 +131,11 @@ def observe(body: dict, ftj: api.FineTuneJob | None, job: dict | None, now: date
         job=job,
         issues=issues,
         last_phase=old.get("phase"),
+        last_reason=old.get("reason"),
         last_message=old.get("message") or "",
         last_conditions=tuple(old.get("conditions") or ()),
         restarts=int(old.get("restarts") or 0),
+        disruptions=int(old.get("disruptions") or 0),
         start=old.get("startTime"),
         completion=old.get("completionTime"),
     )

@@ -18,9 +18,10 @@ def at(seconds: float) -> str:
 
 def worker_job(attempt=0, suspended=False, active=2, ready=2, conditions=(), deleting=False, finished=None,
                succeeded=0):
-    """A worker Job as the API server returns it; `conditions` are (type, message) pairs that are True."""
+    """A worker Job as the API server returns it; `conditions` are (type, message[, reason]) that are True."""
     status = {"active": active, "ready": ready, "succeeded": succeeded,
-              "conditions": [{"type": kind, "status": "True", "message": text} for kind, text in conditions]}
+              "conditions": [{"type": c[0], "status": "True", "message": c[1], **({"reason": c[2]} if c[2:] else {})}
+                             for c in conditions]}
     if finished is not None:
         status["completionTime"] = finished
     metadata = {"name": "facts-sft-worker", "labels": {render.LABEL_ATTEMPT: str(attempt)}}
@@ -172,6 +173,41 @@ def test_a_failed_group_restarts_within_the_backoff_limit(fields, expected, rest
         assert (answer.restarts, answer.announce) == (restarts, announce)
         assert answer.message.startswith("worker failed: exit 1; ")
         assert answer.completion == (at(0) if answer.phase == "Failed" else None)
+
+
+# How the Job controller says its DisruptionTarget rule (render.worker_job's rule 0) failed it.
+DISRUPTED = ("Failed", "Pod ns/facts-sft-worker-1-x has condition DisruptionTarget matching FailJob rule at index 0",
+             "PodFailurePolicy")
+
+
+@pytest.mark.parametrize("fields, restarts, disruptions", [
+    (dict(job=worker_job(conditions=[DISRUPTED])), 0, 1),
+    # at the backoff limit a disruption still restarts the group: it spends nothing
+    (dict(job=worker_job(attempt=2, conditions=[DISRUPTED]), restarts=2), 2, 1),
+    (dict(job=worker_job(attempt=3, conditions=[DISRUPTED]), restarts=2, disruptions=1), 2, 2),
+])
+def test_a_disruption_restarts_the_group_without_spending_the_backoff_limit(fields, restarts, disruptions):
+    answer = group.restart_failed(observed({"backoff_limit": 2}, **fields))
+    assert brief(answer) == ("Restarting", "WorkerDisrupted", "delete")
+    assert (answer.restarts, answer.disruptions) == (restarts, disruptions)
+    assert answer.message.startswith("worker disrupted (preemption, eviction or node drain): Pod ns/")
+    assert answer.message.endswith(f"not counted against backoffLimit (disruption {disruptions})")
+
+
+def test_a_failure_that_is_not_a_disruption_still_counts():
+    exit_code = ("Failed", "Container trainer for pod ns/x failed with exit code 1 matching FailJob rule at index 1",
+                 "PodFailurePolicy")
+    answer = group.restart_failed(observed(job=worker_job(conditions=[exit_code])))
+    assert (answer.reason, answer.restarts, answer.disruptions) == ("WorkerFailed", 1, 0)
+
+
+def test_the_attempt_counts_disruptions_too():
+    assert observed(job=worker_job(attempt=1), disruptions=1).current
+    assert not observed(job=worker_job(attempt=1), restarts=1, disruptions=1).current  # a restart since: stale
+    # the group comes back as a restart, its reason kept
+    answer = group.create_missing(observed(disruptions=1, last_phase="Restarting", last_reason="WorkerDisrupted"))
+    assert brief(answer) == ("Restarting", "WorkerDisrupted", "create")
+    assert answer.message == "starting the group again (restart 0 of at most 3, after 1 disruption(s) not counted)"
 
 
 @pytest.mark.parametrize("condition, text", [

@@ -47,7 +47,9 @@ def test_indexed_job_shape():
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == spec["parallelism"] == 2
     assert spec["backoffLimit"] == 0
-    assert spec["podFailurePolicy"]["rules"][0]["action"] == "FailJob"
+    disruption, exit_code = spec["podFailurePolicy"]["rules"]  # the order matters: an evicted pod exits 137 too
+    assert disruption == {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert exit_code["action"] == "FailJob" and exit_code["onExitCodes"]["operator"] == "NotIn"
     assert spec["suspend"] is False
     assert job["metadata"]["labels"][render.LABEL_ATTEMPT] == "2"
     pod = spec["template"]
