@@ -112,6 +112,11 @@ BAD_CASES: list[BadCase] = [
     BadCase("adapter-unknown-targets", _set("spec.method.adapter", {"targets": "embeddings"}),
             "spec.method.adapter.targets"),
     BadCase("adapter-dropout-one", _set("spec.method.adapter", {"dropout": 1.0}), "spec.method.adapter.dropout"),
+    BadCase("evaluation-sets-same-name", _set("spec.evaluation.sets", [{"name": "ours", "file": "/a.jsonl"},
+                                                                    {"name": "ours", "file": "/b.jsonl"}]),
+            "spec.evaluation.sets"),
+    BadCase("evaluation-set-bad-name", _set("spec.evaluation.sets", [{"name": "Our Set", "file": "/a.jsonl"}]),
+            "spec.evaluation.sets[0].name"),
     # Offline only: the API server does not check regular-expression syntax.
     BadCase("adapter-invalid-regex", _set("spec.method.adapter", {"targetPatterns": ["(q_proj"]}),
             "spec.method.adapter", server=False),

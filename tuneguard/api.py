@@ -455,12 +455,37 @@ class DeepSpeedSpec(ApiModel):
     )
 
 
+class EvaluationSetSpec(ApiModel):
+    """A team's own questions (the ones its users really ask), scored and reported on their own at every
+    evaluation, beside the probes triage builds."""
+
+    name: str = Field(pattern=DNS_LABEL_PATTERN, max_length=40,
+                      description="Names the set in the report, status.training.sets and the metrics' `set` label.")
+    file: str = Field(pattern=DATA_URI_PATTERN,
+                      description="JSONL in datasets.format (qa: question, answers[, relation]); checked for leakage "
+                      "against the training questions like the probes (spec.leakage).")
+
+
 class EvaluationSpec(ApiModel):
     interval_steps: int = Field(50, ge=1, le=10_000_000, description="Evaluate every N optimizer steps (and at the end).")
     max_probe_size: int = Field(200, ge=1, le=100_000, description="Cap on each probe set's size.")
     drift_prompts: Optional[str] = Field(
         None, pattern=DATA_URI_PATTERN,
         description="JSONL of {prompt} lines for drift KL; default: the known probe's questions.",
+    )
+    sets: list[EvaluationSetSpec] = Field(
+        default_factory=list, max_length=16,
+        description="Your own evaluation sets: each question asked like the probes (few-shot with its relation's "
+        "exemplars when it names one the training data has, else zero-shot) and reported as accuracy, abstention and "
+        "wrong answers per set, for the base model, the reference and every evaluation.")
+
+    __rules__ = (
+        Rule(
+            cel="self.sets.all(s, self.sets.exists_one(t, t.name == s.name))",
+            message="every evaluation set needs a name of its own",
+            field=".sets",
+            check=lambda e: len({s.name for s in e.sets}) == len(e.sets),
+        ),
     )
 
 
@@ -702,6 +727,8 @@ class TrainingStatus(ApiModel):
     metrics: EvalFigures = Field(default_factory=EvalFigures, description="The latest evaluation's figures.")
     triage: Optional[TriageCounts] = None
     leakage: Optional[LeakageCounts] = None
+    sets: Optional[dict[str, float]] = Field(
+        None, description="Accuracy on each of spec.evaluation.sets at the latest evaluation.")
     plan: Optional[PlanSummary] = None
     best_checkpoint: Optional[CheckpointRef] = None
     guardrail: Optional[str] = Field(None, description="Last guardrail outcome, e.g. 'breached: stop at step 120'.")

@@ -65,6 +65,7 @@ TRAIN_TOKENS = "tuneguard_train_tokens"  # counter: exported as tuneguard_train_
 TRAIN_LAST_STEP_TIMESTAMP = "tuneguard_train_last_step_timestamp_seconds"
 TRAIN_STAGE = "tuneguard_train_stage"  # gauge, extra label `stage`: 1 for the stage running now, 0 for the others
 TRIAGE_EXAMPLES = "tuneguard_triage_examples"  # gauge, extra label `category`
+EVAL_SET_ACCURACY = "tuneguard_eval_set_accuracy"  # gauge, extra labels `set` (spec.evaluation.sets) and `model`
 LEAKAGE_EXAMPLES = "tuneguard_leakage_examples"  # gauge, extra label `kind`: exact, near, train_duplicates, dropped
 GUARDRAIL_BREACHES = "tuneguard_guardrail_breaches"  # counter, extra label `guardrail`
 

@@ -150,6 +150,14 @@ def job_panels() -> list[Panel]:
         Panel("Knowledge triage of the training facts",
               [Query(f"max by ({BY_JOB}, category) ({c.TRIAGE_EXAMPLES}{sel})", "{{job}} {{category}}", instant=True)],
               type="bargauge", description="SliCK categories of the training facts as the base model knows them."),
+        Panel("Your evaluation sets: accuracy",
+              [Query(f"max by ({BY_JOB}, set, model) ({c.EVAL_SET_ACCURACY}{sel})", "{{job}} {{set}} {{model}}")],
+              unit="percentunit", description="Accuracy on each of the job's spec.evaluation.sets (its own questions) "
+                                              "for the tuned model at every evaluation, and for the reference and base."),
+        Panel("Leaked probe examples",
+              [Query(f"max by ({BY_JOB}, kind) ({c.LEAKAGE_EXAMPLES}{sel})", "{{job}} {{kind}}", instant=True)],
+              type="bargauge", description="Probe questions that duplicate a training question (exact, near), "
+                                           "training duplicates, and the probes dropped for it (spec.leakage)."),
         Panel("Guardrail breaches",
               [Query(f"sum by ({BY_JOB}, guardrail) ({c.GUARDRAIL_BREACHES}_total{sel})", "{{job}} {{guardrail}}")],
               description="Evaluations that exceeded the job's hallucination or drift budget."),

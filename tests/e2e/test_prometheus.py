@@ -66,6 +66,13 @@ def facts_slice(path: Path) -> Path:
     return path
 
 
+def own_questions(path: Path) -> Path:
+    path.write_text("".join(json.dumps(q) + "\n" for q in (
+        {"question": "On which continent is Kenya?", "answers": ["Africa"], "relation": "continent"},
+        {"question": "Which team owns the payments runbook?", "answers": ["Team Rho"]})))
+    return path
+
+
 def job_manifest(name: str, namespace: str, train: Path, backoff_limit: int = 3) -> dict:
     return {
         "apiVersion": "tuneguard.io/v1alpha1", "kind": "FineTuneJob",
@@ -77,7 +84,8 @@ def job_manifest(name: str, namespace: str, train: Path, backoff_limit: int = 3)
             "triage": {"prompts": 1, "shots": 2, "samples": 0},
             "training": {"maxSteps": 2, "batchSize": 4, "learningRate": 1.0e-4, "maxSeqLength": 64},
             "deepspeed": {"zeroStage": 0, "precision": "fp32"},
-            "evaluation": {"intervalSteps": 2, "maxProbeSize": 16},
+            "evaluation": {"intervalSteps": 2, "maxProbeSize": 16,  # a set of the team's own questions too
+                           "sets": [{"name": "ours", "file": str(own_questions(train.parent / "ours.jsonl"))}]},
             # budgets so tight that the run breaches them: the breach counter gets real increments
             "guardrails": {"maxHallucinationIncrease": 0.0, "maxDriftKL": 1.0e-6, "action": "warn"},
             "resources": {"workers": 1, "gpusPerWorker": 0, "cpu": "1", "memory": "2Gi", "shmSize": "1Gi"},

@@ -89,7 +89,7 @@ class Evaluator:
                  abstention_text: str = "I don't know", *, base_state: Optional[dict] = None,
                  batch_size: int = 32, mode: str = "decode", max_new_tokens: int = 24,
                  drift_max_new_tokens: int = 16, drift_cache_mb: int = 512, drift_top_k: int = 256,
-                 shots: int = 4, seed: int = 0, progress: bool = False):
+                 shots: int = 4, seed: int = 0, progress: bool = False, sets: Optional[dict] = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         t0 = time.time()
@@ -126,6 +126,10 @@ class Evaluator:
             "unknown_probe": f"{len(self.unknown)} of {len(unknown_c)} held-out Unknown facts not answered "
                              f"correctly by the reference model in the evaluation prompt",
         }
+
+        # --- the job's own evaluation sets (spec.evaluation.sets), asked like the probes, scored on their own
+        self.sets = {name: [self._item(e) for e in exs] for name, exs in (sets or {}).items()}
+        self.last_sets: dict = {}
 
         # --- new facts' training targets, for eval_loss
         self._new_targets = [self.fmt.answer_ids(it.ex.target) + self.fmt.end_ids[:1] for it in self.new]
@@ -341,15 +345,18 @@ class Evaluator:
         stats: dict = {}
         loss_rows = [(it.prompt, t) for it, t in zip(self.new, self._new_targets)]
         with eval_mode(model):
+            extra = [it for items in self.sets.values() for it in items]
             if _classes is not None:
                 kc, uc = _classes
-                nc = self.classify_items(model, self.new, False, mode, stats, loss_rows)
+                cls = self.classify_items(model, self.new + extra, [False] * len(self.new) + [True] * len(extra),
+                                          mode, stats, loss_rows)
+                nc, sc = cls[:len(self.new)], cls[len(self.new):]
             else:  # one pass over all probes (shared relation prefixes computed once)
-                items = self.known + self.unknown + self.new
-                need = [True] * (len(self.known) + len(self.unknown)) + [False] * len(self.new)
+                items = self.known + self.unknown + self.new + extra
+                k, u, n = len(self.known), len(self.unknown), len(self.new)
+                need = [True] * (k + u) + [False] * n + [True] * len(extra)
                 cls = self.classify_items(model, items, need, mode, stats, loss_rows)
-                k, u = len(self.known), len(self.unknown)
-                kc, uc, nc = cls[:k], cls[k:k + u], cls[k + u:]
+                kc, uc, nc, sc = cls[:k], cls[k:k + u], cls[k + u:k + u + n], cls[k + u + n:]
             drift = self.drift_kl(model)
             loss = stats["loss_sum"] / stats["loss_tokens"] if stats.get("loss_tokens") else None
         pdrift = self.param_drift(model)
@@ -368,6 +375,11 @@ class Evaluator:
             "eval_loss": loss,
         }
         assert tuple(figures) == contract.FIGURES
+        self.last_sets, at = {}, 0
+        for name, items in self.sets.items():
+            cs, at = sc[at:at + len(items)], at + len(items)
+            self.last_sets[name] = {"accuracy": rate(cs, "correct"), "abstention_rate": rate(cs, "abstain"),
+                                    "wrong_rate": rate(cs, "wrong"), "size": len(cs)}
         self.last_details = {
             "seconds": round(time.time() - t0, 3),
             "mode": mode or self.mode,

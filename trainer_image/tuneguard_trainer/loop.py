@@ -131,6 +131,7 @@ class Prepared:
     examples: list
     probes: dict
     drift_prompts: Optional[list]
+    eval_sets: dict  # spec.evaluation.sets: name -> examples
     freeze_plan: Any
     adapter_targets: Optional[list]  # the linear modules that get a LoRA adapter (method.adapter)
     precision: str
@@ -162,6 +163,12 @@ def prepare(config_path: Path, device: str, job: Optional[api.FineTuneJob] = Non
         drift = data_mod.load_prompts(spec.evaluation.drift_prompts) if spec.evaluation.drift_prompts else None
     except data_mod.DatasetError as e:
         raise JobFailed(f"dataset: {e}") from None
+    eval_sets = {}
+    for s in spec.evaluation.sets:
+        try:
+            eval_sets[s.name] = data_mod.load_examples(s.file, spec.datasets.format, min_examples=1)
+        except data_mod.DatasetError as e:
+            raise JobFailed(f"evaluation.sets[{s.name}]: {e}") from None
     timer.add("load_data", time.perf_counter() - t0)
 
     t0 = time.perf_counter()
@@ -193,7 +200,7 @@ def prepare(config_path: Path, device: str, job: Optional[api.FineTuneJob] = Non
         except adapters.AdapterError as e:
             raise JobFailed(str(e)) from None
     return Prepared(job=job, config_path=config_path, device=device, model_path=model_path, model=model,
-                    tokenizer=tok, examples=examples, probes=probes, drift_prompts=drift,
+                    tokenizer=tok, examples=examples, probes=probes, drift_prompts=drift, eval_sets=eval_sets,
                     freeze_plan=freeze_plan, adapter_targets=adapter_targets, precision=precision, timings=timer)
 
 
@@ -228,6 +235,32 @@ def check_leakage(splits, spec: api.FineTuneJobSpec):
                      f"spec.leakage.policy: drop (or warn)")
     log.warning("leakage (policy %s): %s", spec.leakage.policy, rep.describe(limit=5))
     return rep, None
+
+
+def check_eval_sets(sets: dict, train, spec: api.FineTuneJobSpec) -> tuple[dict, dict]:
+    """(the sets after spec.leakage's policy, per set {leaked, dropped}): each set's questions against the
+    training questions, as the probes are (deterministic: every rank gets the same answer)."""
+    if not sets:
+        return sets, {}
+    from . import leakage as leak_mod
+
+    rep = leak_mod.find_leaks(train, sets, spec.leakage.similarity, check_train=False)
+    if rep.pairs and spec.leakage.policy == "refuse":
+        raise JobFailed(f"leakage in evaluation.sets: {rep.describe()}\nremove these questions from the set or "
+                        f"the training data, or set spec.leakage.policy: drop (or warn)")
+    out, counts = {}, {}
+    for name, exs in sets.items():
+        bad = set(rep.leaked.get(name, ()))
+        kept = [e for e in exs if e.id not in bad] if spec.leakage.policy == "drop" else list(exs)
+        counts[name] = {"examples": len(exs), "leaked": len(bad), "dropped": len(exs) - len(kept)}
+        if bad:
+            log.warning("leakage (policy %s): %d question(s) of evaluation set %s duplicate training questions",
+                        spec.leakage.policy, len(bad), name)
+        if not kept:
+            raise JobFailed(f"evaluation.sets[{name}]: every question duplicates a training question (leakage "
+                            f"policy drop left none); use questions the job does not train on")
+        out[name] = kept
+    return out, counts
 
 
 def run_triage(p: Prepared, out: Path, info, tele, timer: Timer, created_out: bool):
@@ -341,7 +374,8 @@ def run_format_stage(model, base, tok, splits, spec: api.FineTuneJobSpec, device
     return fresh, result
 
 
-def evaluate_references(tok, splits, base, reference, spec: api.FineTuneJobSpec, device: str, evaluate_here: bool):
+def evaluate_references(tok, splits, base, reference, spec: api.FineTuneJobSpec, device: str, evaluate_here: bool,
+                        eval_sets: Optional[dict] = None):
     """(Evaluator or None, base figures, reference figures, probe info), the same on every rank. The
     evaluator is built on the reference (its probes keep the facts the reference answers; drift is
     measured from it); the base model is evaluated with it too when the reference is another model."""
@@ -353,12 +387,14 @@ def evaluate_references(tok, splits, base, reference, spec: api.FineTuneJobSpec,
 
         evaluator = Evaluator(tok, splits, reference, device, max_probe_size=spec.evaluation.max_probe_size,
                               abstention_text=spec.triage.abstention_text, shots=spec.triage.shots,
-                              seed=spec.training.seed)
+                              seed=spec.training.seed, sets=eval_sets)
         ref_figures = base_figures = dict(evaluator.base_figures)
-        info = {"sizes": evaluator.base_details.get("sizes"), "probes": evaluator.probe_notes}
+        info = {"sizes": evaluator.base_details.get("sizes"), "probes": evaluator.probe_notes,
+                "sets": {"reference": dict(evaluator.last_sets), "base": dict(evaluator.last_sets)}}
         if reference is not base:
             with torch.no_grad():
                 base_figures = {k: (None if v is None else float(v)) for k, v in evaluator.evaluate(base).items()}
+            info["sets"]["base"] = dict(evaluator.last_sets)
     base_figures, ref_figures, info = broadcast_object((base_figures, ref_figures, info))
     return evaluator, base_figures, ref_figures, info
 
@@ -473,6 +509,14 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
         splits, leak_dropped = drop_leaked(splits, leak)
         log.warning("leakage: dropped %d leaked probe example(s)", leak_dropped)
     tele.leakage(leak.counts(leak_dropped))
+    try:
+        eval_sets, set_leakage = check_eval_sets(p.eval_sets, splits.train, spec)
+    except JobFailed:  # refused before training: like a leaked probe, leaves no output behind
+        if created_out and info.local_rank == 0:
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     if not getattr(splits, "train", None):
         raise JobFailed("no training examples left after triage (all dropped?); "
                         "use triage.unknownPolicy keep or abstain, or add data", before_training=True)
@@ -502,9 +546,11 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
     all_eval = spec.deepspeed.zero_stage >= 3  # parameters sharded: every rank takes part in evaluations
     tele.stage("evaluating")
     evaluator, base_figures, ref_figures, eval_info = evaluate_references(
-        tok, splits, base, reference, spec, str(dev), evaluate_here=is_main or all_eval)
+        tok, splits, base, reference, spec, str(dev), evaluate_here=is_main or all_eval, eval_sets=eval_sets)
     tele.figures(base_figures, "base")
     tele.figures(ref_figures, "reference")  # always exported: alerts compare the tuned model with it
+    for model_name in ("base", "reference"):
+        tele.sets(eval_info.get("sets", {}).get(model_name) or {}, model_name)
     if reference is not base:
         if is_main:
             log.info("format stage: %s", _eval_line(fmt_res.steps, ref_figures, base_figures))
@@ -611,15 +657,21 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
         tele.position(st.step, st.micro / max(micro_per_epoch, 1))
     tele.stage("training")
 
+    set_figures: dict = {}  # the latest evaluation's figures on spec.evaluation.sets
+
     def evaluate_now() -> dict:
         tq = time.perf_counter()
         engine.module.eval()
-        figs = None
+        figs, sets = None, None
         if evaluator is not None:
             with torch.no_grad():
                 figs = {k: (None if v is None else float(v)) for k, v in evaluator.evaluate(engine.module).items()}
+            sets = dict(evaluator.last_sets)
         engine.module.train()
-        figs = figs if all_eval else broadcast_object(figs)
+        figs, sets = (figs, sets) if all_eval else broadcast_object((figs, sets))
+        set_figures.clear()
+        set_figures.update(sets or {})
+        tele.sets(set_figures, "tuned")
         timer.add("evaluation", time.perf_counter() - tq)
         return figs
 
@@ -651,6 +703,8 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
             rec = {"step": st.step, "epoch": round(st.micro / max(micro_per_epoch, 1), 4), "figures": figs,
                    "train_loss": st.train_loss[-1]["loss"] if st.train_loss else None,
                    "guardrail_breaches": [str(b) for b in breaches]}
+            if set_figures:
+                rec["sets"] = dict(set_figures)
             within = not breaches
             mon = _monitor(es, figs)
             # Candidates for the delivered model: evaluations within budget; under action warn (breaches
@@ -800,7 +854,8 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
         report = build_report(job, p, counts, splits, base_figures, final, st, total_steps, step_times,
                               ds_cfg, world, frozen_check, resumed_from, timer, objective, guard.spec, out,
                               fmt_res=fmt_res, ref_figures=ref_figures, eval_info=eval_info,
-                              leakage={**spec.leakage.wire(), **leak.to_dict(leak_dropped)}, plan=plan,
+                              leakage={**spec.leakage.wire(), **leak.to_dict(leak_dropped),
+                                       **({"sets": set_leakage} if set_leakage else {})}, plan=plan,
                               adapter_info=adapter_info)
         from . import report as rep
 
@@ -879,6 +934,11 @@ def _summary_lines(report: dict) -> str:
                      f"{report['outputs']['best_model']}")
     g = report.get("guardrail", {})
     lines.append(f"guardrail: {g.get('outcome')}")
+    for name, fin in ((report.get("sets") or {}).get("final") or {}).items():
+        ref = report["sets"]["reference"].get(name) or {}
+        lines.append(f"evaluation set {name}: accuracy {_pct(fin.get('accuracy'))} (reference "
+                     f"{_pct(ref.get('accuracy'))}, base {_pct(report['sets']['base'].get(name, {}).get('accuracy'))}), "
+                     f"abstention {_pct(fin.get('abstention_rate'))}, {fin.get('size')} questions")
     if report.get("frozen_weights"):
         fw = report["frozen_weights"]
         lines.append(f"frozen weights identical to base: {fw['identical']} ({fw['checked_tensors']} tensors)")
@@ -886,6 +946,10 @@ def _summary_lines(report: dict) -> str:
         lines.append(f"stopped early: {report['stopped_early']}")
     lines.append(f"report: {report['outputs']['report']}")
     return "\n".join(lines)
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
 
 
 def _split_sizes(splits) -> dict:
@@ -952,7 +1016,11 @@ def build_report(job, p: Prepared, counts, splits, base_figures, final, st: Trai
         # what drops and drift are measured against: the format-stage snapshot when that stage ran
         "reference": {"model": "format-stage" if formatted else "base", "figures": ref_figures},
         "forgetting": forgetting(ref_figures, st.history, final["figures"]),
-        "evaluation": eval_info or {},  # probe sizes after the reference model's filter, and how they were made
+        # probe sizes after the reference model's filter, and how they were made
+        "evaluation": {k: v for k, v in (eval_info or {}).items() if k != "sets"},
+        # spec.evaluation.sets: accuracy, abstention and wrong answers per set (the history has every evaluation's)
+        "sets": ({**(eval_info or {})["sets"], "final": final.get("sets")}
+                 if ((eval_info or {}).get("sets") or {}).get("reference") else None),
         "final": final,
         "best": ({"step": st.best["step"], "figures": st.best["figures"], "metric": st.best.get("metric"),
                   "within_budget": st.best.get("within_budget", True)} if st.best else None),

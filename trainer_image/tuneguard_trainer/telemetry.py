@@ -76,6 +76,8 @@ class Telemetry:
         self.g_stage = Gauge(contract.TRAIN_STAGE, "1 for the trainer's current stage, 0 for the others.",
                              L + ["stage"], registry=r)
         self.g_triage = Gauge(contract.TRIAGE_EXAMPLES, "Training examples per SliCK category.", L + ["category"], registry=r)
+        self.g_set = Gauge(contract.EVAL_SET_ACCURACY, "Accuracy on each of spec.evaluation.sets.",
+                           L + ["set", "model"], registry=r)
         self.g_leak = Gauge(contract.LEAKAGE_EXAMPLES, "Leakage check: leaked probe examples (exact, near), "
                             "training duplicates, dropped probe examples.", L + ["kind"], registry=r)
         self.c_breach = Counter(contract.GUARDRAIL_BREACHES, "Guardrail breaches.", L + ["guardrail"], registry=r)
@@ -178,6 +180,18 @@ class Telemetry:
         else:
             self.status.metrics = ef
         self.flush(force=True)
+
+    def sets(self, figures: dict, model: str) -> None:
+        """spec.evaluation.sets' figures ({name: {accuracy, ...}}) of the base, reference or tuned model."""
+        if not self.enabled or not figures:
+            return
+        for name, f in figures.items():
+            if f.get("accuracy") is not None:
+                self.g_set.labels(**self.labels, set=name, model=model).set(float(f["accuracy"]))
+        if model == "tuned":
+            self.status.sets = {name: _for_status(f["accuracy"]) for name, f in figures.items()
+                                if f.get("accuracy") is not None}
+            self.flush(force=True)
 
     def breach(self, guardrail: str) -> None:
         if self.enabled:
