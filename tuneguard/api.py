@@ -473,18 +473,18 @@ class EvaluationSpec(ApiModel):
         None, pattern=DATA_URI_PATTERN,
         description="JSONL of {prompt} lines for drift KL; default: the known probe's questions.",
     )
-    sets: list[EvaluationSetSpec] = Field(
-        default_factory=list, max_length=16,
+    sets: Optional[list[EvaluationSetSpec]] = Field(
+        None, max_length=16,
         description="Your own evaluation sets: each question asked like the probes (few-shot with its relation's "
         "exemplars when it names one the training data has, else zero-shot) and reported as accuracy, abstention and "
         "wrong answers per set, for the base model, the reference and every evaluation.")
 
     __rules__ = (
         Rule(
-            cel="self.sets.all(s, self.sets.exists_one(t, t.name == s.name))",
+            cel="!has(self.sets) || self.sets.all(s, self.sets.exists_one(t, t.name == s.name))",
             message="every evaluation set needs a name of its own",
             field=".sets",
-            check=lambda e: len({s.name for s in e.sets}) == len(e.sets),
+            check=lambda e: e.sets is None or len({s.name for s in e.sets}) == len(e.sets),
         ),
     )
 

@@ -164,7 +164,7 @@ def prepare(config_path: Path, device: str, job: Optional[api.FineTuneJob] = Non
     except data_mod.DatasetError as e:
         raise JobFailed(f"dataset: {e}") from None
     eval_sets = {}
-    for s in spec.evaluation.sets:
+    for s in spec.evaluation.sets or []:
         try:
             eval_sets[s.name] = data_mod.load_examples(s.file, spec.datasets.format, min_examples=1)
         except data_mod.DatasetError as e:
