@@ -208,6 +208,15 @@ class SelfDistillSpec(ApiModel):
     )
 
 
+def _check_regexes(field: str, patterns: Optional[list[str]]) -> None:
+    """Offline only: the API server cannot check a regular expression's syntax."""
+    for p in patterns or []:
+        try:
+            re.compile(p)
+        except re.error as e:
+            raise ValueError(f"{field}: {p!r} is not a valid regular expression ({e})") from e
+
+
 class FreezeSpec(ApiModel):
     preset: Optional[Literal["attention-only", "mlp-only", "top-layers"]] = Field(
         None,
@@ -246,11 +255,7 @@ class FreezeSpec(ApiModel):
 
     @model_validator(mode="after")
     def _patterns_compile(self):
-        for p in self.trainable_patterns or []:
-            try:
-                re.compile(p)
-            except re.error as e:
-                raise ValueError(f"trainablePatterns: {p!r} is not a valid regular expression ({e})") from e
+        _check_regexes("trainablePatterns", self.trainable_patterns)
         return self
 
 
@@ -300,11 +305,7 @@ class AdapterSpec(ApiModel):
 
     @model_validator(mode="after")
     def _patterns_compile(self):
-        for p in self.target_patterns or []:
-            try:
-                re.compile(p)
-            except re.error as e:
-                raise ValueError(f"targetPatterns: {p!r} is not a valid regular expression ({e})") from e
+        _check_regexes("targetPatterns", self.target_patterns)
         return self
 
     def resolved_targets(self) -> str:
