@@ -208,6 +208,17 @@ class SelfDistillSpec(ApiModel):
     )
 
 
+def _patterns_listed(attr: str, example: str) -> Rule:
+    """A list of patterns, when given, holds at least one and none is empty."""
+    wire = wire_name(attr)
+    return Rule(
+        cel=f"!has(self.{wire}) || (size(self.{wire}) > 0 && self.{wire}.all(p, size(p) > 0))",
+        message=f"{wire} must list at least one non-empty pattern, e.g. {example}",
+        field=f".{wire}",
+        check=lambda m: getattr(m, attr) is None or (len(getattr(m, attr)) > 0 and all(getattr(m, attr))),
+    )
+
+
 def _check_regexes(field: str, patterns: Optional[list[str]]) -> None:
     """Offline only: the API server cannot check a regular expression's syntax."""
     for p in patterns or []:
@@ -237,14 +248,7 @@ class FreezeSpec(ApiModel):
             field=".preset",
             check=lambda f: (f.preset is None) != (f.trainable_patterns is None),
         ),
-        Rule(
-            cel="!has(self.trainablePatterns) || (size(self.trainablePatterns) > 0 && "
-            "self.trainablePatterns.all(p, size(p) > 0))",
-            message="trainablePatterns must list at least one non-empty pattern, e.g. ['self_attn']",
-            field=".trainablePatterns",
-            check=lambda f: f.trainable_patterns is None
-            or (len(f.trainable_patterns) > 0 and all(p for p in f.trainable_patterns)),
-        ),
+        _patterns_listed("trainable_patterns", "['self_attn']"),
         Rule(
             cel="has(self.preset) && self.preset == 'top-layers' ? has(self.topLayers) : !has(self.topLayers)",
             message="topLayers is required with preset top-layers and allowed only with it",
@@ -293,14 +297,7 @@ class AdapterSpec(ApiModel):
             field=".targetPatterns",
             check=lambda a: a.targets is None or a.target_patterns is None,
         ),
-        Rule(
-            cel="!has(self.targetPatterns) || (size(self.targetPatterns) > 0 && "
-            "self.targetPatterns.all(p, size(p) > 0))",
-            message="targetPatterns must list at least one non-empty pattern, e.g. ['.*q_proj', '.*v_proj']",
-            field=".targetPatterns",
-            check=lambda a: a.target_patterns is None
-            or (len(a.target_patterns) > 0 and all(p for p in a.target_patterns)),
-        ),
+        _patterns_listed("target_patterns", "['q_proj', 'v_proj']"),
     )
 
     @model_validator(mode="after")
