@@ -38,6 +38,9 @@ CONTENDERS = {
     "self-distill": {"type": "self-distill", "selfDistill": DISTILL},
     "lora-sft": {"type": "sft", "adapter": LORA},
     "lora-self-distill": {"type": "self-distill", "selfDistill": DISTILL, "adapter": LORA},
+    # the same, but the teacher is the base model: a frozen copy of its own (the adapter sits on the snapshot)
+    "lora-self-distill-copy-teacher": {"type": "self-distill", "selfDistill": {**DISTILL, "teacher": "base"},
+                                       "adapter": LORA},
 }
 SHARED = ("triage.pt", "format-stage.pt")  # computed once, reused by every contender (digest-keyed)
 
@@ -106,9 +109,12 @@ def markdown(r: dict) -> str:
         f"child's ru_maxrss. The LoRA rows: rank 16, alpha 32, every linear layer of the decoder.", "",
         markdown_table(["contender", "peak RSS (MB)", "vs the full-weight row", "step (s)", "trainable parameters",
                         "self-distill teacher"], table), "",
-        "The full-weight row of `lora-sft` is `sft`, of `lora-self-distill` `self-distill`. The step column comes from "
-        "separate processes on a shared machine; `bench/trainer_speed.py` compares step times interleaved in one "
-        "process.", "",
+        "The full-weight row of `lora-sft` is `sft`, of both LoRA self-distill rows `self-distill`. "
+        "`lora-self-distill-copy-teacher` differs from `lora-self-distill` only in its teacher, the base model held as "
+        "a frozen copy beside the student, where `lora-self-distill`'s is the student's own weights with the adapter "
+        "off: the difference between the two rows is what that saves. (Full-weight `self-distill` keeps no extra copy "
+        "either: its teacher is the reference snapshot the run holds anyway.) The step column comes from separate "
+        "processes on a shared machine; `bench/trainer_speed.py` compares step times interleaved in one process.", "",
         f"Reproduce: `{r['command']}`", ""])
 
 
@@ -132,7 +138,8 @@ def main(argv=None) -> int:
     warm = run_child("warm-up", CONTENDERS["sft"], dict(s, steps=1), work, None, log)
     seed_from = work / "warm-up" / "out"
     rows = {name: run_child(name, method, s, work, seed_from, log) for name, method in CONTENDERS.items()}
-    full_of = {"lora-sft": "sft", "lora-self-distill": "self-distill"}
+    full_of = {"lora-sft": "sft", "lora-self-distill": "self-distill",
+               "lora-self-distill-copy-teacher": "self-distill"}
     ratios = {n: {"rss_vs_full": ratio(v["peak_rss_mb"], rows[full_of[n]]["peak_rss_mb"]) if n in full_of else None,
                   "rss_vs_sft": ratio(v["peak_rss_mb"], rows["sft"]["peak_rss_mb"])} for n, v in rows.items()}
     result = {"quick": q, "command": " ".join(["python", "bench/method_memory.py"] + (argv if argv is not None else sys.argv[1:])),

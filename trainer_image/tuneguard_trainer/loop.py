@@ -8,12 +8,14 @@ Stages, in order (each a function of this module, or of its own module, called b
    process group (a world of one locally; torchrun's world in a pod);
 2. run_triage -- SliCK and the splits on rank 0, broadcast to the other ranks, cached in DIR/triage.pt so a
    resumed run skips it; then the leakage check (leakage.py, spec.leakage) of the splits: refuse fails the
-   job here, before the cache is written; drop removes the leaked probes; warn logs them;
+   job here, before the cache is written; drop removes the leaked probes; warn logs them; check_eval_sets
+   does the same for spec.evaluation.sets;
 3. run_format_stage (format_stage.py) -- SFT on the Known training facts on every rank; its snapshot
    (DIR/format-stage.pt) is the fact stage's start, the self-distill teacher and the reference;
 4. evaluate_references -- the evaluator built on the reference, figures of the reference and of the base
    model (rank 0; under ZeRO-3, where parameters are sharded, every rank evaluates);
-5. the fact stage (the method: sft | self-distill | freeze) under DeepSpeed with a DistributedSampler,
+5. the fact stage (the method: sft | self-distill | freeze; with method.adapter, sft or self-distill trains a
+   LoRA adapter on the stage's starting model, adapters.py) under DeepSpeed with a DistributedSampler,
    evaluation every evaluation.intervalSteps and at the end, guardrails (re-read from the config file at
    each evaluation), early stopping, resumable checkpoints (kill -9 safe) and the best model as a Hugging
    Face directory;
