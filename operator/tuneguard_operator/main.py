@@ -53,9 +53,9 @@ def serve_standby_health(port: int):
     return server
 
 
-def lead(kube, election, metrics, health_port: int, log):
-    """Block until this operator leads (serving /healthz meanwhile); returns the elector. Losing the lease
-    later ends the process at once: a reconcile must not run without it."""
+def lead(kube, election, metrics, health_port: int, renewing: threading.Event):
+    """Block until this operator leads (serving /healthz meanwhile); returns the elector, which renews until
+    ``renewing`` is set. Losing the lease later ends the process at once: a reconcile must not run without it."""
     from .leader import LeaderElector
 
     elector = LeaderElector(kube, election)
@@ -73,7 +73,7 @@ def lead(kube, election, metrics, health_port: int, log):
         logging.shutdown()  # flush the log line that says why
         os._exit(1)
 
-    elector.keep_leading(threading.Event(), on_lost=lost)
+    elector.keep_leading(renewing, on_lost=lost)
     return elector
 
 
@@ -103,7 +103,8 @@ def run_operator(namespaces: list[str], all_namespaces: bool, metrics_port: int,
         "namespaces": ",".join(namespaces) if namespaces else "*", "metrics_port": metrics_port,
         "health_port": health_port, "workers": workers,
         "leader_election": f"{election.namespace}/{election.name}" if election else "off"})
-    elector = lead(kube, election, metrics, health_port, log) if election else None
+    stop_renewing = threading.Event()
+    elector = lead(kube, election, metrics, health_port, stop_renewing) if election else None
     try:
         kopf.run(
             registry=registry,
@@ -114,5 +115,6 @@ def run_operator(namespaces: list[str], all_namespaces: bool, metrics_port: int,
         )
     finally:
         if elector is not None:
+            stop_renewing.set()  # before the release: a renewal after it would take the Lease back
             elector.release()
     return 0

@@ -91,3 +91,17 @@ def test_a_leader_cut_off_from_the_api_server_stops_before_its_lease_runs_out(cl
         time.sleep(0.1)
     taken = time.monotonic() - t0
     assert stopped < FAST["lease_duration"] <= taken + 0.6, (stopped, taken)  # a stopped before b could lead
+
+
+def test_a_leader_that_stops_renewing_and_releases_stays_released(kube, module_namespace):
+    """The operator's clean stop: its renewal thread stopped first, then the release, which nothing takes back."""
+    a, b = _pair(kube, module_namespace, "lease-clean-stop")
+    assert a.try_acquire_or_renew()
+    renewing = threading.Event()
+    a.keep_leading(renewing, on_lost=lambda: None)
+    time.sleep(1.2)  # a couple of renewals
+    renewing.set()
+    a.release()
+    time.sleep(3 * FAST["retry_period"])
+    assert kube.get(path("Lease", module_namespace, "lease-clean-stop"))["spec"]["holderIdentity"] == ""
+    assert b.try_acquire_or_renew()
