@@ -928,12 +928,12 @@ def _summary_lines(report: dict) -> str:
         lines.append(f"best model: step {b['step']} (by {b.get('metric')}"
                      f"{'' if b.get('within_budget', True) else ', outside the guardrail budget'}) -> "
                      f"{report['outputs']['best_model']}")
-    if report["outputs"].get("best_adapter"):
-        lines.append(f"best adapter (LoRA, {report['method']['adapter']['trainable_parameters']:,} parameters; "
-                     f"best-model is it merged) -> {report['outputs']['best_adapter']}")
     else:
         lines.append(f"best model: the base model (no evaluation within the guardrail budget) -> "
                      f"{report['outputs']['best_model']}")
+    if report["outputs"].get("best_adapter"):
+        lines.append(f"best adapter (LoRA, {report['method']['adapter']['trainable_parameters']:,} parameters; "
+                     f"best-model is it merged) -> {report['outputs']['best_adapter']}")
     g = report.get("guardrail", {})
     lines.append(f"guardrail: {g.get('outcome')}")
     for name, fin in ((report.get("sets") or {}).get("final") or {}).items():

@@ -99,7 +99,7 @@ def assets(tmp_path_factory):
 LORA = {"rank": 4, "alpha": 8, "targets": "attention"}
 
 
-def test_lora_self_distill_runs_end_to_end_with_the_adapter_off_teacher(tmp_path, assets):
+def test_lora_self_distill_runs_end_to_end_with_the_adapter_off_teacher(tmp_path, assets, capsys):
     """Format stage (on seeded Known facts), then LoRA self-distill: the report says what trained and the
     teacher was the adapter-off model; best-adapter and best-model (merged) are written and agree."""
     job = write_job(tmp_path, model=assets["model"], data=assets["data"],
@@ -108,6 +108,8 @@ def test_lora_self_distill_runs_end_to_end_with_the_adapter_off_teacher(tmp_path
     out = tmp_path / "out"
     seed_known_triage(job, out)
     assert run_local(job, out, "cpu") == 0
+    printed = capsys.readouterr().out
+    assert printed.count("best model:") == 1 and "best adapter (LoRA, 3,584 parameters; best-model is it merged)" in printed
     rep = json.loads((out / "report.json").read_text())
     a = rep["method"]["adapter"]
     assert a["rank"] == 4 and a["modules"] == 8 and 0 < a["trainable_share"] < 0.1

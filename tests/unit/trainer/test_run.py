@@ -66,6 +66,7 @@ def test_every_method_trains_and_reports(tmp_path, assets, method, capsys):
     printed = capsys.readouterr().out
     assert "hallucination_rate" in printed or "fabrication_rate" in printed
     assert "base" in printed and "change" in printed
+    assert printed.count("best model:") == 1, printed  # one delivered model, said once
 
 
 def _snapshot(d: Path) -> dict:
