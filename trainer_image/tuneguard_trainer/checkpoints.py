@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import random
 import shutil
@@ -54,6 +55,8 @@ CKPT_DIR = "checkpoints"
 BEST_MODEL = "best-model"
 BEST_ADAPTER = "best-adapter"
 TRIAGE_FILE = "triage.pt"
+
+log = logging.getLogger("tuneguard.trainer")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -252,19 +255,17 @@ class CheckpointManager:
             return latest
         for d in self._by_step():
             if (latest is None or d.name < latest.name) and self._complete(d):
-                import logging
-
-                logging.getLogger("tuneguard.trainer").warning(
-                    "checkpoint %s is damaged or missing (a file is absent or not its recorded size); resuming "
-                    "from %s", latest.name if latest else "latest", d.name)
+                log.warning("checkpoint %s is damaged or missing (a file is absent or not its recorded size); "
+                            "resuming from %s", latest.name if latest else "latest", d.name)
                 return d
         return None
 
     def _prune(self) -> None:
         latest = self.latest()
         keep = {p.name for p in (latest, self.best()) if p is not None}
-        older = [d for d in self._by_step() if latest is not None and d.name < latest.name and self._complete(d)]
-        keep |= {d.name for d in older[:1]}  # the fallback if latest turns out damaged
+        if latest is not None:  # the fallback if latest turns out damaged: the newest complete one before it
+            fallback = next((d for d in self._by_step() if d.name < latest.name and self._complete(d)), None)
+            keep |= {fallback.name} if fallback else set()
         for d in self.dir.glob("step-*"):
             if d.name not in keep:
                 shutil.rmtree(d, ignore_errors=True)

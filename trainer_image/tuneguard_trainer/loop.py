@@ -265,6 +265,14 @@ def check_eval_sets(sets: dict, train, spec: api.FineTuneJobSpec) -> tuple[dict,
     return out, counts
 
 
+def _discard_output(out: Path, created_out: bool, info) -> None:
+    """A job refused before training leaves no output directory behind that it created itself."""
+    if created_out and info.local_rank == 0:
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def run_triage(p: Prepared, out: Path, info, tele, timer: Timer, created_out: bool):
     """(counts, Splits, LeakageReport): SliCK triage on rank 0, broadcast to every rank, cached in
     DIR/triage.pt (keyed by spec_digest) so a resumed run skips it; then the leakage check of the splits,
@@ -306,10 +314,7 @@ def run_triage(p: Prepared, out: Path, info, tele, timer: Timer, created_out: bo
                 payload = {"error": f"triage: {e}"}
         cached = broadcast_object(payload)  # the other ranks learn of a failure too, instead of waiting
         if "error" in cached:
-            if created_out and info.local_rank == 0:
-                import shutil
-
-                shutil.rmtree(out, ignore_errors=True)
+            _discard_output(out, created_out, info)
             raise JobFailed(cached["error"])
         timer.add("triage", time.perf_counter() - t0)
     else:
@@ -514,10 +519,7 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
     try:
         eval_sets, set_leakage = check_eval_sets(p.eval_sets, splits.train, spec)
     except JobFailed:  # refused before training: like a leaked probe, leaves no output behind
-        if created_out and info.local_rank == 0:
-            import shutil
-
-            shutil.rmtree(out, ignore_errors=True)
+        _discard_output(out, created_out, info)
         raise
     if not getattr(splits, "train", None):
         raise JobFailed("no training examples left after triage (all dropped?); "
@@ -969,6 +971,7 @@ def build_report(job, p: Prepared, counts, splits, base_figures, final, st: Trai
                  leakage: Optional[dict] = None, plan: Optional[dict] = None,
                  adapter_info: Optional[dict] = None) -> dict:
     from . import engine as eng
+    from .checkpoints import BEST_ADAPTER, BEST_MODEL, CKPT_DIR
     from .report import forgetting
 
     ref_figures = ref_figures if ref_figures is not None else base_figures
@@ -986,7 +989,7 @@ def build_report(job, p: Prepared, counts, splits, base_figures, final, st: Trai
         method["freeze"] = spec.method.freeze.wire()
     if adapter_info is not None:
         method["adapter"] = adapter_info
-        method["teacher_is_adapter_off"] = bool(getattr(objective, "adapter_teacher", False))
+        method["teacher_is_adapter_off"] = objective.adapter_teacher
     n_params = sum(x.numel() for n, x in p.model.named_parameters() if ".lora_" not in n)  # without an adapter
     breaches = st.breaches
     if not breaches:
@@ -1046,8 +1049,8 @@ def build_report(job, p: Prepared, counts, splits, base_figures, final, st: Trai
         "timings": timer.phases,
         "resumed_from": resumed_from,
         # best_model is always a full Hugging Face model (with an adapter: merged); best_adapter the adapter alone
-        "outputs": {"report": str(out / "report.json"), "best_model": str(out / "best-model"),
-                    "best_adapter": str(out / "best-adapter") if adapter_info is not None else None,
-                    "checkpoints": str(out / "checkpoints")},
+        "outputs": {"report": str(out / "report.json"), "best_model": str(out / BEST_MODEL),
+                    "best_adapter": str(out / BEST_ADAPTER) if adapter_info is not None else None,
+                    "checkpoints": str(out / CKPT_DIR)},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
