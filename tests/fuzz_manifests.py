@@ -11,6 +11,7 @@ added.
 from __future__ import annotations
 
 import copy
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ class Leaf:
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
     args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
         rest = [a for a in args if a is not type(None)]
         return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
     return tp, False

@@ -110,8 +110,22 @@ def _rule_field(err: dict) -> str:
     return base + rule.field if base else rule.field.lstrip(".")
 
 
-# Objects whose contents the CRD keeps as written (x-kubernetes-preserve-unknown-fields): a null there is data.
-_KEPT_AS_WRITTEN = {("spec", "deepspeed", "config")}
+def _kept_as_written(model: type[BaseModel] = api.FineTuneJob, prefix: tuple = ()) -> set[tuple]:
+    """The paths of the fields whose contents the CRD keeps as written (x-kubernetes-preserve-unknown-fields in
+    the model's json_schema_extra): a null there is data, not an unset field."""
+    out = set()
+    for name, f in model.model_fields.items():
+        path = prefix + (f.alias or name,)
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        if extra.get("x-kubernetes-preserve-unknown-fields"):
+            out.add(path)
+        sub = _unwrap(f.annotation)
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            out |= _kept_as_written(sub, path)
+    return out
+
+
+_KEPT_AS_WRITTEN = _kept_as_written()
 
 
 def as_the_server_reads(doc: Any, path: tuple = ()) -> Any:
