@@ -571,6 +571,11 @@ class RunPolicy(ApiModel):
     active_deadline_seconds: Optional[int] = Field(None, ge=1, le=10**10, description="Fail with DeadlineExceeded after this long.")
     ttl_seconds_after_finished: Optional[int] = Field(None, ge=0, le=10**10, description="Delete the job this long after it ends.")
     suspend: bool = Field(False, description="Stop all workers (the job resumes from its checkpoint when unset).")
+    force_delete_after_seconds: int = Field(
+        60, ge=0, le=86400,
+        description="A worker pod still Terminating this long after its grace period ended, on a node that is "
+        "NotReady or gone (no kubelet is left to confirm it stopped), is force-deleted, and a running group "
+        "restarts without spending backoffLimit, so a lost node never stalls the job. At most a day.")
 
 
 class FineTuneJobSpec(ApiModel):

@@ -82,6 +82,7 @@ OP_LEADER = "tuneguard_operator_leader"  # gauge: 1 while this replica holds the
 OP_RECONCILE_SECONDS = "tuneguard_operator_reconcile_duration_seconds"  # histogram
 OP_RECONCILE_ERRORS = "tuneguard_operator_reconcile_errors"  # counter
 OP_GROUP_RESTARTS = "tuneguard_operator_group_restarts"  # counter: labels job, namespace
+OP_PODS_FORCE_DELETED = "tuneguard_operator_pods_force_deleted"  # counter: label namespace (lost nodes)
 OP_JOB_PHASE = "tuneguard_job_phase"  # gauge 1 for the current phase: labels job, namespace, method, phase
 OP_JOB_RESTARTS = "tuneguard_job_restarts"  # gauge: labels job, namespace, method
 OP_JOB_PROGRESS = "tuneguard_job_progress_ratio"  # gauge 0..1

@@ -29,6 +29,7 @@ KINDS = {
     "ServiceAccount": ("/api/v1", "serviceaccounts"),
     "Event": ("/api/v1", "events"),
     "Pod": ("/api/v1", "pods"),
+    "Node": ("/api/v1", "nodes"),
     "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "Job": ("/apis/batch/v1", "jobs"),
@@ -37,9 +38,10 @@ KINDS = {
 }
 
 
-def path(kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
+def path(kind: str, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
+    """The REST path; namespace None for a cluster-scoped kind (Node)."""
     prefix, plural = KINDS[kind]
-    p = f"{prefix}/namespaces/{namespace}/{plural}"
+    p = f"{prefix}/namespaces/{namespace}/{plural}" if namespace is not None else f"{prefix}/{plural}"
     if name:
         p += f"/{name}"
     if sub:
@@ -94,10 +96,14 @@ class Kube:
     def patch(self, p: str, body: dict) -> dict:
         return self._call("PATCH", p, body, content_type="application/merge-patch+json")
 
-    def delete(self, p: str, propagation: str = "Background", uid: str | None = None) -> None:
+    def delete(self, p: str, propagation: str = "Background", uid: str | None = None,
+               grace_period: int | None = None) -> None:
+        """grace_period 0 is a force delete: the object goes without its kubelet's confirmation."""
         opts: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
         if uid:
             opts["preconditions"] = {"uid": uid}
+        if grace_period is not None:
+            opts["gracePeriodSeconds"] = grace_period
         try:
             self._call("DELETE", p, opts)
         except ApiError as e:

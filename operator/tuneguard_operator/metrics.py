@@ -31,6 +31,9 @@ class Metrics:
                                         registry=r)
         self.group_restarts = Counter(contract.OP_GROUP_RESTARTS, "Whole-group restarts after a worker failed",
                                       ["job", "namespace"], registry=r)
+        self.pods_force_deleted = Counter(contract.OP_PODS_FORCE_DELETED,
+                                          "Worker pods force-deleted: Terminating on a NotReady or vanished node",
+                                          ["namespace"], registry=r)
         labels = list(contract.JOB_LABELS)
         self.job_phase = Gauge(contract.OP_JOB_PHASE, "1 for the job's current phase", labels + ["phase"],
                                registry=r)

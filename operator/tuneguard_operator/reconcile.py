@@ -22,6 +22,8 @@ from tuneguard.validation import InvalidManifest, parse_job
 from . import render
 from .kube import ApiError, path
 from .metrics import Metrics
+from .policies.lost_node import TerminatingPod
+from .policies.observed import parse_time
 from .status import Plan, decide, pod_issues, rfc3339
 
 log = logging.getLogger("tuneguard.operator")
@@ -85,6 +87,7 @@ class Reconciler:
         # that write causes needs no reconcile (see handlers.Controller.on_ftj_event).
         self.own_writes: dict[tuple[str, str], str] = {}
         self._warned_pods = False
+        self._warned_nodes = False
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------- entry point
@@ -121,7 +124,8 @@ class Reconciler:
                 raise Retry(f"Job {render.worker_job_name(name)} exists but belongs to another owner; "
                             "waiting for it to be garbage-collected")
         issues = self._pod_issues(ftj, job) if ftj is not None else None
-        plan = decide(body, ftj, job, self.clock(), invalid=invalid, issues=issues)
+        terminating = self._terminating(ftj, job) if ftj is not None else ()
+        plan = decide(body, ftj, job, self.clock(), invalid=invalid, issues=issues, terminating=terminating)
         self._apply(body, ftj, job, plan)
         return plan.requeue_after
 
@@ -133,19 +137,60 @@ class Reconciler:
         if int(st.get("ready") or 0) >= ftj.spec.resources.workers or any(
                 c.get("status") == "True" for c in st.get("conditions") or []):
             return None
+        pods = self._worker_pods(ftj)
+        return None if pods is None else pod_issues(pods)
+
+    def _worker_pods(self, ftj: api.FineTuneJob) -> list[dict] | None:
+        """The job's worker pods, or None without `list pods` (diagnostics and lost nodes need it; the job runs
+        without)."""
         try:
-            pods = self.kube.list(path("Pod", ftj.metadata.namespace),
+            return self.kube.list(path("Pod", ftj.metadata.namespace),
                                   f"{contract.LABEL_JOB}={ftj.metadata.name},{contract.LABEL_ROLE}=worker")
         except ApiError as e:
             if e.status != 403:
                 raise
-            # Diagnostics only: without `list pods` the job still runs, the status just says less.
             if not self._warned_pods:
                 self._warned_pods = True
-                log.warning("cannot list pods (%s): status messages will not say why workers are stuck; "
-                            "grant `list` on pods to the operator", e)
+                log.warning("cannot list pods (%s): status messages will not say why workers are stuck, and "
+                            "workers on a lost node are not force-deleted; grant `list` on pods to the operator", e)
             return None
-        return pod_issues(pods)
+
+    def _terminating(self, ftj: api.FineTuneJob, job: dict | None) -> tuple[TerminatingPod, ...]:
+        """The worker pods being deleted and their nodes' Ready state; read only while the Job reports
+        terminating pods or is itself being deleted (a group restart), so a healthy job costs no extra request."""
+        if job is None or not (int((job.get("status") or {}).get("terminating") or 0)
+                               or (job.get("metadata") or {}).get("deletionTimestamp")):
+            return ()
+        out, ready_of = [], {}
+        for pod in self._worker_pods(ftj) or []:
+            meta, node = pod["metadata"], (pod.get("spec") or {}).get("nodeName")
+            if not meta.get("deletionTimestamp"):
+                continue
+            if node and node not in ready_of:
+                ready_of[node] = self._node_ready(node)
+            if node and ready_of[node] == "unknowable":
+                continue  # without `get nodes`, never force-delete: the node may be fine
+            out.append(TerminatingPod(name=meta["name"], uid=meta["uid"], node=node, node_ready=ready_of.get(node),
+                                      deletion=parse_time(meta["deletionTimestamp"]),
+                                      forced=meta.get("deletionGracePeriodSeconds") == 0))
+        return tuple(out)
+
+    def _node_ready(self, name: str) -> str | None:
+        """The node's Ready condition status; None when the node is gone; "unknowable" without `get nodes`."""
+        try:
+            node = self.kube.get(path("Node", None, name))
+        except ApiError as e:
+            if e.status != 403:
+                raise
+            if not self._warned_nodes:
+                self._warned_nodes = True
+                log.warning("cannot get nodes (%s): workers stuck Terminating on a lost node are not "
+                            "force-deleted; grant `get` on nodes to the operator", e)
+            return "unknowable"
+        if node is None:
+            return None
+        cond = next((c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), {})
+        return cond.get("status") or "Unknown"
 
     def forget(self, namespace: str, name: str) -> None:
         self.metrics.forget(namespace, name)
@@ -249,6 +294,12 @@ class Reconciler:
         elif plan.job_action in ("suspend", "resume") and job is not None:
             self.kube.patch(jp, {"spec": {"suspend": plan.job_action == "suspend"}})
             log.info("%s worker Job %s/%s", plan.job_action, ns, render.worker_job_name(name), extra={"job": name})
+
+        for pod in plan.force_delete:
+            self.kube.delete(path("Pod", ns, pod.name), uid=pod.uid, grace_period=0)
+            log.warning("force-deleted pod %s/%s: Terminating on a lost node", ns, pod.describe(),
+                        extra={"job": name, "node": pod.node})
+            self.metrics.pods_force_deleted.labels(namespace=ns).inc()
 
         for ev in plan.events:
             self.post_event(body, ev.type, ev.reason, ev.message)

@@ -23,13 +23,14 @@ from typing import Any, Optional
 
 from tuneguard import api
 
-from .policies import deadline, group, success, suspend, terminal, ttl, workers
+from .policies import deadline, group, lost_node, success, suspend, terminal, ttl, workers
+from .policies.lost_node import TerminatingPod
 from .policies.observed import (FAILED, RESTARTING, RUNNING, SUCCEEDED, SUSPENDED, TERMINAL, Observed, Verdict,
                                 observe, worker_counts)
 from .policies.observed import rfc3339  # noqa: F401  (reconcile and the tests take it from here)
 
 # Status fields the operator owns; status.training belongs to the trainer and is never written here.
-WARNING_REASONS = {"WorkerFailed", "WorkerDisrupted", "BackoffLimitExceeded", "DeadlineExceeded", "InvalidSpec", "GuardrailBreached"}
+WARNING_REASONS = {"WorkerFailed", "WorkerDisrupted", "PodForceDeleted", "BackoffLimitExceeded", "DeadlineExceeded", "InvalidSpec", "GuardrailBreached"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Event:
 class Plan:
     status: dict  # every operator-owned status field, wire names (status.training is the trainer's)
     job_action: Optional[str] = None  # create | delete | suspend | resume
+    force_delete: list[TerminatingPod] = field(default_factory=list)  # pods stuck on a lost node
     delete_self: bool = False
     events: list[Event] = field(default_factory=list)
     requeue_after: Optional[float] = None
@@ -140,6 +142,7 @@ PHASE_POLICIES = (
     group.create_missing,
     group.clear_stale,
     group.restart_failed,
+    lost_node.restart_stuck,
     suspend.suspend_or_queue,
 )
 
@@ -173,14 +176,15 @@ def _breached(conds: list[dict]) -> bool:
 
 
 def decide(body: dict, ftj: api.FineTuneJob | None, job: dict | None, now: datetime,
-           invalid: str | None = None, issues: list[str] | None = None) -> Plan:
+           invalid: str | None = None, issues: list[str] | None = None,
+           terminating: tuple[TerminatingPod, ...] = ()) -> Plan:
     """Plan the next step for one FineTuneJob. `ftj` is None (and `invalid` says why) when the stored
     object does not validate; `job` is the worker Job as observed, or None; `issues` says why
-    workers that exist are not ready (pod_issues)."""
+    workers that exist are not ready (pod_issues); `terminating` lists its worker pods being deleted."""
     gen = (body.get("metadata") or {}).get("generation")
     old = body.get("status") or {}
     training = old.get("training") or {}
-    seen = observe(body, ftj, job, now, issues)
+    seen = observe(body, ftj, job, now, issues, terminating)
     verdict = terminal.invalid_spec(seen, invalid) if ftj is None else verdict_for(seen)
 
     old_conditions = old.get("conditions") or []
@@ -200,6 +204,14 @@ def decide(body: dict, ftj: api.FineTuneJob | None, job: dict | None, now: datet
         "reason": verdict.reason,
         "message": verdict.message,
     }
-    return Plan(status=status, job_action=verdict.action, delete_self=verdict.delete_self,
-                events=_events(old_conditions, conds, verdict, seen.last_phase, training.get("guardrail", "")),
-                requeue_after=verdict.requeue)
+    events = _events(old_conditions, conds, verdict, seen.last_phase, training.get("guardrail", ""))
+    after = seen.run_policy.force_delete_after_seconds
+    force = lost_node.overdue(terminating, after, now) if ftj is not None else []
+    events += [Event("Warning", "PodForceDeleted", f"worker pod {p.describe()} was still Terminating "
+                     f"{(now - p.deletion).total_seconds():.0f}s after its grace period (forceDeleteAfterSeconds: "
+                     f"{after}); force-deleted: no kubelet is left to confirm it stopped") for p in force]
+    requeue = verdict.requeue
+    if ftj is not None and (due := lost_node.next_due(terminating, after, now)):
+        requeue = min(requeue or due, due)
+    return Plan(status=status, job_action=verdict.action, delete_self=verdict.delete_self, events=events,
+                requeue_after=requeue, force_delete=force)

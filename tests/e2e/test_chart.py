@@ -134,7 +134,7 @@ def test_operator_with_the_chart_service_account_reconciles_a_job(cluster, names
     ("get", "finetunejobs", "-n", "{other}"),
     ("get", "configmaps", "-n", "{other}"),
     ("create", "namespace", "tg-not-allowed"),
-    ("delete", "pod", "any-worker-pod"),
+    ("delete", "pod", "any-pod", "-n", "{other}"),  # only in the watched namespaces (force-deleting lost workers)
     ("delete", "configmap", "kube-root-ca.crt"),
 ])
 def test_the_chart_service_account_is_refused_outside_its_rbac(cluster, namespaced_release, action):
@@ -151,7 +151,7 @@ def test_the_chart_service_account_may_do_what_the_operator_needs(cluster, names
     ns = r["watched"]
     for verb, resource in [("watch", "finetunejobs.tuneguard.io"), ("patch", "finetunejobs.tuneguard.io/status"),
                            ("create", "jobs.batch"), ("delete", "jobs.batch"), ("create", "roles"),
-                           ("create", "rolebindings"), ("patch", "configmaps"), ("list", "pods"), ("create", "events")]:
+                           ("create", "rolebindings"), ("patch", "configmaps"), ("list", "pods"), ("delete", "pods"), ("create", "events"), ("get", "nodes")]:
         p = cluster.kubectl("--kubeconfig", str(r["kubeconfig"]), "auth", "can-i", verb, resource, "-n", ns,
                             check=False)
         assert p.stdout.strip() == "yes", (verb, resource, p.stdout, p.stderr)

@@ -189,14 +189,14 @@ def test_rbac_covers_every_kind_the_operator_writes_and_nothing_cluster_scoped()
     kube = pytest.importorskip("tuneguard_operator.kube", reason="the operator is not merged yet")
     rules = _helper_rules()
     for kind, (prefix, plural) in kube.KINDS.items():
-        if kind == "Lease":  # leader election: its own Role, in the release namespace only (checked below)
+        if kind in ("Lease", "Node"):  # leader election's Role, the node reader's ClusterRole: their own objects
             continue
         group = "" if prefix == "/api/v1" else prefix.split("/")[2]
         verbs = ["create"] if kind == "Event" else ["create", "get", "patch"]
         if kind == "FineTuneJob":
             verbs = ["get", "list", "watch", "patch", "delete"]
         if kind == "Pod":
-            verbs = ["list"]
+            verbs = ["list", "delete"]
         if kind == "Job":
             verbs = ["get", "list", "watch", "create", "patch", "delete"]
         for verb in verbs:
@@ -206,7 +206,7 @@ def test_rbac_covers_every_kind_the_operator_writes_and_nothing_cluster_scoped()
                           "customresourcedefinitions", "*"}
     assert not any("*" in r["verbs"] or "escalate" in r["verbs"] or "bind" in r["verbs"] for r in rules)
     pods = [r for r in rules if "pods" in r["resources"]]
-    assert [r["verbs"] for r in pods] == [["list"]], "the operator only lists pods"
+    assert [r["verbs"] for r in pods] == [["list", "delete"]], "the operator lists pods and force-deletes lost ones"
 
 
 # ------------------------------------------------------------------------------------------ helm
@@ -247,8 +247,9 @@ def test_bad_values_are_rejected_by_the_schema(tmp_path, bad, message):
 def test_cluster_wide_mode_renders_a_cluster_role_and_restricted_deployment():
     objs = template()
     assert len(by_kind(objs, "CustomResourceDefinition")) == 1
-    assert [o["metadata"]["name"] for o in by_kind(objs, "ClusterRole")] == ["tuneguard-operator"]
-    assert len(by_kind(objs, "ClusterRoleBinding")) == 1
+    assert [o["metadata"]["name"] for o in by_kind(objs, "ClusterRole")] == ["tuneguard-operator",
+                                                                            "tuneguard-node-reader"]
+    assert len(by_kind(objs, "ClusterRoleBinding")) == 2
     (dep,) = by_kind(objs, "Deployment")
     spec = dep["spec"]
     # two replicas, one leading through the Lease: a rollout brings the new pod up before the old one goes
@@ -280,7 +281,12 @@ def test_cluster_wide_mode_renders_a_cluster_role_and_restricted_deployment():
 @needs_helm
 def test_namespaced_mode_renders_roles_only_in_watched_namespaces():
     objs = template("--set", "watch.clusterWide=false", "--set", "watch.namespaces={ml,research}")
-    assert not by_kind(objs, "ClusterRole") and not by_kind(objs, "ClusterRoleBinding")
+    # cluster-scoped: only reading nodes (to tell a lost node), which rbac.readNodes=false turns off
+    (reader,) = by_kind(objs, "ClusterRole")
+    assert reader["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]
+    assert [b["roleRef"]["name"] for b in by_kind(objs, "ClusterRoleBinding")] == [reader["metadata"]["name"]]
+    off = template("--set", "watch.clusterWide=false", "--set", "rbac.readNodes=false")
+    assert not by_kind(off, "ClusterRole") and not by_kind(off, "ClusterRoleBinding")
     watch_roles = [o for o in by_kind(objs, "Role") if not o["metadata"]["name"].endswith("-leader-election")]
     assert sorted(o["metadata"]["namespace"] for o in watch_roles) == ["ml", "research"]
     for rb in by_kind(objs, "RoleBinding"):

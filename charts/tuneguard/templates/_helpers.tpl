@@ -101,7 +101,7 @@ No secrets, no nodes, no pod writes, nothing cluster-scoped in namespaced mode.
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  verbs: ["list", "delete"]  # delete: force-deleting workers stuck on a lost node (runPolicy.forceDeleteAfterSeconds)
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

@@ -9,6 +9,7 @@ therefore assume that the ones before it declined (returned None), and the last 
   group.create_missing    no worker Job: create one
   group.clear_stale       a Job of an earlier attempt: delete it and wait
   group.restart_failed    the current Job failed: restart the group or give up
+  lost_node.restart_stuck a worker stuck Terminating on a lost node: restart the group (a disruption)
   suspend.suspend_or_queue  runPolicy.suspend, a resume, or waiting for Kueue
   workers.running         the workers start or run
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from tuneguard import api
 
 from ..render import LABEL_ATTEMPT
+
+if TYPE_CHECKING:
+    from .lost_node import TerminatingPod
 
 PENDING, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED = api.PHASES
 TERMINAL = (SUCCEEDED, FAILED)
@@ -81,6 +84,7 @@ class Observed:
     queue: Optional[str] = None  # spec.resources.queueName (Kueue)
     job: Optional[dict] = None  # the worker Job, as the API server has it
     issues: Optional[list[str]] = None  # why existing workers are not ready (status.pod_issues)
+    terminating: tuple["TerminatingPod", ...] = ()  # the worker pods being deleted, with their nodes' state
     # What the operator wrote to status last time.
     last_phase: Optional[str] = None
     last_reason: Optional[str] = None
@@ -120,7 +124,7 @@ class Observed:
 
 
 def observe(body: dict, ftj: api.FineTuneJob | None, job: dict | None, now: datetime,
-            issues: list[str] | None = None) -> Observed:
+            issues: list[str] | None = None, terminating: tuple["TerminatingPod", ...] = ()) -> Observed:
     old = body.get("status") or {}
     spec = ftj.spec if ftj is not None else None
     return Observed(
@@ -130,6 +134,7 @@ def observe(body: dict, ftj: api.FineTuneJob | None, job: dict | None, now: date
         queue=spec.resources.queue_name if spec else None,
         job=job,
         issues=issues,
+        terminating=terminating,
         last_phase=old.get("phase"),
         last_reason=old.get("reason"),
         last_message=old.get("message") or "",

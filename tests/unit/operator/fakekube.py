@@ -78,8 +78,8 @@ class FakeKube:
         self._bump(obj)
         return copy.deepcopy(obj)
 
-    def delete(self, p, propagation="Background", uid=None):
-        self.calls.append(("DELETE", p))
+    def delete(self, p, propagation="Background", uid=None, grace_period=None):
+        self.calls.append(("DELETE", p) if grace_period is None else ("DELETE", p, grace_period))
         self.objects.pop(p, None)
 
     # helpers for tests

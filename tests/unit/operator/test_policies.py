@@ -6,7 +6,8 @@ import pytest
 
 from tuneguard import api
 from tuneguard_operator import render
-from tuneguard_operator.policies import deadline, group, success, suspend, terminal, ttl, workers
+from tuneguard_operator.policies import deadline, group, lost_node, success, suspend, terminal, ttl, workers
+from tuneguard_operator.policies.lost_node import TerminatingPod
 from tuneguard_operator.policies.observed import POLL_SECONDS, STUCK_POLL_SECONDS, Observed, Verdict, rfc3339
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -277,3 +278,34 @@ def test_running_starts_the_clock_once(start):
 def test_ttl_after_finished(ttl_seconds, given, requeue, delete_self):
     answer = ttl.after_finished(observed({"ttl_seconds_after_finished": ttl_seconds}), given)
     assert (answer.requeue, answer.delete_self) == (requeue, delete_self)
+
+
+def stuck(node_ready="Unknown", seconds_past_grace=90, forced=False, node="gpu-b"):
+    return TerminatingPod("w-1", "uid-1", node, node_ready, T0 - timedelta(seconds=seconds_past_grace), forced=forced)
+
+
+@pytest.mark.parametrize("pod, fields, expected", [
+    (stuck(), {}, ("Restarting", "WorkerDisrupted", "delete")),
+    (stuck(node_ready=None), {}, ("Restarting", "WorkerDisrupted", "delete")),  # the node object is gone
+    (stuck(node_ready="False"), {}, ("Restarting", "WorkerDisrupted", "delete")),
+    (stuck(node_ready="True"), {}, None),  # a live kubelet will confirm: wait
+    (stuck(seconds_past_grace=59), {}, None),  # not yet due (forceDeleteAfterSeconds 60)
+    (stuck(forced=True), {}, None),  # force-deleted already
+    (stuck(node=None), {}, None),  # never scheduled: nothing runs anywhere
+    (stuck(), dict(job_conditions=[("Complete", "")]), None),  # the group finished: nothing to restart
+    (stuck(), dict(attempt=0, restarts=1), None),  # a stale Job: clear_stale deletes it
+])
+def test_a_worker_lost_with_its_node_restarts_the_group_as_a_disruption(pod, fields, expected):
+    job = worker_job(attempt=fields.pop("attempt", 0), conditions=fields.pop("job_conditions", ()))
+    answer = lost_node.restart_stuck(observed(job=job, terminating=(pod,), **fields))
+    assert brief(answer) == expected
+    if answer:
+        assert (answer.disruptions, answer.restarts) == (1, 0)
+        assert answer.message.startswith("worker lost with its node: w-1 on node gpu-b (")
+
+
+def test_force_deletes_fall_due_past_the_grace_period():
+    pods = (stuck(seconds_past_grace=10), stuck(seconds_past_grace=70), stuck(node_ready="True", seconds_past_grace=500))
+    assert [p.deletion for p in lost_node.overdue(pods, 60, T0)] == [pods[1].deletion]
+    assert lost_node.next_due(pods, 60, T0) == 50.0
+    assert lost_node.overdue(pods, 0, T0) == list(pods[:2])

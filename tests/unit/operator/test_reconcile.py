@@ -138,3 +138,81 @@ def test_without_permission_to_list_pods_the_job_still_runs():
     set_job_status(kube, active=2, ready=2)
     rec.reconcile("ml-team", "facts-sft")
     assert kube.objects[FTJ]["status"]["phase"] == "Running"
+
+
+def _worker_pod(kube, name, node, deleted_at=None, grace=None):
+    meta = {"name": name, "namespace": "ml-team",
+            "labels": {contract.LABEL_JOB: "facts-sft", contract.LABEL_ROLE: "worker"}}
+    if deleted_at is not None:
+        meta["deletionTimestamp"] = deleted_at
+        meta["deletionGracePeriodSeconds"] = 30 if grace is None else grace
+    kube.create(path("Pod", "ml-team"), {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+                                         "spec": {"nodeName": node}})
+
+
+def _node(kube, name, ready):
+    kube.objects[path("Node", None, name)] = {"kind": "Node", "metadata": {"name": name},
+                                              "status": {"conditions": [{"type": "Ready", "status": ready}]}}
+
+
+def test_a_worker_stuck_terminating_on_a_lost_node_is_force_deleted_and_the_group_restarts():
+    kube, rec, metrics = setup()  # runPolicy.forceDeleteAfterSeconds: 60 (the default)
+    rec.reconcile("ml-team", "facts-sft")
+    _node(kube, "gpu-a", "True")
+    _node(kube, "gpu-b", "Unknown")
+    _worker_pod(kube, "facts-sft-worker-0", "gpu-a")
+    _worker_pod(kube, "facts-sft-worker-1", "gpu-b", deleted_at="2025-12-31T23:58:00Z")  # grace ended 120 s ago
+    _worker_pod(kube, "facts-sft-worker-2", "gpu-a", deleted_at="2025-12-31T23:58:00Z")  # its kubelet is alive
+    set_job_status(kube, active=2, ready=1, terminating=2)
+    kube.calls.clear()
+    rec.reconcile("ml-team", "facts-sft")
+    st = kube.objects[FTJ]["status"]
+    assert (st["phase"], st["reason"], st["disruptions"], st["restarts"]) == ("Restarting", "WorkerDisrupted", 1, 0)
+    assert "facts-sft-worker-1 on node gpu-b (Ready=Unknown)" in st["message"]
+    force = [c for c in kube.calls if c[0] == "DELETE" and len(c) == 3]
+    assert force == [("DELETE", path("Pod", "ml-team", "facts-sft-worker-1"), 0)]
+    assert JOB not in kube.objects  # the group restart
+    reasons = [o["reason"] for o in kube.objects.values() if o.get("kind") == "Event"]
+    assert "PodForceDeleted" in reasons and "WorkerDisrupted" in reasons
+    text = generate_latest(metrics.registry).decode()
+    assert f'{contract.OP_PODS_FORCE_DELETED}_total{{namespace="ml-team"}} 1.0' in text
+
+
+def test_a_worker_on_a_vanished_node_is_force_deleted_once_it_falls_due():
+    kube, rec, _ = setup()
+    rec.reconcile("ml-team", "facts-sft")
+    _worker_pod(kube, "facts-sft-worker-1", "gone-node", deleted_at="2025-12-31T23:59:05Z")  # 55 s past its grace
+    set_job_status(kube, active=2, ready=1, terminating=1)
+    kube.calls.clear()
+    assert rec.reconcile("ml-team", "facts-sft") == 5.0  # looks again when it falls due (sooner than the poll)
+    assert not [c for c in kube.calls if c[0] == "DELETE"]
+    # A pod already force-deleted (waiting for its finalizer) is not deleted or told again.
+    kube.objects[path("Pod", "ml-team", "facts-sft-worker-1")]["metadata"].update(
+        deletionTimestamp="2025-12-31T23:50:00Z", deletionGracePeriodSeconds=0)
+    kube.calls.clear()
+    rec.reconcile("ml-team", "facts-sft")
+    assert not [c for c in kube.calls if c[0] == "DELETE"]
+
+
+def test_a_healthy_job_reads_no_nodes_and_without_get_nodes_nothing_is_force_deleted():
+    from tuneguard_operator.kube import ApiError
+
+    kube, rec, _ = setup()
+    rec.reconcile("ml-team", "facts-sft")
+    set_job_status(kube, active=2, ready=2)
+    kube.calls.clear()
+    rec.reconcile("ml-team", "facts-sft")
+    assert not [c for c in kube.calls if "/nodes" in c[1] or c[0] == "LIST"]
+    get = kube.get
+
+    def no_nodes(p):
+        if "/nodes/" in p:
+            raise ApiError(403, "Forbidden", {"message": "nodes is forbidden"})
+        return get(p)
+
+    kube.get = no_nodes
+    _worker_pod(kube, "facts-sft-worker-1", "gpu-b", deleted_at="2025-12-31T23:00:00Z")
+    set_job_status(kube, active=2, ready=1, terminating=1)
+    rec.reconcile("ml-team", "facts-sft")
+    assert kube.objects[FTJ]["status"]["phase"] != "Restarting"
+    assert path("Pod", "ml-team", "facts-sft-worker-1") in kube.objects
