@@ -15,6 +15,8 @@ ETCD_VERSION=v3.6.16    # k8s 1.37 supports etcd >= 3.5.24 (kubeadm's MinExterna
 KWOK_VERSION=v0.8.0     # sigs.k8s.io/kwok
 HELM_VERSION=v3.22.0    # helm.sh/helm/v3
 COREDNS_VERSION=v1.15.0 # github.com/coredns/coredns: the real test node's cluster DNS
+KUBEFLOW_VERSION=v1.8.1 # github.com/kubeflow/training-operator: bench/operator_scale.py's anchor, not in `all`
+CONTROLLER_GEN_VERSION=v0.18.0  # its Makefile pins v0.14.0, whose golang.org/x/tools no longer builds with Go 1.26
 
 cache=${TUNEGUARD_CACHE:-$HOME/.cache/tuneguard}
 bin_root="$cache/bin"
@@ -30,7 +32,8 @@ version_of() {
     etcd) echo "$ETCD_VERSION" ;;
     kwok) echo "$KWOK_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
-    *) echo "unknown component '$1' (known: ${all[*]})" >&2; exit 2 ;;
+    training-operator) echo "$KUBEFLOW_VERSION" ;;
+    *) echo "unknown component '$1' (known: ${all[*]} training-operator)" >&2; exit 2 ;;
   esac
 }
 binary_of() { echo "$bin_root/$1-$(version_of "$1")/$1"; }
@@ -184,6 +187,21 @@ build_kwok() {
   install_component "$work/out" kwok
 }
 
+# Kubeflow's Training Operator, with its CRDs beside it in crds/: generated from its Go types the way its
+# Makefile's `manifests` target does, since the module's zip carries only two of them.
+build_training_operator() {
+  local work="$tmp_root/training-operator" src
+  mkdir -p "$work/out/crds" "$work/tools"
+  src=$(go mod download -json "github.com/kubeflow/training-operator@$KUBEFLOW_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [ -d "$src" ] || { echo "build-control-plane: cannot download training-operator@$KUBEFLOW_VERSION" >&2; return 1; }
+  (cd "$src" && go build -o "$work/out/training-operator" ./cmd/training-operator.v1 >&2)
+  GOBIN="$work/tools" go install "sigs.k8s.io/controller-tools/cmd/controller-gen@$CONTROLLER_GEN_VERSION" >&2
+  (cd "$src" && "$work/tools/controller-gen" "crd:generateEmbeddedObjectMeta=true,maxDescLen=400" \
+     paths="./pkg/apis/..." output:crd:artifacts:config="$work/out/crds" >&2)
+  local dest; dest="$(dirname "$(binary_of training-operator)")"
+  rm -rf "$dest"; mv "$work/out" "$dest"
+}
+
 # Helm's Makefile stamps its version and the Kubernetes version its lint/template defaults assume.
 build_helm() {
   local work="$tmp_root/helm" gomod k8s_minor
@@ -206,6 +224,7 @@ case " $todo " in *" etcd "*) timed "etcd $ETCD_VERSION" build_etcd ;; esac
 case " $todo " in *" kwok "*) timed "kwok $KWOK_VERSION" build_kwok ;; esac
 case " $todo " in *" helm "*) timed "helm $HELM_VERSION" build_helm ;; esac
 case " $todo " in *" coredns "*) timed "coredns $COREDNS_VERSION" build_coredns ;; esac
+case " $todo " in *" training-operator "*) timed "training-operator $KUBEFLOW_VERSION" build_training_operator ;; esac
 
 [ -z "$(missing)" ] || { echo "build-control-plane: still missing: $(missing | xargs)" >&2; exit 1; }
 print_paths
