@@ -40,6 +40,10 @@ def service_name(job: str) -> str:
     return f"{job}-worker"
 
 
+def network_policy_name(job: str) -> str:
+    return f"{job}-workers"
+
+
 def worker_job_name(job: str) -> str:
     return f"{job}-worker"
 
@@ -147,6 +151,28 @@ def headless_service(ftj: api.FineTuneJob, uid: str) -> dict:
                  "protocol": "TCP"},
                 {"name": contract.METRICS_PORT_NAME, "port": contract.METRICS_PORT,
                  "targetPort": contract.METRICS_PORT, "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------- network policy
+
+
+def network_policy(ftj: api.FineTuneJob, uid: str) -> dict:
+    """Ingress to the workers: from the job's own workers on any TCP port (torchrun's rendezvous on the master
+    port, then NCCL's and Gloo's connections, on ports they pick at run time), from anywhere else only to the
+    metrics port (Prometheus). Egress stays open: workers fetch models and data and patch their job's status."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(ftj, uid, network_policy_name(ftj.metadata.name)),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(ftj)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"podSelector": {"matchLabels": selector_labels(ftj)}}]},
+                {"ports": [{"port": contract.METRICS_PORT, "protocol": "TCP"}]},
             ],
         },
     }
@@ -408,5 +434,5 @@ def worker_job(ftj: api.FineTuneJob, uid: str, restart_attempt: int, suspend: bo
 
 def children(ftj: api.FineTuneJob, uid: str) -> list[dict]:
     """Every child but the Job, in creation order (the Job's pods need all of them)."""
-    return [config_map(ftj, uid), headless_service(ftj, uid), service_account(ftj, uid),
+    return [config_map(ftj, uid), headless_service(ftj, uid), network_policy(ftj, uid), service_account(ftj, uid),
             role(ftj, uid), role_binding(ftj, uid)]

@@ -17,7 +17,7 @@ from .harness import REPO, condition, cpu_job, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
-CHILD_KINDS = "configmap,service,serviceaccount,role,rolebinding,job"
+CHILD_KINDS = "configmap,service,networkpolicy,serviceaccount,role,rolebinding,job"
 
 
 def env_of(pod: dict) -> dict[str, dict]:
@@ -30,7 +30,8 @@ def children(kc, name: str, ns: str) -> list[str]:
 
 
 def expected_children(name: str) -> list[str]:
-    return sorted([f"ConfigMap/{name}-config", f"Service/{name}-worker", f"ServiceAccount/{name}-trainer",
+    return sorted([f"ConfigMap/{name}-config", f"Service/{name}-worker", f"NetworkPolicy/{name}-workers",
+                   f"ServiceAccount/{name}-trainer",
                    f"Role/{name}-trainer", f"RoleBinding/{name}-trainer", f"Job/{name}-worker"])
 
 

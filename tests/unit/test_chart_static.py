@@ -345,3 +345,22 @@ def test_dashboard_configmap_for_the_grafana_sidecar():
     (cm,) = [o for o in by_kind(objs, "ConfigMap") if o["metadata"]["name"] == "tuneguard-dashboard"]
     assert cm["metadata"]["labels"]["my_dash"] == "yes"
     assert not [o for o in template("--set", "grafana.dashboards.enabled=false") if o["kind"] == "ConfigMap"]
+
+
+@needs_helm
+def test_the_operator_network_policy_admits_its_metrics_and_health_ports_only():
+    objs = template()
+    (policy,) = by_kind(objs, "NetworkPolicy")
+    (dep,) = by_kind(objs, "Deployment")
+    pod = dep["spec"]["template"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    named = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    ports = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
+    assert ports == ["metrics", "health"] and set(ports) <= named
+    assert all("from" not in rule for rule in policy["spec"]["ingress"])  # default: anyone may scrape
+    peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    scoped = template("--set-json", "networkPolicy.metricsFrom=" + json.dumps([peer]))
+    (policy,) = by_kind(scoped, "NetworkPolicy")
+    assert policy["spec"]["ingress"][0]["from"] == [peer] and "from" not in policy["spec"]["ingress"][1]
+    assert not by_kind(template("--set", "networkPolicy.enabled=false"), "NetworkPolicy")

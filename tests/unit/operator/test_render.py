@@ -171,3 +171,20 @@ def test_user_env_reaches_the_workers_and_overrides_defaults_only():
         doc["spec"]["resources"]["env"] = [{"name": reserved, "value": "x"}]
         with pytest.raises(InvalidManifest, match="spec.resources.env: env may not set the launch variables"):
             parse_job(doc)
+
+
+def test_the_workers_network_policy_admits_peers_anywhere_and_others_at_the_metrics_port_only():
+    ftj = multinode()
+    policy = render.network_policy(ftj, UID)
+    pod = render.worker_job(ftj, UID, 0, suspend=False)["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]  # egress open: hubs, object stores, the API server
+    assert spec["podSelector"]["matchLabels"].items() <= labels.items()
+    peers, others = spec["ingress"]
+    (peer,) = peers["from"]
+    assert peer["podSelector"]["matchLabels"].items() <= labels.items() and "ports" not in peers
+    assert peer["podSelector"]["matchLabels"][contract.LABEL_JOB] == "facts-sft"  # this job's workers, no other's
+    assert "from" not in others
+    ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert others["ports"] == [{"port": ports[contract.METRICS_PORT_NAME], "protocol": "TCP"}]
