@@ -13,6 +13,9 @@ from typing import Any, Optional
 from tuneguard import api
 
 
+USER_AGENT = "tuneguard-operator"
+
+
 class ApiError(Exception):
     def __init__(self, status: int, reason: str, body: Any = None):
         self.status = status
@@ -33,6 +36,7 @@ KINDS = {
     "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "Job": ("/apis/batch/v1", "jobs"),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
     api.KIND: (f"/apis/{api.API_VERSION}", api.PLURAL),
 }
@@ -121,4 +125,6 @@ def load_client(connections: int = 8) -> Any:
         config.load_kube_config()
     cfg = client.Configuration.get_default_copy()
     cfg.connection_pool_maxsize = connections
-    return client.ApiClient(cfg)
+    api_client = client.ApiClient(cfg)
+    api_client.user_agent = USER_AGENT  # names the operator in the API server's audit log (kopf's watches say kopf/)
+    return api_client

@@ -33,6 +33,7 @@ log = logging.getLogger("tuneguard.operator")
 MUTABLE = {
     "ConfigMap": ("data",),
     "Service": ("spec.selector", "spec.ports", "spec.publishNotReadyAddresses"),
+    "NetworkPolicy": ("spec",),
     "ServiceAccount": (),
     "Role": ("rules",),
     "RoleBinding": ("subjects",),
@@ -42,6 +43,12 @@ ENSURE_TTL = 300.0  # re-check children that no event reports on (manual deletio
 
 class Retry(Exception):
     """Not an error: something to wait for (e.g. the garbage collector), try again shortly."""
+
+
+class Refused(Exception):
+    """The API server refused to create a child as invalid (422): the spec can never run, no retry can help.
+    The admission schema cannot check everything the children's own validation does (fuzzing found
+    priorityClassName), so this is the backstop: the job fails with the server's message instead of looping."""
 
 
 def _dig(obj: dict, dotted: str) -> Any:
@@ -64,6 +71,10 @@ def _merge(a: dict, b: dict) -> dict:
         else:
             a[k] = v
     return a
+
+
+def _message(e: ApiError) -> str:
+    return (e.body.get("message") if isinstance(e.body, dict) else None) or str(e)
 
 
 def manifest_doc(body: dict) -> dict:
@@ -110,9 +121,13 @@ class Reconciler:
         job = None
         if ftj is not None:
             # A job the operator never wrote status for has no children yet: create without a GET first.
-            fresh = not (body.get("status") or {}).get("phase")
+            phase = (body.get("status") or {}).get("phase")
+            fresh = not phase
             try:
-                self._ensure_children(ftj, uid, meta.get("generation"), fresh)
+                if phase not in ("Succeeded", "Failed"):  # a finished job's children stay as they are
+                    self._ensure_children(ftj, uid, meta.get("generation"), fresh)
+            except Refused as e:
+                return self._fail_refused(ftj, None, e)
             except Retry as e:
                 if fresh:  # say what it waits for instead of showing no phase at all
                     self.kube.patch(path(api.KIND, namespace, name, "status"), {"status": {
@@ -126,8 +141,18 @@ class Reconciler:
         issues = self._pod_issues(ftj, job) if ftj is not None else None
         terminating = self._terminating(ftj, job) if ftj is not None else ()
         plan = decide(body, ftj, job, self.clock(), invalid=invalid, issues=issues, terminating=terminating)
-        self._apply(body, ftj, job, plan)
+        try:
+            self._apply(body, ftj, job, plan)
+        except Refused as e:
+            return self._fail_refused(ftj, job, e)
         return plan.requeue_after
+
+    def _fail_refused(self, ftj: api.FineTuneJob, job: dict | None, why: Refused) -> None:
+        """Fail the job for good (InvalidSpec, the server's message); nothing to look at again."""
+        body = self.kube.get(path(api.KIND, ftj.metadata.namespace, ftj.metadata.name))
+        if body is not None:
+            self._apply(body, ftj, job, decide(body, ftj, job, self.clock(), invalid=str(why)))
+        return None
 
     def _pod_issues(self, ftj: api.FineTuneJob, job: dict | None) -> list[str] | None:
         """Only for a running, unsuspended Job whose workers are not all ready: one pod list."""
@@ -229,6 +254,8 @@ class Reconciler:
                          extra={"job": meta["labels"].get(contract.LABEL_JOB), "kind": kind})
                 return created
             except ApiError as e:
+                if e.status == 422:
+                    raise Refused(f"the API server refused {kind} {meta['name']}: {_message(e)}") from None
                 if e.status != 409:
                     raise
                 have = self.kube.get(p)
@@ -284,6 +311,9 @@ class Reconciler:
                 log.info("created worker Job %s/%s (attempt %d)", ns, want["metadata"]["name"], attempt,
                          extra={"job": name})
             except ApiError as e:
+                if e.status == 422:
+                    raise Refused(f"the API server refused the worker Job {want['metadata']['name']}: "
+                                  f"{_message(e)}") from None
                 if e.status != 409:
                     raise
         elif plan.job_action == "delete" and job is not None:

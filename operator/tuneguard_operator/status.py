@@ -87,7 +87,7 @@ def _conditions(old: list[dict], phase: str, reason: str, message: str, now: str
     conds = copy.deepcopy(old or [])
     if created:
         set_condition(conds, "Created", "True", "ChildrenCreated",
-                      "ConfigMap, Service, ServiceAccount, Role, RoleBinding and worker Job created", now, gen)
+                      "ConfigMap, Service, NetworkPolicy, ServiceAccount, Role, RoleBinding and worker Job created", now, gen)
     active = PHASE_CONDITION.get(phase)
     for type_ in ("Running", "Restarting", "Suspended"):
         present = any(c.get("type") == type_ for c in conds)
@@ -179,17 +179,17 @@ def decide(body: dict, ftj: api.FineTuneJob | None, job: dict | None, now: datet
            invalid: str | None = None, issues: list[str] | None = None,
            terminating: tuple[TerminatingPod, ...] = ()) -> Plan:
     """Plan the next step for one FineTuneJob. `ftj` is None (and `invalid` says why) when the stored
-    object does not validate; `job` is the worker Job as observed, or None; `issues` says why
+    object does not validate; `invalid` with `ftj` is a spec the API server refused a child of; `job` is the worker Job as observed, or None; `issues` says why
     workers that exist are not ready (pod_issues); `terminating` lists its worker pods being deleted."""
     gen = (body.get("metadata") or {}).get("generation")
     old = body.get("status") or {}
     training = old.get("training") or {}
     seen = observe(body, ftj, job, now, issues, terminating)
-    verdict = terminal.invalid_spec(seen, invalid) if ftj is None else verdict_for(seen)
+    verdict = terminal.invalid_spec(seen, invalid) if ftj is None or invalid is not None else verdict_for(seen)
 
     old_conditions = old.get("conditions") or []
     conds = _conditions(old_conditions, verdict.phase, verdict.reason, verdict.message, seen.now_s, gen,
-                        created=ftj is not None, training=training)
+                        created=ftj is not None and verdict.reason != "InvalidSpec", training=training)
     # Counts come from the current attempt's Job only; a restart just decided makes this one stale.
     counted = ftj is not None and seen.current_for(verdict.restarts + verdict.disruptions)
     status: dict[str, Any] = {

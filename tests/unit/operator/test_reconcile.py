@@ -36,7 +36,7 @@ def test_first_reconcile_creates_every_child_once():
     kube, rec, _ = setup()
     rec.reconcile("ml-team", "facts-sft")
     kinds = sorted(o["kind"] for p, o in kube.objects.items() if not p.startswith(FTJ) and o["kind"] != "Event")
-    assert kinds == ["ConfigMap", "Job", "Role", "RoleBinding", "Service", "ServiceAccount"]
+    assert kinds == ["ConfigMap", "Job", "NetworkPolicy", "Role", "RoleBinding", "Service", "ServiceAccount"]
     ftj = kube.objects[FTJ]
     assert ftj["status"]["phase"] == "Pending"
     assert any(o["kind"] == "Event" and o["reason"] == "Created" for o in kube.objects.values())
@@ -216,3 +216,26 @@ def test_a_healthy_job_reads_no_nodes_and_without_get_nodes_nothing_is_force_del
     rec.reconcile("ml-team", "facts-sft")
     assert kube.objects[FTJ]["status"]["phase"] != "Restarting"
     assert path("Pod", "ml-team", "facts-sft-worker-1") in kube.objects
+
+
+def test_a_child_the_api_server_refuses_fails_the_job_once_instead_of_retrying_forever():
+    """Fuzzing found it: the schema let a priorityClassName through that the Job's own validation refuses (422)."""
+    from tuneguard_operator.kube import ApiError
+
+    kube, rec, _ = setup()
+    create = kube.create
+
+    def refuse_jobs(p, body):
+        if body["kind"] == "Job":
+            raise ApiError(422, "Unprocessable Entity", {"message": 'Job.batch "facts-sft-worker" is invalid: '
+                                                                   "spec.template.spec.priorityClassName: Invalid value"})
+        return create(p, body)
+
+    kube.create = refuse_jobs
+    assert rec.reconcile("ml-team", "facts-sft") is None  # no exception: nothing for the queue to retry
+    st = kube.objects[FTJ]["status"]
+    assert (st["phase"], st["reason"]) == ("Failed", "InvalidSpec")
+    assert "refused the worker Job facts-sft-worker" in st["message"] and "priorityClassName" in st["message"]
+    kube.calls.clear()
+    rec.reconcile("ml-team", "facts-sft")
+    assert kube.writes() == []  # Failed is final: no create tried again, nothing rewritten
