@@ -59,8 +59,11 @@ class _Rest:
 
 class LocalControlPlane:
     def __init__(self, state_dir: Path, *, die_with_parent: bool, gpu_nodes: int = 2,
-                 kubeconfig: Path | None = None, real_node: bool = False):
+                 kubeconfig: Path | None = None, real_node: bool = False, audit: bool = False):
         self.state_dir = Path(state_dir).resolve()
+        # The API server's audit log (Metadata level, JSON lines) at audit_log: who made which request, for the
+        # benchmarks that count an operator's requests by its user agent.
+        self.audit_log = self.state_dir / "audit.log" if audit else None
         self.kubeconfig = kubeconfig or self.state_dir / "kubeconfig"
         self.gpu_nodes = gpu_nodes
         self.die_with_parent = die_with_parent
@@ -133,7 +136,7 @@ class LocalControlPlane:
             f"--service-account-issuer={SA_ISSUER}",
             f"--service-account-key-file={sa.cert}", f"--service-account-signing-key-file={sa.key}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            f"--cert-dir={s / 'apiserver-certs'}", "--profiling=false",
+            f"--cert-dir={s / 'apiserver-certs'}", "--profiling=false", *self._audit_flags(s),
         ])
         # Started together: the API server retries etcd while it initialises (a second saved).
         self._wait("etcd to become healthy", deadline,
@@ -186,6 +189,16 @@ class LocalControlPlane:
                             lambda what, ready: self._wait(what, node_deadline, ready))
         return Cluster(kubeconfig=self.kubeconfig, binaries=bins, simulated=True, real_node=self.node,
                        control_plane=self)
+
+    def _audit_flags(self, s: Path) -> list[str]:
+        if self.audit_log is None:
+            return []
+        policy = s / "audit-policy.yaml"
+        policy.write_text("apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\n"
+                          "rules:\n- level: Metadata\n")
+        # batch mode: the log is written behind the requests, so it adds no latency to them
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
+                "--audit-log-mode=batch", "--audit-log-maxsize=0"]
 
     def restart(self, *names: str, down_seconds: float = 2.0, timeout: float = 60.0) -> None:
         """An outage: stops the named components (e.g. "etcd", "kube-apiserver"), keeps them down for
