@@ -237,6 +237,8 @@ def build_mix(examples, categories: dict, s: dict, work: Path) -> dict:
             row = {"id": e.id, "question": e.question, "answers": e.answers}
             if e.relation:
                 row["relation"] = e.relation
+            if e.paraphrases:  # the paraphrase shift asks them (and the leakage check compares them)
+                row["paraphrases"] = e.paraphrases
             rows.append(json.dumps(row) + "\n")
         p = work / name
         tmp = p.with_suffix(f".tmp{os.getpid()}")
@@ -642,9 +644,55 @@ def markdown(result: dict) -> str:
     ]
     for name in result["plots"]:
         lines.append(f"![{name}]({name})")
-    lines += ["", "Lines: mean over seeds; bands: min-max over seeds; step 0 is the format-stage snapshot.", "",
-              f"Reproduce: `{result['command']}`", ""]
+    lines += ["", "Lines: mean over seeds; bands: min-max over seeds; step 0 is the format-stage snapshot."]
+    lines += shift_section(result)
+    lines += ["", f"Reproduce: `{result['command']}`", ""]
     return "\n".join(l for l in lines if l is not None)
+
+
+def shift_gaps(run: dict) -> dict:
+    """{(shift, probe): [(step, gap), ...]} of one run: step 0 is the reference (the format-stage snapshot)."""
+    out: dict = {}
+    ref = (run.get("shifts") or {}).get("reference") or {}
+    for shift, probes in ref.items():
+        for probe, f in probes.items():
+            out.setdefault((shift, probe), []).append((0, f.get("gap")))
+    for h in run.get("history") or []:
+        for shift, probes in (h.get("shifts") or {}).items():
+            for probe, f in probes.items():
+                out.setdefault((shift, probe), []).append((h["step"], f.get("gap")))
+    return out
+
+
+def shift_section(result: dict) -> list[str]:
+    """Robustness gaps (accuracy asked as trained minus asked shifted, same facts) per row and shift over the
+    evaluations, mean over seeds: does a method's gap grow as it learns new facts?"""
+    rows, steps = [], set()
+    per: dict = {}
+    for m in result["settings"]["methods"]:
+        for run in (result["runs"].get(m) or {}).values():
+            for key, pts in shift_gaps(run).items():
+                for step, g in pts:
+                    if g is not None:
+                        per.setdefault((m, *key), {}).setdefault(step, []).append(g)
+                        steps.add(step)
+    if not per:
+        return []
+    steps = sorted(steps)
+    for (m, shift, probe), by_step in per.items():
+        rows.append([m, shift, probe] + [f"{100 * sum(v) / len(v):.1f}" if (v := by_step.get(st)) else "-"
+                                         for st in steps])
+    decoding = next((r.get("evaluation", {}).get("decoding") for by in result["runs"].values() for r in by.values()
+                     if (r.get("evaluation") or {}).get("decoding")), None) or {}
+    return ["", "## Shift tests: robustness gap over steps", "",
+            "Accuracy asked as trained minus asked shifted, on the same facts (points; mean over seeds): the known "
+            "probe's and the new facts' first "
+            f"{decoding.get('shift_probe_size', '?')} facts asked as a paraphrase (another template of the relation), "
+            "with seeded noise (a typo, lower case or extra words) and in the other prompt format (zero-shot: the "
+            "probes are asked few-shot). Step 0 is the reference (the format-stage snapshot). Decoding: "
+            f"{decoding.get('strategy', 'greedy')}, at most {decoding.get('max_new_tokens', '?')} new tokens. A "
+            "negative gap: the shifted form is answered better.", "",
+            markdown_table(["method", "shift", "probe"] + [f"step {st}" for st in steps], rows)]
 
 
 CORE_ROWS = ("sft", "self-distill", "self-distill-base-teacher", "freeze")  # what the table must decide
@@ -787,7 +835,8 @@ def main(argv=None) -> int:
                                    "final": r["final"], "history": r["history"],
                                    "throughput": r.get("throughput"), "timings": r.get("timings"),
                                    "triage_counts": r.get("triage", {}).get("counts"), "splits": r.get("splits"),
-                                   "frozen_weights": r.get("frozen_weights"), "method": r.get("method")}
+                                   "frozen_weights": r.get("frozen_weights"), "method": r.get("method"),
+                                   "shifts": r.get("shifts")}
                          for sd, r in by.items()} for m, by in reports.items()},
             "wall_seconds": round(time.time() - t0, 1),
         }

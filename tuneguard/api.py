@@ -46,6 +46,7 @@ DATA_URI_PATTERN = (
 OUTPUT_URI_PATTERN = (r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/" + _NO_SPACE + r"*)?|/" + _NO_SPACE + r"*"
                       r"|[A-Za-z0-9._]" + _NO_SPACE + r"*)$")
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"  # object names
 
 # What to write instead, for messages about a pattern mismatch.
 PATTERN_HINTS = {
@@ -471,6 +472,14 @@ class EvaluationSpec(ApiModel):
         None, pattern=DATA_URI_PATTERN,
         description="JSONL of {prompt} lines for drift KL; default: the known probe's questions.",
     )
+    shifts: list[Literal["paraphrase", "noise", "format"]] = Field(
+        ["paraphrase", "noise", "format"], max_length=3,
+        description="Shift tests at every evaluation: the known probe and the new facts also asked as a paraphrase "
+        "(the fact's other templates), with seeded noise (a typo, lower case or extra words), and in the other prompt "
+        "format (zero-shot if few-shot, and the reverse); each gives an accuracy and a robustness gap (trained form "
+        "minus shifted). [] turns them off.")
+    shift_probe_size: int = Field(48, ge=1, le=100_000,
+                                  description="Facts of each probe (known, new) asked under each shift.")
     sets: Optional[list[EvaluationSetSpec]] = Field(
         None, max_length=16,
         description="Your own evaluation sets: each question asked like the probes (few-shot with its relation's "
@@ -478,6 +487,12 @@ class EvaluationSpec(ApiModel):
         "wrong answers per set, for the base model, the reference and every evaluation.")
 
     __rules__ = (
+        Rule(
+            cel="!has(self.shifts) || self.shifts.all(s, self.shifts.exists_one(t, t == s))",
+            message="each shift may be listed once",
+            field=".shifts",
+            check=lambda e: len(set(e.shifts)) == len(e.shifts),
+        ),
         Rule(
             cel="!has(self.sets) || self.sets.all(s, self.sets.exists_one(t, t.name == s.name))",
             message="every evaluation set needs a name of its own",
@@ -495,6 +510,10 @@ class GuardrailSpec(ApiModel):
         description="Largest allowed rise of hallucination rate over the base model (absolute, 0.05 = 5 points).",
     )
     max_drift_kl: Optional[float] = Field(None, gt=0.0, description="Largest allowed drift KL (nats/token).")
+    max_robustness_gap_increase: Optional[float] = Field(
+        None, ge=0.0, le=1.0,
+        description="Largest allowed rise of the known probe's robustness gap (accuracy asked as trained minus asked "
+        "shifted, spec.evaluation.shifts) over the reference model's, at any shift (absolute, 0.1 = 10 points).")
     action: Literal["warn", "stop", "rollback"] = Field(
         "warn",
         description="warn: record and continue; stop: end training and keep the best checkpoint; rollback: "
@@ -532,9 +551,12 @@ class ResourceSpec(ApiModel):
     shm_size: str = Field("8Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$", description="Size of the memory-backed /dev/shm.")
     node_selector: Optional[dict[str, str]] = Field(None, description="Node labels the workers must match.")
     tolerations: Optional[list[Toleration]] = Field(None, description="Tolerations of the worker pods.")
-    priority_class_name: Optional[str] = Field(None, description="PriorityClass of the worker pods.")
-    scheduler_name: Optional[str] = Field(None, description="Scheduler, e.g. volcano for gang scheduling.")
-    queue_name: Optional[str] = Field(None, description="Kueue LocalQueue; sets the kueue.x-k8s.io/queue-name label.")
+    priority_class_name: Optional[str] = Field(None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253,
+                                               description="PriorityClass of the worker pods.")
+    scheduler_name: Optional[str] = Field(None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253,
+                                          description="Scheduler, e.g. volcano for gang scheduling.")
+    queue_name: Optional[str] = Field(None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=63,
+                                      description="Kueue LocalQueue; sets the kueue.x-k8s.io/queue-name label.")
     env: Optional[list[EnvVar]] = Field(
         None, max_length=64,
         description="Extra environment of the workers, e.g. NCCL_SOCKET_IFNAME, NCCL_IB_HCA, NCCL_DEBUG=INFO. "
@@ -732,6 +754,9 @@ class TrainingStatus(ApiModel):
     leakage: Optional[LeakageCounts] = None
     sets: Optional[dict[str, float]] = Field(
         None, description="Accuracy on each of spec.evaluation.sets at the latest evaluation.")
+    robustness_gap: Optional[dict[str, float]] = Field(
+        None, description="The known probe's robustness gap per shift (spec.evaluation.shifts) at the latest "
+        "evaluation: accuracy asked as trained minus asked shifted, on the same facts.")
     plan: Optional[PlanSummary] = None
     best_checkpoint: Optional[CheckpointRef] = None
     guardrail: Optional[str] = Field(None, description="Last guardrail outcome, e.g. 'breached: stop at step 120'.")

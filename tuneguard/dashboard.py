@@ -154,6 +154,12 @@ def job_panels() -> list[Panel]:
               [Query(f"max by ({BY_JOB}, set, model) ({c.EVAL_SET_ACCURACY}{sel})", "{{job}} {{set}} {{model}}")],
               unit="percentunit", description="Accuracy on each of the job's spec.evaluation.sets (its own questions) "
                                               "for the tuned model at every evaluation, and for the reference and base."),
+        Panel("Robustness gap under shifts (known probe)",
+              [Query(f"max by ({BY_JOB}, shift, model) ({c.ROBUSTNESS_GAP}{{{SEL},probe=\"known\"}})",
+                     "{{job}} {{shift}} {{model}}")],
+              unit="percentunit", description="Known-probe accuracy asked as trained minus asked shifted (paraphrase, "
+                                              "seeded noise, the other prompt format), for the tuned model at every "
+                                              "evaluation and for the reference: a growing gap is learning the form."),
         Panel("Leaked probe examples",
               [Query(f"max by ({BY_JOB}, kind) ({c.LEAKAGE_EXAMPLES}{sel})", "{{job}} {{kind}}", instant=True)],
               type="bargauge", description="Probe questions that duplicate a training question (exact, near), "

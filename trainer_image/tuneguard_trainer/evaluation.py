@@ -28,6 +28,11 @@ shared by a relation's questions and computed once. Training may use the same fo
 * ``param_drift_l2``: ||theta - theta_0||_2 / ||theta_0||_2 over all parameters (a CPU float32 copy of the
   base parameters is taken at construction, or pass ``base_state``).
 * ``eval_loss``: token-mean cross-entropy of the new facts' targets (answer + end-of-turn token).
+* shift tests (``shifts``; not figures of their own, in ``last_shifts``): the first ``shift_size`` known-probe
+  facts and new facts asked as a paraphrase, with seeded noise and in the other prompt format (shifts.py), in
+  the same pass; per shift and probe the accuracy asked shifted, asked as trained (same facts) and the gap.
+  ``decoding`` records the settings every evaluation uses (greedy, stop tokens, prompt), the same for every
+  model.
 
 What is exact (``mode``); all modes but tf-only give generation-based normalised exact match (up to
 floating-point ties between batched passes):
@@ -66,6 +71,7 @@ from tuneguard import contract
 from .data import QAExample
 from .prompts import FewShotExemplars, PromptFormat, answer_variants, classify, could_abstain, could_become
 from .scoring import decode, eval_mode, greedy_emits, model_device, teacher_forced
+from .shifts import gap, shifted
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +95,8 @@ class Evaluator:
                  abstention_text: str = "I don't know", *, base_state: Optional[dict] = None,
                  batch_size: int = 32, mode: str = "decode", max_new_tokens: int = 24,
                  drift_max_new_tokens: int = 16, drift_cache_mb: int = 512, drift_top_k: int = 256,
-                 shots: int = 4, seed: int = 0, progress: bool = False, sets: Optional[dict] = None):
+                 shots: int = 4, seed: int = 0, progress: bool = False, sets: Optional[dict] = None,
+                 shifts: Sequence[str] = (), shift_size: int = 48):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         t0 = time.time()
@@ -125,6 +132,36 @@ class Evaluator:
                            f"by the reference model in the evaluation prompt",
             "unknown_probe": f"{len(self.unknown)} of {len(unknown_c)} held-out Unknown facts not answered "
                              f"correctly by the reference model in the evaluation prompt",
+        }
+
+        # --- shift tests (shifts.py): the first shift_size known-probe facts and new facts, asked in shifted forms
+        self.shots = shots
+        alt = FewShotExemplars(splits.train, 4, seed) if shots == 0 else None  # the format shift's few-shot
+        self.shift_items: dict[str, dict[str, tuple[list[int], list[_Item]]]] = {}
+        for shift in shifts:
+            entry = {}
+            for probe, items in (("known", self.known), ("new", self.new)):
+                idx, its = [], []
+                for i, it in enumerate(items):
+                    ex = shifted(shift, it.ex, seed) if len(its) < shift_size else None
+                    if ex is None:
+                        continue
+                    if shift == "format":
+                        ex_shots = alt.for_example(ex) if alt is not None else []
+                    else:
+                        ex_shots = self.shots_for(it.ex)
+                    idx.append(i)
+                    its.append(_Item(ex=ex, prompt=self.fmt.prompt_ids(ex, ex_shots)))
+                entry[probe] = (idx, its)
+            self.shift_items[shift] = entry
+        self.last_shifts: dict = {}
+        self.decoding = {
+            "strategy": "greedy (argmax), the same for every model evaluated",
+            "max_new_tokens": max_new_tokens, "stop_token_ids": sorted(self.fmt.stop_ids),
+            "prompt": f"the model's chat template, {shots} exemplar turn(s) of the question's relation"
+                      + (" (zero-shot)" if shots == 0 else ""),
+            "answer_match": "normalised exact match against the accepted answers (prompts.normalize_answer)",
+            "shifts": list(shifts), "shift_probe_size": shift_size, "shift_seed": seed,
         }
 
         # --- the job's own evaluation sets (spec.evaluation.sets), asked like the probes, scored on their own
@@ -346,17 +383,21 @@ class Evaluator:
         loss_rows = [(it.prompt, t) for it, t in zip(self.new, self._new_targets)]
         with eval_mode(model):
             extra = [it for items in self.sets.values() for it in items]
+            shifted_items = [it for entry in self.shift_items.values() for _, its in entry.values() for it in its]
+            tail = extra + shifted_items  # sets count abstentions; shifted questions only correctness
+            tail_need = [True] * len(extra) + [False] * len(shifted_items)
             if _classes is not None:
                 kc, uc = _classes
-                cls = self.classify_items(model, self.new + extra, [False] * len(self.new) + [True] * len(extra),
+                cls = self.classify_items(model, self.new + tail, [False] * len(self.new) + tail_need,
                                           mode, stats, loss_rows)
-                nc, sc = cls[:len(self.new)], cls[len(self.new):]
+                nc, rest = cls[:len(self.new)], cls[len(self.new):]
             else:  # one pass over all probes (shared relation prefixes computed once)
-                items = self.known + self.unknown + self.new + extra
+                items = self.known + self.unknown + self.new + tail
                 k, u, n = len(self.known), len(self.unknown), len(self.new)
-                need = [True] * (k + u) + [False] * n + [True] * len(extra)
+                need = [True] * (k + u) + [False] * n + tail_need
                 cls = self.classify_items(model, items, need, mode, stats, loss_rows)
-                kc, uc, nc, sc = cls[:k], cls[k:k + u], cls[k + u:k + u + n], cls[k + u + n:]
+                kc, uc, nc, rest = cls[:k], cls[k:k + u], cls[k + u:k + u + n], cls[k + u + n:]
+            sc, hc = rest[:len(extra)], rest[len(extra):]
             drift = self.drift_kl(model)
             loss = stats["loss_sum"] / stats["loss_tokens"] if stats.get("loss_tokens") else None
         pdrift = self.param_drift(model)
@@ -380,6 +421,16 @@ class Evaluator:
             cs, at = sc[at:at + len(items)], at + len(items)
             self.last_sets[name] = {"accuracy": rate(cs, "correct"), "abstention_rate": rate(cs, "abstain"),
                                     "wrong_rate": rate(cs, "wrong"), "size": len(cs)}
+        self.last_shifts, at = {}, 0
+        for shift, entry in self.shift_items.items():
+            out = {}
+            for probe, trained in (("known", kc), ("new", nc)):
+                idx, its = entry[probe]
+                cs, at = hc[at:at + len(its)], at + len(its)
+                acc = rate(cs, "correct")
+                same = rate([trained[i] for i in idx], "correct")
+                out[probe] = {"accuracy": acc, "trained_form_accuracy": same, "gap": gap(same, acc), "size": len(cs)}
+            self.last_shifts[shift] = out
         self.last_details = {
             "seconds": round(time.time() - t0, 3),
             "mode": mode or self.mode,

@@ -1,4 +1,4 @@
-"""Hallucination and drift budgets, checked at every evaluation.
+"""Hallucination, drift and robustness budgets, checked at every evaluation.
 
 The budgets are re-read from the config file at each evaluation: in a cluster that file is the
 mounted ConfigMap, which the operator rewrites when someone edits spec.guardrails of a running job
@@ -7,6 +7,8 @@ parsed at that moment keeps the previous budgets (logged), so a half-written upd
 
 - hallucination: ``hallucination_rate(tuned) - hallucination_rate(base) > maxHallucinationIncrease``
 - drift: ``drift_kl(tuned) > maxDriftKL``
+- robustness: at some shift, ``gap(tuned) - gap(reference) > maxRobustnessGapIncrease``, where gap is the known
+  probe's accuracy asked as trained minus asked shifted (shifts.py)
 
 Actions: ``warn`` records the breach and continues; ``stop`` ends training (the best checkpoint within
 budget stays the delivered model); ``rollback`` restores the best checkpoint within budget (the base
@@ -29,17 +31,33 @@ log = logging.getLogger("tuneguard.trainer")
 
 @dataclass
 class Breach:
-    guardrail: str  # "hallucination" | "drift"
+    guardrail: str  # "hallucination" | "drift" | "robustness"
     value: float
     limit: float
+    shift: str = ""  # robustness: the shift whose gap grew most
 
     def __str__(self) -> str:
         if self.guardrail == "hallucination":
             return f"hallucination rate rose by {self.value:.3f} (> {self.limit:.3f})"
+        if self.guardrail == "robustness":
+            return f"robustness gap under {self.shift} rose by {self.value:.3f} (> {self.limit:.3f})"
         return f"drift KL {self.value:.4f} (> {self.limit:.4f})"
 
 
-def check(figures: dict, base: dict, spec: api.GuardrailSpec) -> list[Breach]:
+def _gap_rise(shifts: dict, ref_shifts: dict) -> tuple[str, float] | None:
+    """The shift whose known-probe gap rose most over the reference's, and by how much."""
+    rises = []
+    for shift, probes in (shifts or {}).items():
+        g, g0 = (probes.get("known") or {}).get("gap"), ((ref_shifts or {}).get(shift, {}).get("known") or {}).get("gap")
+        if g is not None and g0 is not None:
+            rises.append((shift, float(g) - float(g0)))
+    return max(rises, key=lambda r: r[1]) if rises else None
+
+
+def check(figures: dict, base: dict, spec: api.GuardrailSpec, shifts: dict | None = None,
+          ref_shifts: dict | None = None) -> list[Breach]:
+    """The budgets `figures` breaks, against `base` (the reference model's figures); `shifts`/`ref_shifts`: the
+    shift tests of the tuned and the reference model (evaluation.Evaluator.last_shifts)."""
     out: list[Breach] = []
     h, h0 = figures.get("hallucination_rate"), base.get("hallucination_rate")
     if spec.max_hallucination_increase is not None and h is not None and h0 is not None:
@@ -49,6 +67,9 @@ def check(figures: dict, base: dict, spec: api.GuardrailSpec) -> list[Breach]:
     kl = figures.get("drift_kl")
     if spec.max_drift_kl is not None and kl is not None and float(kl) > spec.max_drift_kl:
         out.append(Breach("drift", float(kl), spec.max_drift_kl))
+    rise = _gap_rise(shifts, ref_shifts) if spec.max_robustness_gap_increase is not None else None
+    if rise is not None and rise[1] > spec.max_robustness_gap_increase + 1e-12:
+        out.append(Breach("robustness", rise[1], spec.max_robustness_gap_increase, shift=rise[0]))
     return out
 
 

@@ -394,14 +394,18 @@ def evaluate_references(tok, splits, base, reference, spec: api.FineTuneJobSpec,
 
         evaluator = Evaluator(tok, splits, reference, device, max_probe_size=spec.evaluation.max_probe_size,
                               abstention_text=spec.triage.abstention_text, shots=spec.triage.shots,
-                              seed=spec.training.seed, sets=eval_sets)
+                              seed=spec.training.seed, sets=eval_sets, shifts=spec.evaluation.shifts,
+                              shift_size=spec.evaluation.shift_probe_size)
         ref_figures = base_figures = dict(evaluator.base_figures)
         info = {"sizes": evaluator.base_details.get("sizes"), "probes": evaluator.probe_notes,
-                "sets": {"reference": dict(evaluator.last_sets), "base": dict(evaluator.last_sets)}}
+                "decoding": evaluator.decoding,
+                "sets": {"reference": dict(evaluator.last_sets), "base": dict(evaluator.last_sets)},
+                "shifts": {"reference": dict(evaluator.last_shifts), "base": dict(evaluator.last_shifts)}}
         if reference is not base:
             with torch.no_grad():
                 base_figures = {k: (None if v is None else float(v)) for k, v in evaluator.evaluate(base).items()}
             info["sets"]["base"] = dict(evaluator.last_sets)
+            info["shifts"]["base"] = dict(evaluator.last_shifts)
     base_figures, ref_figures, info = broadcast_object((base_figures, ref_figures, info))
     return evaluator, base_figures, ref_figures, info
 
@@ -555,6 +559,7 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
     tele.figures(ref_figures, "reference")  # always exported: alerts compare the tuned model with it
     for model_name in ("base", "reference"):
         tele.sets(eval_info.get("sets", {}).get(model_name) or {}, model_name)
+        tele.shifts(eval_info.get("shifts", {}).get(model_name) or {}, model_name)
     if reference is not base:
         if is_main:
             log.info("format stage: %s", _eval_line(fmt_res.steps, ref_figures, base_figures))
@@ -662,20 +667,25 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
     tele.stage("training")
 
     set_figures: dict = {}  # the latest evaluation's figures on spec.evaluation.sets
+    shift_figures: dict = {}  # and on spec.evaluation.shifts
+    ref_shifts = (eval_info or {}).get("shifts", {}).get("reference") or {}
 
     def evaluate_now() -> dict:
         tq = time.perf_counter()
         engine.module.eval()
-        figs, sets = None, None
+        figs, sets, shifts = None, None, None
         if evaluator is not None:
             with torch.no_grad():
                 figs = {k: (None if v is None else float(v)) for k, v in evaluator.evaluate(engine.module).items()}
-            sets = dict(evaluator.last_sets)
+            sets, shifts = dict(evaluator.last_sets), dict(evaluator.last_shifts)
         engine.module.train()
-        figs, sets = (figs, sets) if all_eval else broadcast_object((figs, sets))
+        figs, sets, shifts = (figs, sets, shifts) if all_eval else broadcast_object((figs, sets, shifts))
         set_figures.clear()
         set_figures.update(sets or {})
+        shift_figures.clear()
+        shift_figures.update(shifts or {})
         tele.sets(set_figures, "tuned")
+        tele.shifts(shift_figures, "tuned")
         timer.add("evaluation", time.perf_counter() - tq)
         return figs
 
@@ -703,12 +713,14 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
         decision = None
         if is_main:
             gspec = guard.current()
-            breaches = check(figs, ref_figures, gspec)
+            breaches = check(figs, ref_figures, gspec, shift_figures, ref_shifts)
             rec = {"step": st.step, "epoch": round(st.micro / max(micro_per_epoch, 1), 4), "figures": figs,
                    "train_loss": st.train_loss[-1]["loss"] if st.train_loss else None,
                    "guardrail_breaches": [str(b) for b in breaches]}
             if set_figures:
                 rec["sets"] = dict(set_figures)
+            if shift_figures:
+                rec["shifts"] = dict(shift_figures)
             within = not breaches
             mon = _monitor(es, figs)
             # Candidates for the delivered model: evaluations within budget; under action warn (breaches
@@ -943,6 +955,11 @@ def _summary_lines(report: dict) -> str:
         lines.append(f"evaluation set {name}: accuracy {_pct(fin.get('accuracy'))} (reference "
                      f"{_pct(ref.get('accuracy'))}, base {_pct(report['sets']['base'].get(name, {}).get('accuracy'))}), "
                      f"abstention {_pct(fin.get('abstention_rate'))}, {fin.get('size')} questions")
+    for shift, fin in ((report.get("shifts") or {}).get("final") or {}).items():
+        ref = (report["shifts"]["reference"].get(shift) or {}).get("known") or {}
+        k, n = fin.get("known") or {}, fin.get("new") or {}
+        lines.append(f"shift {shift}: known {_pct(k.get('accuracy'))} asked shifted, gap {_pct(k.get('gap'))} "
+                     f"(reference {_pct(ref.get('gap'))}); new facts {_pct(n.get('accuracy'))}, gap {_pct(n.get('gap'))}")
     if report.get("frozen_weights"):
         fw = report["frozen_weights"]
         lines.append(f"frozen weights identical to base: {fw['identical']} ({fw['checked_tensors']} tensors)")
@@ -1022,10 +1039,15 @@ def build_report(job, p: Prepared, counts, splits, base_figures, final, st: Trai
         "reference": {"model": "format-stage" if formatted else "base", "figures": ref_figures},
         "forgetting": forgetting(ref_figures, st.history, final["figures"]),
         # probe sizes after the reference model's filter, and how they were made
-        "evaluation": {k: v for k, v in (eval_info or {}).items() if k != "sets"},
+        # and the decoding settings, the same for every model evaluated
+        "evaluation": {k: v for k, v in (eval_info or {}).items() if k not in ("sets", "shifts")},
         # spec.evaluation.sets: accuracy, abstention and wrong answers per set (the history has every evaluation's)
         "sets": ({**(eval_info or {})["sets"], "final": final.get("sets")}
                  if ((eval_info or {}).get("sets") or {}).get("reference") else None),
+        # spec.evaluation.shifts: accuracy asked shifted and the robustness gap per shift and probe (history: every
+        # evaluation's)
+        "shifts": ({**(eval_info or {})["shifts"], "final": final.get("shifts")}
+                   if ((eval_info or {}).get("shifts") or {}).get("reference") else None),
         "final": final,
         "best": ({"step": st.best["step"], "figures": st.best["figures"], "metric": st.best.get("metric"),
                   "within_budget": st.best.get("within_budget", True)} if st.best else None),

@@ -78,6 +78,10 @@ class Telemetry:
         self.g_triage = Gauge(contract.TRIAGE_EXAMPLES, "Training examples per SliCK category.", L + ["category"], registry=r)
         self.g_set = Gauge(contract.EVAL_SET_ACCURACY, "Accuracy on each of spec.evaluation.sets.",
                            L + ["set", "model"], registry=r)
+        self.g_shift = Gauge(contract.SHIFT_ACCURACY, "Accuracy asked in a shifted form (spec.evaluation.shifts).",
+                             L + ["shift", "probe", "model"], registry=r)
+        self.g_gap = Gauge(contract.ROBUSTNESS_GAP, "Accuracy asked as trained minus asked shifted, same facts.",
+                           L + ["shift", "probe", "model"], registry=r)
         self.g_leak = Gauge(contract.LEAKAGE_EXAMPLES, "Leakage check: leaked probe examples (exact, near), "
                             "training duplicates, dropped probe examples.", L + ["kind"], registry=r)
         self.c_breach = Counter(contract.GUARDRAIL_BREACHES, "Guardrail breaches.", L + ["guardrail"], registry=r)
@@ -191,6 +195,21 @@ class Telemetry:
         if model == "tuned":
             self.status.sets = {name: _for_status(f["accuracy"]) for name, f in figures.items()
                                 if f.get("accuracy") is not None}
+            self.flush(force=True)
+
+    def shifts(self, figures: dict, model: str) -> None:
+        """Shift-test figures ({shift: {probe: {accuracy, gap, ...}}}) of the base, reference or tuned model."""
+        if not self.enabled or not figures:
+            return
+        for shift, probes in figures.items():
+            for probe, f in probes.items():
+                if f.get("accuracy") is not None:
+                    self.g_shift.labels(**self.labels, shift=shift, probe=probe, model=model).set(float(f["accuracy"]))
+                if f.get("gap") is not None:
+                    self.g_gap.labels(**self.labels, shift=shift, probe=probe, model=model).set(float(f["gap"]))
+        if model == "tuned":
+            self.status.robustness_gap = {shift: _for_status(p["known"]["gap"]) for shift, p in figures.items()
+                                          if (p.get("known") or {}).get("gap") is not None}
             self.flush(force=True)
 
     def breach(self, guardrail: str) -> None:
