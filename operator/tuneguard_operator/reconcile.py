@@ -97,8 +97,7 @@ class Reconciler:
         # resourceVersion of each job after the operator's own last status write: the watch event
         # that write causes needs no reconcile (see handlers.Controller.on_ftj_event).
         self.own_writes: dict[tuple[str, str], str] = {}
-        self._warned_pods = False
-        self._warned_nodes = False
+        self._warned: set[str] = set()  # the missing grants already logged (_forbidden)
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------- entry point
@@ -172,12 +171,8 @@ class Reconciler:
             return self.kube.list(path("Pod", ftj.metadata.namespace),
                                   f"{contract.LABEL_JOB}={ftj.metadata.name},{contract.LABEL_ROLE}=worker")
         except ApiError as e:
-            if e.status != 403:
-                raise
-            if not self._warned_pods:
-                self._warned_pods = True
-                log.warning("cannot list pods (%s): status messages will not say why workers are stuck, and "
-                            "workers on a lost node are not force-deleted; grant `list` on pods to the operator", e)
+            self._forbidden(e, "list pods", "status messages will not say why workers are stuck, and workers on "
+                                            "a lost node are not force-deleted")
             return None
 
     def _terminating(self, ftj: api.FineTuneJob, job: dict | None) -> tuple[TerminatingPod, ...]:
@@ -200,17 +195,21 @@ class Reconciler:
                                       forced=meta.get("deletionGracePeriodSeconds") == 0))
         return tuple(out)
 
+    def _forbidden(self, e: ApiError, what: str, without: str) -> None:
+        """A 403 on a read that only adds diagnostics or repairs: say once what is lost without the grant (the job
+        still runs); anything else is raised."""
+        if e.status != 403:
+            raise e
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning("cannot %s (%s): %s; grant `%s` to the operator", what, e, without, what)
+
     def _node_ready(self, name: str) -> str | None:
         """The node's Ready condition status; None when the node is gone; "unknowable" without `get nodes`."""
         try:
             node = self.kube.get(path("Node", None, name))
         except ApiError as e:
-            if e.status != 403:
-                raise
-            if not self._warned_nodes:
-                self._warned_nodes = True
-                log.warning("cannot get nodes (%s): workers stuck Terminating on a lost node are not "
-                            "force-deleted; grant `get` on nodes to the operator", e)
+            self._forbidden(e, "get nodes", "workers stuck Terminating on a lost node are not force-deleted")
             return "unknowable"
         if node is None:
             return None

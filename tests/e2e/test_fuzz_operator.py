@@ -1,8 +1,8 @@
 """The operator on fuzzed manifests the API server accepts (tests/fuzz_manifests.py): it never crashes and never
-loops. Each of TUNEGUARD_FUZZ_OPERATOR_JOBS (default 40; a fixed seed) accepted manifests, created for real, gets a
-phase; the operator stays up with no reconcile errors; and once they have settled, a quiet window sees no hot loop:
-no more reconciles per job than the 10 s poll of a waiting job makes, and status rewritten for at most a quarter of
-the jobs (a waiting job's message may change)."""
+loops. Each of TUNEGUARD_FUZZ_OPERATOR_JOBS (default 40; a fixed seed unless TUNEGUARD_FUZZ_RANDOM=1) accepted
+manifests, created for real, gets a phase; the operator stays up with no reconcile errors; and once they have
+settled, a quiet window sees no hot loop: no more reconciles per job than the 10 s poll of a waiting job makes, and
+status rewritten for at most a quarter of the jobs (a waiting job's message may change)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from .harness import wait_for
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 COUNT = int(os.environ.get("TUNEGUARD_FUZZ_OPERATOR_JOBS", "40"))
+RANDOM = os.environ.get("TUNEGUARD_FUZZ_RANDOM") == "1"  # new manifests each run (exploring), not CI's fixed ones
 QUIET_SECONDS = 20.0
 
 
@@ -28,7 +29,7 @@ def accepted_manifests(k: int) -> list[dict]:
     the operator must fail those itself), renamed fuzz-NNN."""
     found: list[dict] = []
 
-    @settings(max_examples=k * 8, deadline=None, derandomize=True, database=None,
+    @settings(max_examples=k * 8, deadline=None, derandomize=not RANDOM, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(fuzz.manifests())
     def collect(case):
