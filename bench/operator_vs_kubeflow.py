@@ -31,7 +31,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ if __package__ in (None, ""):
 
 from bench.common import REPO, machine_info, markdown_table, median, out_dir, percentile, write_result
 from bench.operator_scale import install_crd, new_namespace, proc_cpu_seconds
+from tests.cluster.processes import free_port
 
 KUBEFLOW_NS = "kubeflow"
 KUBEFLOW_JOB_LABEL = "training.kubeflow.org/job-name"
@@ -52,12 +52,6 @@ TUNEGUARD_JOB_LABEL = "tuneguard.io/job"
 KUBEFLOW_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
 PODS_PER_JOB = 2
 USER_AGENTS = {"tuneguard": ("tuneguard-operator", "kopf/"), "kubeflow": ("training-operator/",)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_kib(pid: int) -> tuple[int, int]:
