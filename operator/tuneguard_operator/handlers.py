@@ -54,6 +54,8 @@ class Controller:
             self.queue.forget(key)
             return
         self.known.add(key)
+        if self.reconciler.cache is not None:
+            self.reconciler.cache.put(api.KIND, obj)
         self.metrics.observe(obj)
         if meta.get("resourceVersion") and self.reconciler.own_writes.get(key) == meta.get("resourceVersion"):
             return  # the echo of the operator's own status write: nothing new to converge
@@ -63,6 +65,11 @@ class Controller:
         obj = event.get("object") or {}
         meta = obj.get("metadata") or {}
         owner = (meta.get("labels") or {}).get(contract.LABEL_JOB)
+        cache = self.reconciler.cache
+        if cache is not None and event.get("type") == "DELETED":
+            cache.drop("Job", meta.get("namespace"), meta.get("name"))
+        elif cache is not None:
+            cache.put("Job", obj)
         if owner:
             self.queue.add((meta.get("namespace"), owner))
 

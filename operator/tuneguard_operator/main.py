@@ -83,6 +83,7 @@ def run_operator(namespaces: list[str], all_namespaces: bool, metrics_port: int,
     import kopf
 
     from .handlers import Controller, register
+    from .cache import ObjectCache
     from .kube import Kube, load_client
     from .metrics import Metrics
     from .reconcile import Reconciler
@@ -96,7 +97,7 @@ def run_operator(namespaces: list[str], all_namespaces: bool, metrics_port: int,
     metrics = Metrics()
     metrics.serve(metrics_port)
     kube = Kube(load_client(connections=workers + 2))
-    controller = Controller(Reconciler(kube, metrics), metrics, workers=workers)
+    controller = Controller(Reconciler(kube, metrics, cache=ObjectCache()), metrics, workers=workers)
     registry = kopf.OperatorRegistry()
     register(registry, controller, cluster_wide=bool(all_namespaces))
     log.info("tuneguard operator starting", extra={

@@ -20,6 +20,7 @@ from tuneguard import api, contract
 from tuneguard.validation import InvalidManifest, parse_job
 
 from . import render
+from .cache import ObjectCache
 from .kube import ApiError, path
 from .metrics import Metrics
 from .policies.lost_node import TerminatingPod
@@ -87,7 +88,7 @@ def manifest_doc(body: dict) -> dict:
 
 class Reconciler:
     def __init__(self, kube: Any, metrics: Metrics, clock: Callable[[], datetime] | None = None,
-                 component: str = "tuneguard-operator"):
+                 component: str = "tuneguard-operator", cache: ObjectCache | None = None):
         self.kube = kube
         self.metrics = metrics
         self.clock = clock or (lambda: datetime.now(timezone.utc))
@@ -97,13 +98,15 @@ class Reconciler:
         # resourceVersion of each job after the operator's own last status write: the watch event
         # that write causes needs no reconcile (see handlers.Controller.on_ftj_event).
         self.own_writes: dict[tuple[str, str], str] = {}
+        # FineTuneJobs and worker Jobs as last seen (the watches feed it, handlers.Controller); None: always GET
+        self.cache = cache
         self._warned: set[str] = set()  # the missing grants already logged (_forbidden)
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------- entry point
     def reconcile(self, namespace: str, name: str) -> Optional[float]:
         """Converge one job; returns seconds until it wants to be looked at again (None: on events)."""
-        body = self.kube.get(path(api.KIND, namespace, name))
+        body = self._read(api.KIND, namespace, name)
         if body is None:
             self.forget(namespace, name)
             return None
@@ -133,7 +136,7 @@ class Reconciler:
                         "phase": "Pending", "message": str(e), "observedGeneration": meta.get("generation")}})
                 raise
             # A fresh job has no worker Job (were one left by a crash, creating it answers 409).
-            job = None if fresh else self.kube.get(path("Job", namespace, render.worker_job_name(name)))
+            job = None if fresh else self._read("Job", namespace, render.worker_job_name(name))
             if job is not None and not self._owned(job, uid):
                 raise Retry(f"Job {render.worker_job_name(name)} exists but belongs to another owner; "
                             "waiting for it to be garbage-collected")
@@ -146,9 +149,22 @@ class Reconciler:
             return self._fail_refused(ftj, job, e)
         return plan.requeue_after
 
+    def _read(self, kind: str, namespace: str, name: str) -> dict | None:
+        """The object from the cache, else from the API server (then cached)."""
+        obj = self.cache.get(kind, namespace, name) if self.cache is not None else None
+        if obj is None:
+            obj = self.kube.get(path(kind, namespace, name))
+            if obj is not None:
+                self._cache(kind, obj)
+        return obj
+
+    def _cache(self, kind: str, obj: dict | None) -> None:
+        if self.cache is not None and obj:
+            self.cache.put(kind, obj)
+
     def _fail_refused(self, ftj: api.FineTuneJob, job: dict | None, why: Refused) -> None:
         """Fail the job for good (InvalidSpec, the server's message); nothing to look at again."""
-        body = self.kube.get(path(api.KIND, ftj.metadata.namespace, ftj.metadata.name))
+        body = self._read(api.KIND, ftj.metadata.namespace, ftj.metadata.name)
         if body is not None:
             self._apply(body, ftj, job, decide(body, ftj, job, self.clock(), invalid=str(why)))
         return None
@@ -218,6 +234,8 @@ class Reconciler:
 
     def forget(self, namespace: str, name: str) -> None:
         self.metrics.forget(namespace, name)
+        if self.cache is not None:
+            self.cache.drop(api.KIND, namespace, name)
         self.own_writes.pop((namespace, name), None)
         with self._lock:
             for key in [k for k in self._ensured if k[0] == namespace and k[1] == name]:
@@ -296,6 +314,7 @@ class Reconciler:
             rv = ((written or {}).get("metadata") or {}).get("resourceVersion")
             if rv:
                 self.own_writes[(ns, name)] = rv
+                self._cache(api.KIND, written)
             body = {**body, "status": {**old, **{k: v for k, v in patch.items()}}}
         new_restarts = plan.status["restarts"]
         if new_restarts > int(old.get("restarts") or 0):
@@ -306,7 +325,7 @@ class Reconciler:
             attempt = new_restarts + plan.status["disruptions"]
             want = render.worker_job(ftj, uid, attempt, suspend=ftj.spec.run_policy.suspend)
             try:
-                self.kube.create(path("Job", ns), want)
+                self._cache("Job", self.kube.create(path("Job", ns), want))
                 log.info("created worker Job %s/%s (attempt %d)", ns, want["metadata"]["name"], attempt,
                          extra={"job": name})
             except ApiError as e:

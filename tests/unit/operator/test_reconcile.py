@@ -239,3 +239,44 @@ def test_a_child_the_api_server_refuses_fails_the_job_once_instead_of_retrying_f
     kube.calls.clear()
     rec.reconcile("ml-team", "facts-sft")
     assert kube.writes() == []  # Failed is final: no create tried again, nothing rewritten
+
+
+def test_with_the_watch_cache_a_reconcile_reads_nothing_the_watches_and_its_own_writes_told_it():
+    from tuneguard_operator.cache import ObjectCache
+    from tuneguard_operator.handlers import Controller
+
+    kube = FakeKube()
+    doc = yaml.safe_load((ROOT / "examples" / "multinode-sft.yaml").read_text())
+    kube.create(path("FineTuneJob", "ml-team"), doc)
+    rec = Reconciler(kube, Metrics(), clock=lambda: NOW, cache=ObjectCache())
+    ctl = Controller(rec, Metrics())
+    ctl.on_ftj_event({"type": "ADDED", "object": kube.get(FTJ)})
+    kube.calls.clear()
+    rec.reconcile("ml-team", "facts-sft")  # the watch's copy, children created, the Job's answer cached
+    assert ("GET", FTJ) not in kube.calls
+    kube.calls.clear()
+    rec.reconcile("ml-team", "facts-sft")  # its own status write's answer and the created Job: no GET at all
+    assert [c for c in kube.calls if c[0] == "GET"] == []
+    # the Job's watch event brings its status; an older event arriving late changes nothing
+    old = kube.get(JOB)
+    set_job_status(kube, active=2, ready=2)
+    kube._bump(kube.objects[JOB])
+    ctl.on_job_event({"type": "MODIFIED", "object": kube.get(JOB)})
+    ctl.on_job_event({"type": "MODIFIED", "object": old})
+    rec.reconcile("ml-team", "facts-sft")
+    assert kube.objects[FTJ]["status"]["phase"] == "Running"
+    ctl.on_job_event({"type": "DELETED", "object": kube.get(JOB)})
+    kube.calls.clear()
+    rec.reconcile("ml-team", "facts-sft")
+    assert ("GET", JOB) in kube.calls  # dropped with its deletion: read again
+
+
+def test_a_cache_entry_is_trusted_for_a_minute_only():
+    from tuneguard_operator.cache import ObjectCache
+
+    now = [0.0]
+    cache = ObjectCache(max_age=60, clock=lambda: now[0])
+    cache.put("Job", {"metadata": {"namespace": "ns", "name": "j", "resourceVersion": "5"}})
+    assert cache.get("Job", "ns", "j")["metadata"]["resourceVersion"] == "5"
+    now[0] = 61.0
+    assert cache.get("Job", "ns", "j") is None
