@@ -16,11 +16,12 @@ KWOK_VERSION=v0.8.0     # sigs.k8s.io/kwok
 HELM_VERSION=v3.22.0    # helm.sh/helm/v3
 COREDNS_VERSION=v1.15.0 # github.com/coredns/coredns: the real test node's cluster DNS
 KUBEFLOW_VERSION=v1.8.1 # github.com/kubeflow/training-operator: bench/operator_scale.py's anchor, not in `all`
+KUEUE_VERSION=v0.17.0   # sigs.k8s.io/kueue: admits the worker Jobs in tests/e2e/test_kueue.py
 CONTROLLER_GEN_VERSION=v0.18.0  # its Makefile pins v0.14.0, whose golang.org/x/tools no longer builds with Go 1.26
 
 cache=${TUNEGUARD_CACHE:-$HOME/.cache/tuneguard}
 bin_root="$cache/bin"
-all=(kube-apiserver kube-controller-manager kube-scheduler etcd kwok helm kubelet kube-proxy coredns)
+all=(kube-apiserver kube-controller-manager kube-scheduler etcd kwok helm kubelet kube-proxy coredns kueue)
 k8s_components=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 wanted=("$@")
 [ ${#wanted[@]} -gt 0 ] || wanted=("${all[@]}")
@@ -33,6 +34,7 @@ version_of() {
     kwok) echo "$KWOK_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
     training-operator) echo "$KUBEFLOW_VERSION" ;;
+    kueue) echo "$KUEUE_VERSION" ;;
     *) echo "unknown component '$1' (known: ${all[*]} training-operator)" >&2; exit 2 ;;
   esac
 }
@@ -202,6 +204,21 @@ build_training_operator() {
   rm -rf "$dest"; mv "$work/out" "$dest"
 }
 
+# Kueue's manager, with its CRDs and webhook configuration beside it (the module carries them as manifests).
+build_kueue() {
+  local work="$tmp_root/kueue" src
+  mkdir -p "$work/out"
+  src=$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [ -d "$src" ] || { echo "build-control-plane: cannot download kueue@$KUEUE_VERSION" >&2; return 1; }
+  (cd "$src" && go build -ldflags "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" \
+     -o "$work/out/kueue" ./cmd/kueue >&2)
+  cp -r "$src/config/components/crd/bases" "$work/out/crds"
+  cp "$src/config/components/webhook/manifests.yaml" "$work/out/webhooks.yaml"
+  chmod -R u+w "$work/out"
+  local dest; dest="$(dirname "$(binary_of kueue)")"
+  rm -rf "$dest"; mv "$work/out" "$dest"
+}
+
 # Helm's Makefile stamps its version and the Kubernetes version its lint/template defaults assume.
 build_helm() {
   local work="$tmp_root/helm" gomod k8s_minor
@@ -225,6 +242,7 @@ case " $todo " in *" kwok "*) timed "kwok $KWOK_VERSION" build_kwok ;; esac
 case " $todo " in *" helm "*) timed "helm $HELM_VERSION" build_helm ;; esac
 case " $todo " in *" coredns "*) timed "coredns $COREDNS_VERSION" build_coredns ;; esac
 case " $todo " in *" training-operator "*) timed "training-operator $KUBEFLOW_VERSION" build_training_operator ;; esac
+case " $todo " in *" kueue "*) timed "kueue $KUEUE_VERSION" build_kueue ;; esac
 
 [ -z "$(missing)" ] || { echo "build-control-plane: still missing: $(missing | xargs)" >&2; exit 1; }
 print_paths

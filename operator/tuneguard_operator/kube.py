@@ -38,6 +38,7 @@ KINDS = {
     "Job": ("/apis/batch/v1", "jobs"),
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
+    "Workload": ("/apis/kueue.x-k8s.io/v1beta2", "workloads"),  # Kueue's, for jobs with a queueName
     api.KIND: (f"/apis/{api.API_VERSION}", api.PLURAL),
 }
 

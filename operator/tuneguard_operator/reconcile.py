@@ -142,9 +142,11 @@ class Reconciler:
                             "waiting for it to be garbage-collected")
         issues = self._pod_issues(ftj, job) if ftj is not None else None
         terminating = self._terminating(ftj, job) if ftj is not None else ()
-        plan = decide(body, ftj, job, self.clock(), invalid=invalid, issues=issues, terminating=terminating)
+        workload = self._workload(ftj, job) if ftj is not None else None
+        plan = decide(body, ftj, job, self.clock(), invalid=invalid, issues=issues, terminating=terminating,
+                      workload=workload)
         try:
-            self._apply(body, ftj, job, plan)
+            self._apply(body, ftj, job, plan, workload)
         except Refused as e:
             return self._fail_refused(ftj, job, e)
         return plan.requeue_after
@@ -210,6 +212,25 @@ class Reconciler:
                                       deletion=parse_time(meta["deletionTimestamp"]),
                                       forced=meta.get("deletionGracePeriodSeconds") == 0))
         return tuple(out)
+
+    def _workload(self, ftj: api.FineTuneJob, job: dict | None) -> dict | None:
+        """Kueue's Workload of the worker Job (Kueue labels it with the Job's uid), for a job with a queueName."""
+        if job is None or not ftj.spec.resources.queue_name:
+            return None
+        try:
+            found = self.kube.list(path("Workload", ftj.metadata.namespace),
+                                   f"kueue.x-k8s.io/job-uid={job['metadata']['uid']}")
+        except ApiError as e:
+            if e.status == 404:  # no Workload kind: Kueue is not installed
+                if "kueue" not in self._warned:
+                    self._warned.add("kueue")
+                    log.warning("spec.resources.queueName is set but this cluster has no Kueue (no Workload kind): "
+                                "the job waits in Queued until Kueue is installed")
+                return None
+            self._forbidden(e, "list workloads.kueue.x-k8s.io", "queued jobs do not say why, and suspending one "
+                                                                 "cannot deactivate its Workload")
+            return None
+        return found[0] if found else None
 
     def _forbidden(self, e: ApiError, what: str, without: str) -> None:
         """A 403 on a read that only adds diagnostics or repairs: say once what is lost without the grant (the job
@@ -304,7 +325,8 @@ class Reconciler:
         return have
 
     # ------------------------------------------------------------------------------------- apply
-    def _apply(self, body: dict, ftj: api.FineTuneJob | None, job: dict | None, plan: Plan) -> None:
+    def _apply(self, body: dict, ftj: api.FineTuneJob | None, job: dict | None, plan: Plan,
+               workload: dict | None = None) -> None:
         meta = body["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         old = body.get("status") or {}
@@ -339,6 +361,10 @@ class Reconciler:
             # overlaps the old one (same hostnames, same GPUs).
             self.kube.delete(jp, propagation="Foreground", uid=job["metadata"]["uid"])
             log.info("deleting worker Job %s/%s", ns, render.worker_job_name(name), extra={"job": name})
+        elif plan.job_action in ("deactivate", "activate") and workload is not None:
+            wl = workload["metadata"]["name"]
+            self.kube.patch(path("Workload", ns, wl), {"spec": {"active": plan.job_action == "activate"}})
+            log.info("%s Kueue workload %s/%s", plan.job_action, ns, wl, extra={"job": name})
         elif plan.job_action in ("suspend", "resume") and job is not None:
             self.kube.patch(jp, {"spec": {"suspend": plan.job_action == "suspend"}})
             log.info("%s worker Job %s/%s", plan.job_action, ns, render.worker_job_name(name), extra={"job": name})

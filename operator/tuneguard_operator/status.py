@@ -30,7 +30,7 @@ from .policies.observed import (FAILED, RESTARTING, RUNNING, SUCCEEDED, SUSPENDE
 from .policies.observed import rfc3339  # noqa: F401  (reconcile and the tests take it from here)
 
 # Status fields the operator owns; status.training belongs to the trainer and is never written here.
-WARNING_REASONS = {"WorkerFailed", "WorkerDisrupted", "PodForceDeleted", "BackoffLimitExceeded", "DeadlineExceeded", "InvalidSpec", "GuardrailBreached"}
+WARNING_REASONS = {"WorkerFailed", "WorkerDisrupted", "PodForceDeleted", "Preempted", "BackoffLimitExceeded", "DeadlineExceeded", "InvalidSpec", "GuardrailBreached"}
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Event:
 @dataclass
 class Plan:
     status: dict  # every operator-owned status field, wire names (status.training is the trainer's)
-    job_action: Optional[str] = None  # create | delete | suspend | resume
+    job_action: Optional[str] = None  # create | delete | suspend | resume; deactivate | activate (Kueue's Workload)
     force_delete: list[TerminatingPod] = field(default_factory=list)  # pods stuck on a lost node
     delete_self: bool = False
     events: list[Event] = field(default_factory=list)
@@ -177,14 +177,15 @@ def _breached(conds: list[dict]) -> bool:
 
 def decide(body: dict, ftj: api.FineTuneJob | None, job: dict | None, now: datetime,
            invalid: str | None = None, issues: list[str] | None = None,
-           terminating: tuple[TerminatingPod, ...] = ()) -> Plan:
+           terminating: tuple[TerminatingPod, ...] = (), workload: dict | None = None) -> Plan:
     """Plan the next step for one FineTuneJob. `ftj` is None (and `invalid` says why) when the stored
     object does not validate; `invalid` with `ftj` is a spec the API server refused a child of; `job` is the worker Job as observed, or None; `issues` says why
-    workers that exist are not ready (pod_issues); `terminating` lists its worker pods being deleted."""
+    workers that exist are not ready (pod_issues); `terminating` lists its worker pods being deleted; `workload`
+    is Kueue's Workload of the Job (queueName)."""
     gen = (body.get("metadata") or {}).get("generation")
     old = body.get("status") or {}
     training = old.get("training") or {}
-    seen = observe(body, ftj, job, now, issues, terminating)
+    seen = observe(body, ftj, job, now, issues, terminating, workload)
     verdict = terminal.invalid_spec(seen, invalid) if ftj is None or invalid is not None else verdict_for(seen)
 
     old_conditions = old.get("conditions") or []

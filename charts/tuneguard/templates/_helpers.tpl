@@ -105,6 +105,9 @@ No secrets, no nodes, no pod writes, nothing cluster-scoped in namespaced mode.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "delete"]  # delete: force-deleting workers stuck on a lost node (runPolicy.forceDeleteAfterSeconds)
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["list", "patch"]  # a queued job's reason, and runPolicy.suspend as Kueue's workload deactivation
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

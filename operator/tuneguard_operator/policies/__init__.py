@@ -10,7 +10,7 @@ therefore assume that the ones before it declined (returned None), and the last 
   group.clear_stale       a Job of an earlier attempt: delete it and wait
   group.restart_failed    the current Job failed: restart the group or give up
   lost_node.restart_stuck a worker stuck Terminating on a lost node: restart the group (a disruption)
-  suspend.suspend_or_queue  runPolicy.suspend, a resume, or waiting for Kueue
+  suspend.suspend_or_queue  runPolicy.suspend, a resume, or (kueue.py) Kueue's admission
   workers.running         the workers start or run
 
 Then ttl.after_finished and deadline.requeue adjust when to look again. Everything a policy reads

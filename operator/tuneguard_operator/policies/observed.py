@@ -66,7 +66,7 @@ class Verdict:
     restarts: int
     start: Optional[str]  # status.startTime, the deadline clock
     completion: Optional[str]  # status.completionTime, the TTL clock
-    action: Optional[str] = None  # on the worker Job: create | delete | suspend | resume
+    action: Optional[str] = None  # on the worker Job: create | delete | suspend | resume; on its Kueue Workload: deactivate | activate
     requeue: Optional[float] = None  # seconds until the next look
     delete_self: bool = False  # the TTL ran out: delete the FineTuneJob
     announce: bool = False  # post the Event even though the phase stays the same
@@ -85,6 +85,7 @@ class Observed:
     job: Optional[dict] = None  # the worker Job, as the API server has it
     issues: Optional[list[str]] = None  # why existing workers are not ready (status.pod_issues)
     terminating: tuple["TerminatingPod", ...] = ()  # the worker pods being deleted, with their nodes' state
+    workload: Optional[dict] = None  # Kueue's Workload of the worker Job (queueName set), when it exists
     # What the operator wrote to status last time.
     last_phase: Optional[str] = None
     last_reason: Optional[str] = None
@@ -124,7 +125,8 @@ class Observed:
 
 
 def observe(body: dict, ftj: api.FineTuneJob | None, job: dict | None, now: datetime,
-            issues: list[str] | None = None, terminating: tuple["TerminatingPod", ...] = ()) -> Observed:
+            issues: list[str] | None = None, terminating: tuple["TerminatingPod", ...] = (),
+            workload: dict | None = None) -> Observed:
     old = body.get("status") or {}
     spec = ftj.spec if ftj is not None else None
     return Observed(
@@ -135,6 +137,7 @@ def observe(body: dict, ftj: api.FineTuneJob | None, job: dict | None, now: date
         job=job,
         issues=issues,
         terminating=terminating,
+        workload=workload,
         last_phase=old.get("phase"),
         last_reason=old.get("reason"),
         last_message=old.get("message") or "",

@@ -6,7 +6,7 @@ import pytest
 
 from tuneguard import api
 from tuneguard_operator import render
-from tuneguard_operator.policies import deadline, group, lost_node, success, suspend, terminal, ttl, workers
+from tuneguard_operator.policies import deadline, group, kueue, lost_node, success, suspend, terminal, ttl, workers
 from tuneguard_operator.policies.lost_node import TerminatingPod
 from tuneguard_operator.policies.observed import POLL_SECONDS, STUCK_POLL_SECONDS, Observed, Verdict, rfc3339
 
@@ -309,3 +309,32 @@ def test_force_deletes_fall_due_past_the_grace_period():
     assert [p.deletion for p in lost_node.overdue(pods, 60, T0)] == [pods[1].deletion]
     assert lost_node.next_due(pods, 60, T0) == 50.0
     assert lost_node.overdue(pods, 0, T0) == list(pods[:2])
+
+
+def workload(active=True, **conditions):
+    """Kueue's Workload: conditions as type=(status, reason, message)."""
+    return {"metadata": {"name": "job-facts-sft-worker-1a2b3"}, "spec": {"active": active},
+            "status": {"conditions": [{"type": t, "status": st, "reason": r, "message": m}
+                                      for t, (st, r, m) in conditions.items()]}}
+
+
+@pytest.mark.parametrize("suspended, job_suspended, wl, expected, message", [
+    # runPolicy.suspend: Kueue's own way to stop a job, never the Job's spec.suspend (Kueue would undo it)
+    (True, False, workload(), ("Suspended", "Suspended", "deactivate"), "deactivating Kueue's workload"),
+    (True, True, workload(active=False), ("Suspended", "Suspended", None), "is inactive; Kueue is stopping 2 workers"),
+    (True, True, None, ("Suspended", "Suspended", None), "waiting for Kueue's workload"),
+    (False, True, workload(active=False), ("Pending", "Resumed", "activate"), "activating Kueue's workload"),
+    (False, True, workload(QuotaReserved=("False", "Pending", "insufficient unused quota for nvidia.com/gpu, 8 more needed")),
+     ("Pending", "Queued", None), "(queue team): insufficient unused quota for nvidia.com/gpu, 8 more needed"),
+    (False, True, workload(Evicted=("True", "Preempted", "Preempted to accommodate a higher priority Workload")),
+     ("Pending", "Preempted", None), "preempted by Kueue (Preempted to accommodate a higher priority Workload)"),
+    (False, True, workload(Evicted=("True", "PodsReadyTimeout", "not all pods ready")),
+     ("Pending", "Requeued", None), "evicted by Kueue, PodsReadyTimeout"),
+    (False, False, workload(Admitted=("True", "Admitted", "")), None, None),  # admitted: the workers run
+])
+def test_under_kueue_the_operator_never_writes_the_jobs_suspend(suspended, job_suspended, wl, expected, message):
+    seen = observed({"suspend": suspended}, job=worker_job(suspended=job_suspended), queue="team", workload=wl)
+    answer = suspend.suspend_or_queue(seen)
+    assert brief(answer) == expected
+    assert answer is None or message in answer.message
+    assert answer is None or answer.action not in ("suspend", "resume")
