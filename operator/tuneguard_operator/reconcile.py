@@ -214,8 +214,11 @@ class Reconciler:
         return tuple(out)
 
     def _workload(self, ftj: api.FineTuneJob, job: dict | None) -> dict | None:
-        """Kueue's Workload of the worker Job (Kueue labels it with the Job's uid), for a job with a queueName."""
+        """Kueue's Workload of the worker Job (Kueue labels it with the Job's uid), for a job with a queueName whose
+        Job is suspended (waiting, evicted) or is to be: an admitted, running job needs no look at it."""
         if job is None or not ftj.spec.resources.queue_name:
+            return None
+        if not ((job.get("spec") or {}).get("suspend") or ftj.spec.run_policy.suspend):
             return None
         try:
             found = self.kube.list(path("Workload", ftj.metadata.namespace),
