@@ -665,7 +665,7 @@ def shift_gaps(run: dict) -> dict:
 
 
 def shift_section(result: dict) -> list[str]:
-    """Robustness gaps (accuracy asked as trained minus asked shifted, same facts) per row and shift over the
+    """Robustness gaps (accuracy asked unshifted (as the probe asks it) minus asked shifted, same facts) per row and shift over the
     evaluations, mean over seeds: does a method's gap grow as it learns new facts?"""
     rows, steps = [], set()
     per: dict = {}
@@ -685,7 +685,7 @@ def shift_section(result: dict) -> list[str]:
     decoding = next((r.get("evaluation", {}).get("decoding") for by in result["runs"].values() for r in by.values()
                      if (r.get("evaluation") or {}).get("decoding")), None) or {}
     return ["", "## Shift tests: robustness gap over steps", "",
-            "Accuracy asked as trained minus asked shifted, on the same facts (points; mean over seeds): the known "
+            "Accuracy asked unshifted (as the probes ask it) minus asked shifted, on the same facts (points; mean over seeds): the known "
             "probe's and the new facts' first "
             f"{decoding.get('shift_probe_size', '?')} facts asked as a paraphrase (another template of the relation), "
             "with seeded noise (a typo, lower case or extra words) and in the other prompt format (zero-shot: the "

@@ -512,7 +512,7 @@ class GuardrailSpec(ApiModel):
     max_drift_kl: Optional[float] = Field(None, gt=0.0, description="Largest allowed drift KL (nats/token).")
     max_robustness_gap_increase: Optional[float] = Field(
         None, ge=0.0, le=1.0,
-        description="Largest allowed rise of the known probe's robustness gap (accuracy asked as trained minus asked "
+        description="Largest allowed rise of the known probe's robustness gap (accuracy asked unshifted minus asked "
         "shifted, spec.evaluation.shifts) over the reference model's, at any shift (absolute, 0.1 = 10 points).")
     action: Literal["warn", "stop", "rollback"] = Field(
         "warn",
@@ -756,7 +756,7 @@ class TrainingStatus(ApiModel):
         None, description="Accuracy on each of spec.evaluation.sets at the latest evaluation.")
     robustness_gap: Optional[dict[str, float]] = Field(
         None, description="The known probe's robustness gap per shift (spec.evaluation.shifts) at the latest "
-        "evaluation: accuracy asked as trained minus asked shifted, on the same facts.")
+        "evaluation: accuracy asked unshifted (as the probe asks it) minus asked shifted, on the same facts.")
     plan: Optional[PlanSummary] = None
     best_checkpoint: Optional[CheckpointRef] = None
     guardrail: Optional[str] = Field(None, description="Last guardrail outcome, e.g. 'breached: stop at step 120'.")

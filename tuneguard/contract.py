@@ -66,7 +66,7 @@ TRAIN_LAST_STEP_TIMESTAMP = "tuneguard_train_last_step_timestamp_seconds"
 TRAIN_STAGE = "tuneguard_train_stage"  # gauge, extra label `stage`: 1 for the stage running now, 0 for the others
 TRIAGE_EXAMPLES = "tuneguard_triage_examples"  # gauge, extra label `category`
 EVAL_SET_ACCURACY = "tuneguard_eval_set_accuracy"  # gauge, extra labels `set` (spec.evaluation.sets) and `model`
-# spec.evaluation.shifts: accuracy when asked shifted, and the robustness gap (accuracy asked as trained minus asked
+# spec.evaluation.shifts: accuracy when asked shifted, and the robustness gap (accuracy asked unshifted minus asked
 # shifted, on the same facts); extra labels `shift`, `probe` (known | new) and `model`
 SHIFT_ACCURACY = "tuneguard_shift_accuracy"
 ROBUSTNESS_GAP = "tuneguard_robustness_gap"

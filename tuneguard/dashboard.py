@@ -157,7 +157,7 @@ def job_panels() -> list[Panel]:
         Panel("Robustness gap under shifts (known probe)",
               [Query(f"max by ({BY_JOB}, shift, model) ({c.ROBUSTNESS_GAP}{{{SEL},probe=\"known\"}})",
                      "{{job}} {{shift}} {{model}}")],
-              unit="percentunit", description="Known-probe accuracy asked as trained minus asked shifted (paraphrase, "
+              unit="percentunit", description="Known-probe accuracy asked unshifted minus asked shifted (paraphrase, "
                                               "seeded noise, the other prompt format), for the tuned model at every "
                                               "evaluation and for the reference: a growing gap is learning the form."),
         Panel("Leaked probe examples",

@@ -30,7 +30,8 @@ shared by a relation's questions and computed once. Training may use the same fo
 * ``eval_loss``: token-mean cross-entropy of the new facts' targets (answer + end-of-turn token).
 * shift tests (``shifts``; not figures of their own, in ``last_shifts``): the first ``shift_size`` known-probe
   facts and new facts asked as a paraphrase, with seeded noise and in the other prompt format (shifts.py), in
-  the same pass; per shift and probe the accuracy asked shifted, asked as trained (same facts) and the gap.
+  the same pass; per shift and probe the accuracy asked shifted, asked unshifted (the same facts as the probe
+  asks them) and the gap, unshifted minus shifted.
   ``decoding`` records the settings every evaluation uses (greedy, stop tokens, prompt), the same for every
   model.
 
@@ -135,7 +136,6 @@ class Evaluator:
         }
 
         # --- shift tests (shifts.py): the first shift_size known-probe facts and new facts, asked in shifted forms
-        self.shots = shots
         alt = FewShotExemplars(splits.train, 4, seed) if shots == 0 else None  # the format shift's few-shot
         self.shift_items: dict[str, dict[str, tuple[list[int], list[_Item]]]] = {}
         for shift in shifts:
@@ -429,7 +429,7 @@ class Evaluator:
                 cs, at = hc[at:at + len(its)], at + len(its)
                 acc = rate(cs, "correct")
                 same = rate([trained[i] for i in idx], "correct")
-                out[probe] = {"accuracy": acc, "trained_form_accuracy": same, "gap": gap(same, acc), "size": len(cs)}
+                out[probe] = {"accuracy": acc, "unshifted_accuracy": same, "gap": gap(same, acc), "size": len(cs)}
             self.last_shifts[shift] = out
         self.last_details = {
             "seconds": round(time.time() - t0, 3),

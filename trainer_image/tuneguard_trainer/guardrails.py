@@ -8,7 +8,7 @@ parsed at that moment keeps the previous budgets (logged), so a half-written upd
 - hallucination: ``hallucination_rate(tuned) - hallucination_rate(base) > maxHallucinationIncrease``
 - drift: ``drift_kl(tuned) > maxDriftKL``
 - robustness: at some shift, ``gap(tuned) - gap(reference) > maxRobustnessGapIncrease``, where gap is the known
-  probe's accuracy asked as trained minus asked shifted (shifts.py)
+  probe's accuracy asked unshifted minus asked shifted (shifts.py)
 
 Actions: ``warn`` records the breach and continues; ``stop`` ends training (the best checkpoint within
 budget stays the delivered model); ``rollback`` restores the best checkpoint within budget (the base

@@ -10,8 +10,10 @@ id, so every evaluation, and the base and the tuned model, see the same shifted 
   or extra words around it;
 * ``format``: the other prompt format: zero-shot when the probe is asked few-shot, few-shot when zero-shot.
 
-The robustness gap of a probe at a shift is its accuracy in the trained form minus its accuracy in the shifted
-form, on the same facts. The evaluator (evaluation.py) asks the shifted questions in the same pass as the rest.
+The robustness gap of a probe at a shift is its accuracy asked unshifted (as the probe asks it, the form the
+evaluation uses everywhere) minus its accuracy asked shifted, on the same facts. The evaluator (evaluation.py) asks
+the shifted questions in the same pass as the rest. (Training itself is zero-shot: for the new facts the format
+shift asks them in the very form they were trained in, and its gap can be negative.)
 """
 
 from __future__ import annotations
@@ -74,8 +76,8 @@ def shifted(shift: str, ex: QAExample, seed: int) -> Optional[QAExample]:
     raise ValueError(f"unknown shift {shift!r} (known: {', '.join(SHIFTS)})")
 
 
-def gap(trained: Optional[float], shifted_accuracy: Optional[float]) -> Optional[float]:
-    """Accuracy in the trained form minus in the shifted form (positive: the shift costs accuracy)."""
-    if trained is None or shifted_accuracy is None:
+def gap(unshifted: Optional[float], shifted_accuracy: Optional[float]) -> Optional[float]:
+    """Accuracy asked unshifted minus asked shifted (positive: the shift costs accuracy)."""
+    if unshifted is None or shifted_accuracy is None:
         return None
-    return trained - shifted_accuracy
+    return unshifted - shifted_accuracy

@@ -80,7 +80,7 @@ class Telemetry:
                            L + ["set", "model"], registry=r)
         self.g_shift = Gauge(contract.SHIFT_ACCURACY, "Accuracy asked in a shifted form (spec.evaluation.shifts).",
                              L + ["shift", "probe", "model"], registry=r)
-        self.g_gap = Gauge(contract.ROBUSTNESS_GAP, "Accuracy asked as trained minus asked shifted, same facts.",
+        self.g_gap = Gauge(contract.ROBUSTNESS_GAP, "Accuracy asked unshifted minus asked shifted, same facts.",
                            L + ["shift", "probe", "model"], registry=r)
         self.g_leak = Gauge(contract.LEAKAGE_EXAMPLES, "Leakage check: leaked probe examples (exact, near), "
                             "training duplicates, dropped probe examples.", L + ["kind"], registry=r)
