@@ -7,7 +7,7 @@ scheduler, etcd, kwok GPU nodes) runs one operator at a time, each in a fresh na
 pods each created the same way (16 client threads through the Python client's CustomObjectsApi):
 
 - ``tuneguard``: N FineTuneJobs with 2 workers (one Indexed Job of 2 pods each), `tuneguard operator` as
-  tests/e2e runs it (8 reconcile workers);
+  tests/e2e runs it (8 reconcile workers), and again with its watch cache off (``tuneguard-no-cache``);
 - ``kubeflow``: N PyTorchJobs with Master 1 + Worker 1, Kubeflow's `training-operator` v1.8.1 (built by
   scripts/build-control-plane.sh from its Go module, CRDs generated from its types) as its manifests deploy it
   (`--controller-threads 1`, the default), and again with `--controller-threads 8` to match ours.
@@ -382,6 +382,8 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=200)
     ap.add_argument("--threads", type=int, default=16, help="client threads creating the jobs")
     ap.add_argument("--kubeflow-threads", default="1,8", help="--controller-threads of Kubeflow's rounds")
+    ap.add_argument("--watch-cache", default="on,off",
+                    help="Tuneguard's rounds: with its watch cache (on), without (off: every reconcile GETs)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds to wait for a round's pods")
     ap.add_argument("--out", help="results directory (default $OUT or docs/results/)")
     ap.add_argument("--device", default="cpu", help="ignored (the operators never use an accelerator)")
@@ -407,13 +409,15 @@ def main(argv=None) -> int:
     rounds = []
     try:
         install_crd(cluster)
-        op = OperatorProcess(cluster, state)
-        op.start()
-        try:
-            rounds.append(one_round(cluster, plane.audit_log, "tuneguard", "tuneguard", op.proc.pid, args.jobs,
-                                    args.threads, args.timeout, log))
-        finally:
-            op.stop()
+        for cached in [v == "on" for v in args.watch_cache.split(",") if v]:
+            os.environ["TUNEGUARD_OPERATOR_WATCH_CACHE"] = "1" if cached else "0"  # OperatorProcess passes it on
+            op = OperatorProcess(cluster, state)
+            op.start()
+            try:
+                rounds.append(one_round(cluster, plane.audit_log, "tuneguard" if cached else "tuneguard-no-cache",
+                                        "tuneguard", op.proc.pid, args.jobs, args.threads, args.timeout, log))
+            finally:
+                op.stop()
         for threads in [int(t) for t in args.kubeflow_threads.split(",") if t]:
             kf = KubeflowOperator(cluster, kubeflow_bin, state, threads)
             kf.install(kubeflow_bin.parent / "crds")

@@ -97,7 +97,8 @@ def run_operator(namespaces: list[str], all_namespaces: bool, metrics_port: int,
     metrics = Metrics()
     metrics.serve(metrics_port)
     kube = Kube(load_client(connections=workers + 2))
-    controller = Controller(Reconciler(kube, metrics, cache=ObjectCache()), metrics, workers=workers)
+    cache = ObjectCache() if os.environ.get("TUNEGUARD_OPERATOR_WATCH_CACHE", "1") != "0" else None
+    controller = Controller(Reconciler(kube, metrics, cache=cache), metrics, workers=workers)
     registry = kopf.OperatorRegistry()
     register(registry, controller, cluster_wide=bool(all_namespaces))
     log.info("tuneguard operator starting", extra={
