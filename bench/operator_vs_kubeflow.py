@@ -43,7 +43,7 @@ if __package__ in (None, ""):
 
 from bench.common import REPO, machine_info, markdown_table, median, out_dir, percentile, write_result
 from bench.operator_scale import install_crd, new_namespace, proc_cpu_seconds
-from tests.cluster.processes import free_port
+from tests.cluster.processes import free_port, http_ok
 
 KUBEFLOW_NS = "kubeflow"
 KUBEFLOW_JOB_LABEL = "training.kubeflow.org/job-name"
@@ -140,13 +140,7 @@ class KubeflowOperator:
                 (KUBEFLOW_CERT_DIR / name).write_bytes(base64.b64decode(data[name]))
 
     def _ready(self) -> bool:
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return http_ok(f"http://127.0.0.1:{self.health_port}/readyz")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -12,14 +12,13 @@ import base64
 import json
 import shutil
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
 
 from .binaries import control_plane_binaries
 from .pki import Pki
-from .processes import ProcessGroup, free_port
+from .processes import ProcessGroup, free_port, http_ok
 
 GROUPS = {"batch", "kueue.x-k8s.io"}  # the webhooks of the batch/job integration and of Kueue's own kinds
 # Without its internal certificate management Kueue reads its metrics server's certificate from this fixed path
@@ -99,11 +98,7 @@ class Kueue:
         self.cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
 
     def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return http_ok(f"http://127.0.0.1:{self.health_port}/readyz")
 
     def log_tail(self, lines: int = 40) -> str:
         return self.group.processes[0].log_tail(lines) if self.group.processes else "(not started)"

@@ -92,5 +92,5 @@ def test_workers_on_a_lost_node_are_force_deleted_and_the_group_restarts_elsewhe
             cluster.finish_pod(ns, pod["metadata"]["name"], exit_code=0)
         st = kc.wait_phase("lost", ns, "Succeeded", 60)
         assert (st["restarts"], st["disruptions"]) == (0, 1)
-    finally:
-        kc("delete", "node", dead, spare, "--ignore-not-found", "--wait=false")
+    finally:  # waited for: a GPU node left behind would take the next tests' pods
+        kc("delete", "node", dead, spare, "--ignore-not-found", "--timeout=60s", check=False, timeout=90)
