@@ -133,8 +133,9 @@ def test_kueue_queues_preempts_and_never_fights_the_operator(kueue, operator, kc
             cluster.finish_pod(ns, pod["metadata"]["name"], exit_code=0)
         st = kc.wait_phase("second", ns, "Succeeded", 60)
         assert (st["restarts"], st["disruptions"]) == (0, 0)
-    finally:
-        kc("delete", "ftj", "--all", "-n", ns, "--wait=false", check=False)
+    finally:  # waited for: workers left Terminating would hold the GPUs the next tests' pods need
+        kc("delete", "ftj", "--all", "-n", ns, "--timeout=120s", check=False, timeout=150)
+        wait_for("the jobs' pods to go", lambda: not kc.get("pods", "-n", ns)["items"], 120)
         for kind, name in (("clusterqueue", f"gpus-{ns}"), ("resourceflavor", f"gpu-{ns}"),
                            ("priorityclass", f"urgent-{ns}")):
             kc("delete", kind, name, "--ignore-not-found", "--wait=false", check=False)
