@@ -6,7 +6,7 @@ control plane; a ClusterQueue with an nvidia.com/gpu quota of one 8-GPU kwok nod
 - a higher-priority job preempts a running one, which the operator reports as a preemption (Pending/Preempted, a
   Warning), not a failure: no restart counted, and it runs again when readmitted;
 - runPolicy.suspend deactivates Kueue's Workload instead of writing the Job's spec.suspend, so the two never
-  fight: a watch counts every flip of the Job's spec.suspend.
+  fight: the Job's spec.suspend, polled every 0.1 s, flips once per admission and eviction.
 
 Skipped when Kueue is not built (scripts/build-control-plane.sh kueue; make test builds it)."""
 
@@ -61,7 +61,8 @@ def gpu_job(name: str, priority: str | None = None) -> dict:
 
 
 class SuspendFlips(threading.Thread):
-    """Every value of a worker Job's spec.suspend, in the order a watch sees them (repeats folded)."""
+    """Every value of a worker Job's spec.suspend, polled every 0.1 s (repeats folded; a flip and its undo
+    inside one poll would be missed)."""
 
     def __init__(self, kc, ns: str, job: str):
         super().__init__(daemon=True)
