@@ -84,7 +84,25 @@ def fresh_namespace(cluster):
     try:
         yield name
     finally:
+        _delete_workloads(cluster, name)
         cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def _delete_workloads(cluster, ns: str, timeout: float = 90) -> None:
+    """Deletes a namespace's FineTuneJobs and Jobs and waits (bounded) for their pods to go. Deleting the
+    namespace alone leaves kwok's pods of podFailurePolicy Jobs Terminating for minutes (they never turn
+    terminal, so the Job controller keeps its finalizer), holding the GPUs that later tests need."""
+    def pods() -> list[str]:  # those a finalizer can hold (the Job controller's); bare pods go with the namespace
+        out = cluster.kubectl("get", "pods", "-n", ns, "-o", "jsonpath={.items[*].metadata.finalizers}",
+                              check=False).stdout
+        return out.split()
+    if not pods():
+        return
+    for kind in ("finetunejobs", "jobs"):
+        cluster.kubectl("delete", kind, "--all", "-n", ns, "--wait=false", check=False)
+    deadline = time.monotonic() + timeout
+    while pods() and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 @pytest.fixture

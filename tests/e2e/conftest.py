@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from .harness import Kubectl, OperatorProcess
+import time
+
+from .harness import Kubectl, OperatorProcess, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -22,3 +24,15 @@ def operator(cluster, crd_installed, tmp_path_factory, request):
     op.stop()
     if request.session.testsfailed:
         print(f"\n--- operator log (last lines) ---\n{op.tail(80)}")
+
+
+@pytest.fixture
+def gpus_free(kc):
+    """For a test that needs whole GPU nodes: waits until no pod holds a GPU. Earlier tests delete their
+    namespaces without waiting, and the kwok pods in them can stay Terminating (Job finalizers) for a
+    while under load; the holders are named if they never go."""
+    t0, first = time.monotonic(), kc.gpu_holders()
+    wait_for("no pod to hold GPUs", lambda: not kc.gpu_holders(), 180, interval=1.0,
+             describe=lambda: "; ".join(kc.gpu_holders()))
+    if first:
+        print(f"waited {time.monotonic() - t0:.0f}s for GPUs held by: {'; '.join(first)}")

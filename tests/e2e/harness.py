@@ -148,6 +148,19 @@ class Kubectl:
         return sorted(items, key=lambda p: p["metadata"]["annotations"].get(
             "batch.kubernetes.io/job-completion-index", ""))
 
+    def gpu_holders(self) -> list[str]:
+        """Every pod in the cluster that holds GPUs (bound, not ended; Terminating ones too), as
+        `ns/name on node (phase[, terminating])`: what keeps the next test's 8-GPU pods pending."""
+        held = []
+        for p in self.get("pods", "--all-namespaces")["items"]:
+            requests = [c.get("resources", {}).get("requests", {}) for c in p["spec"]["containers"]]
+            phase = p["status"].get("phase")
+            if p["spec"].get("nodeName") and phase not in ("Succeeded", "Failed") \
+                    and any(r.get("nvidia.com/gpu", "0") != "0" for r in requests):
+                gone = ", terminating" if p["metadata"].get("deletionTimestamp") else ""
+                held.append(f"{p['metadata']['namespace']}/{p['metadata']['name']} on {p['spec']['nodeName']} ({phase}{gone})")
+        return held
+
     def events(self, name: str, ns: str) -> list[dict]:
         items = self.get("events", "-n", ns, "--field-selector",
                          f"involvedObject.kind=FineTuneJob,involvedObject.name={name}")["items"]

@@ -85,7 +85,7 @@ class SuspendFlips(threading.Thread):
         return max(0, len(self.values) - 1)
 
 
-def test_kueue_queues_preempts_and_never_fights_the_operator(kueue, operator, kc, cluster, namespace):
+def test_kueue_queues_preempts_and_never_fights_the_operator(kueue, operator, kc, cluster, namespace, gpus_free):
     ns = namespace
     _queues(kc, ns)
     try:
@@ -134,9 +134,8 @@ def test_kueue_queues_preempts_and_never_fights_the_operator(kueue, operator, kc
             cluster.finish_pod(ns, pod["metadata"]["name"], exit_code=0)
         st = kc.wait_phase("second", ns, "Succeeded", 60)
         assert (st["restarts"], st["disruptions"]) == (0, 0)
-    finally:  # waited for: workers left Terminating would hold the GPUs the next tests' pods need
+    finally:
         kc("delete", "ftj", "--all", "-n", ns, "--timeout=120s", check=False, timeout=150)
-        wait_for("the jobs' pods to go", lambda: not kc.get("pods", "-n", ns)["items"], 120)
         for kind, name in (("clusterqueue", f"gpus-{ns}"), ("resourceflavor", f"gpu-{ns}"),
                            ("priorityclass", f"urgent-{ns}")):
             kc("delete", kind, name, "--ignore-not-found", "--wait=false", check=False)
