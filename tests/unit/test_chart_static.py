@@ -75,7 +75,7 @@ def test_dashboard_shows_every_figure_tuned_vs_base_and_the_fleet():
         assert contract.figure_metric(f) + "{" in exprs, f"no per-job panel for {f}"
         assert contract.job_figure_metric(f) + "{" in exprs, f"no fleet query for {f}"
     for metric in (contract.TRAIN_LOSS, contract.TRAIN_TOKENS_PER_SECOND, contract.OP_JOB_PHASE,
-                   contract.OP_JOB_RESTARTS, contract.OP_JOBS, contract.TRIAGE_EXAMPLES, contract.EVAL_SET_ACCURACY,
+                   contract.OP_JOB_RESTARTS, contract.TRIAGE_EXAMPLES, contract.EVAL_SET_ACCURACY,
                    contract.LEAKAGE_EXAMPLES):
         assert metric in exprs, metric
     assert "Hallucination rate: tuned, reference and base" in titles
