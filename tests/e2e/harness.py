@@ -148,6 +148,13 @@ class Kubectl:
         return sorted(items, key=lambda p: p["metadata"]["annotations"].get(
             "batch.kubernetes.io/job-completion-index", ""))
 
+    def printed_row(self, name: str, ns: str) -> dict[str, str]:
+        """`kubectl get ftj NAME` as {column: value}, sliced at the header's offsets (empty cells stay empty)."""
+        header, row = self("get", "ftj", name, "-n", ns).stdout.splitlines()[:2]
+        starts = [i for i, ch in enumerate(header) if ch != " " and (i == 0 or header[i - 1] == " ")]
+        bounds = list(zip(starts, starts[1:] + [None]))
+        return {header[a:b].strip(): row[a:b].strip() for a, b in bounds}
+
     def gpu_holders(self) -> list[str]:
         """Every pod in the cluster that holds GPUs (bound, not ended; Terminating ones too), as
         `ns/name on node (phase[, terminating])`: what keeps the next test's 8-GPU pods pending."""

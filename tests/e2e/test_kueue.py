@@ -1,17 +1,19 @@
 """Kueue admits FineTuneJobs for real (tests/cluster/kueue.py: Kueue's manager, CRDs and webhooks beside the test
-control plane; a ClusterQueue with an nvidia.com/gpu quota of one 8-GPU kwok node):
+control plane; a ClusterQueue with an nvidia.com/gpu quota of one 8-GPU kwok node, or of both):
 
 - a job beyond the quota waits, Pending/Queued, in Kueue's words and naming its queue, and is admitted when
   quota frees;
 - a higher-priority job preempts a running one, which the operator reports as a preemption (Pending/Preempted, a
   Warning), not a failure: no restart counted, and it runs again when readmitted;
 - runPolicy.suspend deactivates Kueue's Workload instead of writing the Job's spec.suspend, so the two never
-  fight: the Job's spec.suspend, polled every 0.1 s, flips once per admission and eviction.
+  fight: the Job's spec.suspend, polled every 0.1 s, flips once per admission and eviction;
+- three jobs on two nodes' quota: two run, the third waits Queued and runs when one of them ends.
 
 Skipped when Kueue is not built (scripts/build-control-plane.sh kueue; make test builds it)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -35,7 +37,10 @@ def kueue(cluster, crd_installed, tmp_path_factory):
     k.stop()
 
 
-def _queues(kc, ns: str) -> None:
+@contextlib.contextmanager
+def queues(kc, ns: str, gpus: int = GPUS):
+    """A ResourceFlavor, a ClusterQueue with `gpus` of nvidia.com/gpu quota for `ns`, its LocalQueue `team` and
+    a PriorityClass; the jobs and these are deleted afterwards."""
     kc.apply([
         {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": f"gpu-{ns}"}},
         {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue", "metadata": {"name": f"gpus-{ns}"},
@@ -44,12 +49,19 @@ def _queues(kc, ns: str) -> None:
                   "resourceGroups": [{"coveredResources": ["cpu", "memory", "nvidia.com/gpu"], "flavors": [
                       {"name": f"gpu-{ns}", "resources": [{"name": "cpu", "nominalQuota": "100"},
                                                           {"name": "memory", "nominalQuota": "1000Gi"},
-                                                          {"name": "nvidia.com/gpu", "nominalQuota": GPUS}]}]}]}},
+                                                          {"name": "nvidia.com/gpu", "nominalQuota": gpus}]}]}]}},
         {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue", "metadata": {"name": "team", "namespace": ns},
          "spec": {"clusterQueue": f"gpus-{ns}"}},
         {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": f"urgent-{ns}"},
          "value": 1000, "description": "test_kueue's higher priority"},
     ])
+    try:
+        yield
+    finally:
+        kc("delete", "ftj", "--all", "-n", ns, "--timeout=120s", check=False, timeout=150)
+        for kind, name in (("clusterqueue", f"gpus-{ns}"), ("resourceflavor", f"gpu-{ns}"),
+                           ("priorityclass", f"urgent-{ns}")):
+            kc("delete", kind, name, "--ignore-not-found", "--wait=false", check=False)
 
 
 def gpu_job(name: str, priority: str | None = None) -> dict:
@@ -87,8 +99,7 @@ class SuspendFlips(threading.Thread):
 
 def test_kueue_queues_preempts_and_never_fights_the_operator(kueue, operator, kc, cluster, namespace, gpus_free):
     ns = namespace
-    _queues(kc, ns)
-    try:
+    with queues(kc, ns):
         kc.apply(gpu_job("first"), ns)
         kc.wait_phase("first", ns, "Running", 90)
         kc.apply(gpu_job("second"), ns)
@@ -134,8 +145,27 @@ def test_kueue_queues_preempts_and_never_fights_the_operator(kueue, operator, kc
             cluster.finish_pod(ns, pod["metadata"]["name"], exit_code=0)
         st = kc.wait_phase("second", ns, "Succeeded", 60)
         assert (st["restarts"], st["disruptions"]) == (0, 0)
-    finally:
-        kc("delete", "ftj", "--all", "-n", ns, "--timeout=120s", check=False, timeout=150)
-        for kind, name in (("clusterqueue", f"gpus-{ns}"), ("resourceflavor", f"gpu-{ns}"),
-                           ("priorityclass", f"urgent-{ns}")):
-            kc("delete", kind, name, "--ignore-not-found", "--wait=false", check=False)
+
+
+def test_three_jobs_share_two_nodes_quota_in_order(kueue, operator, kc, cluster, namespace, gpus_free):
+    """Three 8-GPU jobs on a ClusterQueue with both kwok nodes' 16 GPUs: two run, the third waits Queued (what
+    `kubectl get ftj` shows is printed) and runs when one of the two ends."""
+    ns = namespace
+    with queues(kc, ns, gpus=2 * GPUS):
+        for name in ("a", "b"):  # one at a time: Kueue orders its queue by creation time (1 s resolution)
+            kc.apply(gpu_job(name), ns)
+            kc.wait_phase(name, ns, "Running", 90)
+        kc.apply(gpu_job("c"), ns)
+        kc.wait_phase("c", ns, "Pending", 60, reason="Queued")
+        table = kc("get", "ftj", "-n", ns).stdout
+        print(f"\n{table}")
+        phases = {j["metadata"]["name"]: (j["status"]["phase"], j["status"].get("reason"))
+                  for j in kc.get("ftj", "-n", ns)["items"]}
+        assert phases == {"a": ("Running", "WorkersReady"), "b": ("Running", "WorkersReady"), "c": ("Pending", "Queued")}, phases
+        row = kc.printed_row("c", ns)
+        assert (row["PHASE"], row["REASON"]) == ("Pending", "Queued"), table  # the story, without -o wide
+        for pod in kc.pods("a", ns, running=True):
+            cluster.finish_pod(ns, pod["metadata"]["name"], exit_code=0)
+        kc.wait_phase("a", ns, "Succeeded", 60)
+        kc.wait_phase("c", ns, "Running", 90)
+        print(kc("get", "ftj", "-n", ns).stdout)

@@ -42,14 +42,6 @@ def start(kc, ns: str, doc: dict, timeout: float = 60) -> dict:
     return kc.ftj(name, ns)
 
 
-def printed_row(kc, name: str, ns: str) -> dict[str, str]:
-    """`kubectl get ftj NAME` as {column: value}, sliced at the header's offsets (empty cells stay empty)."""
-    header, row = kc("get", "ftj", name, "-n", ns).stdout.splitlines()[:2]
-    starts = [i for i, ch in enumerate(header) if ch != " " and (i == 0 or header[i - 1] == " ")]
-    bounds = list(zip(starts, starts[1:] + [None]))
-    return {header[a:b].strip(): row[a:b].strip() for a, b in bounds}
-
-
 def reasons(kc, name: str, ns: str) -> list[str]:
     return [e["reason"] for e in kc.events(name, ns)]
 
@@ -132,7 +124,7 @@ def test_multinode_example_runs_on_gpu_nodes(operator, kc, ml_team):
         assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
         assert pod["spec"]["serviceAccountName"] == "facts-sft-trainer"
 
-    cols = printed_row(kc, "facts-sft", ns)
+    cols = kc.printed_row("facts-sft", ns)
     assert (cols["METHOD"], cols["WORKERS"], cols["PHASE"]) == ("sft", "2", "Running"), cols
 
     ftj = kc.ftj("facts-sft", ns)
@@ -366,7 +358,7 @@ def test_job_service_account_patches_only_its_own_status(operator, kc, namespace
     assert spec.returncode != 0 and "forbidden" in spec.stderr.lower(), spec.stderr
 
     # The printer columns show the trainer's figures; the operator mirrors them into /metrics.
-    row = printed_row(kc, "alpha", ns)
+    row = kc.printed_row("alpha", ns)
     assert (row["PROGRESS"], row["HALLUC"], row["DRIFT-KL"], row["KNOWN-ACC"]) == ("50%", "0.07", "0.2", ""), row
     wait_for("the mirrored hallucination gauge", lambda: 'tuneguard_job_hallucination_rate{job="alpha",'
              f'method="self-distill",namespace="{ns}"}} 0.07' in operator.metrics())
