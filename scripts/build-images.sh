@@ -84,6 +84,15 @@ export_archive() {  # export_archive <name> <ref>: docker-archive, one per image
   echo "$name.archive=$file"
 }
 
+# Older builds of the same image (and flavor) go, so the store holds one of each. The untagged layer cache
+# stays: `rmi --prune` would take the current build's cache too, and the next build would reinstall torch.
+prune_older() {  # prune_older <ref>
+  local name="${1%:*}" tag="${1##*:}" flavor=""
+  case "$tag" in *-*) flavor="${tag%-*}-" ;; esac
+  "${B[@]}" images --format '{{.Name}}:{{.Tag}}' | grep "^$name:$flavor" | grep -vxF "$1" \
+    | xargs -r "${B[@]}" rmi >/dev/null 2>&1 || true
+}
+
 publish() {  # publish <name> <ref>: the archive and the push the options ask for
   local name="$1" ref="$2"
   [ $archive = 0 ] || export_archive "$name" "$ref"
@@ -151,7 +160,7 @@ build_operator() {
   base=$(ensure_base)
   key=$( { echo "$base"; hash_tree Dockerfile .dockerignore pyproject.toml constraints.txt tuneguard operator; } | hash_text)
   ref="$repo/operator:$key"
-  have_image "$ref" || timed "$ref" bud "$ref" Dockerfile --build-arg "PYTHON_IMAGE=$base"
+  have_image "$ref" || { timed "$ref" bud "$ref" Dockerfile --build-arg "PYTHON_IMAGE=$base" && prune_older "$ref"; }
   echo "operator=$ref"
   publish operator "$ref"
 }
@@ -174,6 +183,7 @@ build_trainer() {
     else
       timed "$ref" bud "$ref" trainer_image/Dockerfile "${args[@]}"
     fi
+    prune_older "$ref"
   fi
   echo "trainer-$flavor=$ref"
   publish "trainer-$flavor" "$ref"

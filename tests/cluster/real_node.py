@@ -506,12 +506,25 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         """Imports the docker-archives of `names` (refs as build_images returns them: name -> reference,
         name.archive -> file) that containerd does not hold yet."""
         present = set(self.ctr("images", "ls", "-q").stdout.split())
+        imported = False
         for name in names:
             if refs[name] in present:
                 continue
             started = time.monotonic()
             self.ctr("images", "import", refs[f"{name}.archive"], timeout=1800)
             print(f"real node: imported {refs[name]} in {time.monotonic() - started:.0f} s", flush=True)
+            imported = True
+        if imported:
+            self._remove_older_builds([refs[n] for n in names])
+
+    def _remove_older_builds(self, current: list[str]) -> None:
+        """Older builds of the current images go, with the image-ID refs the kubelet's CRI keeps beside their
+        names: each trainer build holds ~13 GB here (layers and their unpacked snapshots), and a filling disk
+        lets the kubelet's image GC choose what to drop (once the pause image)."""
+        target = dict(line.split()[::2][:2] for line in self.ctr("images", "ls").stdout.splitlines()[1:])
+        stale = older_builds(target, current)
+        if stale:
+            self.ctr("images", "rm", "--sync", *sorted(stale), check=False, timeout=300)
 
     # ------------------------------------------------------------------------------------ stop
     def drain(self, admin_kubeconfig: Path, timeout: float = 60) -> None:
@@ -546,3 +559,17 @@ def build_images(*names: str) -> dict[str, str]:
     if done.returncode != 0:
         raise RuntimeError(f"scripts/build-images.sh {' '.join(names)} failed (exit {done.returncode})")
     return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+
+
+def older_builds(target: dict[str, str], current: list[str]) -> set[str]:
+    """Refs to remove from `ctr images ls` (ref -> manifest digest): other builds of the current images, and
+    the image-ID refs (sha256:...) no remaining name points at."""
+    stale = {r for r in target if any(_same_image(r, c) and r != c for c in current)}
+    kept = {d for r, d in target.items() if not r.startswith("sha256:") and r not in stale}
+    return stale | {r for r, d in target.items() if r.startswith("sha256:") and d not in kept}
+
+
+def _same_image(a: str, b: str) -> bool:
+    """Same repository and tag flavor (trainer:cpu-<key> and trainer:cpu-<other key>; operator:<key>)."""
+    (ra, _, ta), (rb, _, tb) = a.rpartition(":"), b.rpartition(":")
+    return ra == rb and ta.rpartition("-")[0] == tb.rpartition("-")[0]

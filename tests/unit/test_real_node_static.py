@@ -57,3 +57,17 @@ def test_build_scripts_parse():
     for script in ("build-images.sh", "build-control-plane.sh", "ensure-node-packages.sh", "ensure-prometheus.sh",
                    "apt-install-quiet.sh"):
         subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)], check=True)
+
+
+def test_older_builds_go_with_their_image_id_refs_and_nothing_current_does():
+    listing = {  # `ctr images ls`: ref -> manifest digest, as the node held it after an import
+        "localhost/tuneguard/operator:new": "sha256:op2", "sha256:opid2": "sha256:op2",
+        "localhost/tuneguard/operator:old": "sha256:op1", "sha256:opid1": "sha256:op1",
+        "localhost/tuneguard/trainer:cpu-new": "sha256:tr2", "sha256:trid2": "sha256:tr2",
+        "sha256:trid1": "sha256:tr1",  # an earlier build whose name is already gone
+        "localhost/tuneguard/trainer:cuda-x": "sha256:cu", "localhost/tuneguard/pause:p": "sha256:pa",
+        "sha256:paid": "sha256:pa",
+    }
+    current = ["localhost/tuneguard/operator:new", "localhost/tuneguard/trainer:cpu-new"]
+    assert real_node.older_builds(listing, current) == {"localhost/tuneguard/operator:old", "sha256:opid1",
+                                                        "sha256:trid1"}
