@@ -12,13 +12,15 @@ quickstart:
 	@venv=$(VENV); "$$venv/bin/tuneguard" run examples/quickstart.yaml --out runs/quickstart
 
 ## The whole test suite: unit tests, then the real control plane (built once and cached) and end-to-end tests.
-## As root, the whole suite also builds both images for the real-pod test: in the background, beside the
-## control-plane build and the other tests (the test waits on the build's lock; nothing to do when cached).
+## As root, the whole suite also builds what only the real-pod test needs (both images, then the Prometheus
+## Operator and a Prometheus with Kubernetes discovery) in the background, beside the control-plane build and the
+## other tests (the test waits on the builds' locks; nothing to do when cached).
 PREBUILD_IMAGES = [ -z "$(PYTEST_ARGS)" ] && [ "$$(id -u)" = 0 ] && [ "$${TUNEGUARD_REAL_NODE_E2E:-1}" != 0 ]
 test:
 	@venv=$(VENV); scripts/ensure-node-packages.sh >/dev/null && \
 	  if $(PREBUILD_IMAGES); then log=$${TUNEGUARD_CACHE:-$$HOME/.cache/tuneguard}/images/prebuild.log && \
-	    mkdir -p "$${log%/*}" && (scripts/build-images.sh --archive operator trainer-cpu >"$$log" 2>&1 &) fi && \
+	    mkdir -p "$${log%/*}" && ( (scripts/build-images.sh --archive operator trainer-cpu && \
+	      scripts/build-control-plane.sh prometheus-operator prometheus) >"$$log" 2>&1 &) fi && \
 	  scripts/build-control-plane.sh >/dev/null && scripts/ensure-prometheus.sh >/dev/null && \
 	  "$$venv/bin/python" -m pytest $(PYTEST_ARGS)
 

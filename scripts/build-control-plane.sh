@@ -17,11 +17,15 @@ HELM_VERSION=v3.22.0    # helm.sh/helm/v3
 COREDNS_VERSION=v1.15.0 # github.com/coredns/coredns: the real test node's cluster DNS
 KUBEFLOW_VERSION=v1.8.1 # github.com/kubeflow/training-operator: bench/operator_scale.py's anchor, not in `all`
 KUEUE_VERSION=v0.17.0   # sigs.k8s.io/kueue: admits the worker Jobs in tests/e2e/test_kueue.py
+PROMETHEUS_VERSION=v3.5.0    # github.com/prometheus/prometheus (module v0.305.0): runs the generated config; Debian's lacks Kubernetes SD
+PROMETHEUS_OPERATOR_VERSION=v0.85.0  # github.com/prometheus-operator/prometheus-operator: turns the chart's monitors into scrape config
 CONTROLLER_GEN_VERSION=v0.18.0  # its Makefile pins v0.14.0, whose golang.org/x/tools no longer builds with Go 1.26
 
 cache=${TUNEGUARD_CACHE:-$HOME/.cache/tuneguard}
 bin_root="$cache/bin"
 all=(kube-apiserver kube-controller-manager kube-scheduler etcd kwok helm kubelet kube-proxy coredns kueue)
+# Not in `all`: training-operator (a benchmark's), and prometheus-operator and prometheus, which only the real-node
+# test uses (make test builds them in the background as root, beside the images).
 k8s_components=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 wanted=("$@")
 [ ${#wanted[@]} -gt 0 ] || wanted=("${all[@]}")
@@ -35,7 +39,9 @@ version_of() {
     helm) echo "$HELM_VERSION" ;;
     training-operator) echo "$KUBEFLOW_VERSION" ;;
     kueue) echo "$KUEUE_VERSION" ;;
-    *) echo "unknown component '$1' (known: ${all[*]} training-operator)" >&2; exit 2 ;;
+    prometheus-operator) echo "$PROMETHEUS_OPERATOR_VERSION" ;;
+    prometheus) echo "$PROMETHEUS_VERSION" ;;
+    *) echo "unknown component '$1' (known: ${all[*]} training-operator prometheus-operator prometheus)" >&2; exit 2 ;;
   esac
 }
 binary_of() { echo "$bin_root/$1-$(version_of "$1")/$1"; }
@@ -219,6 +225,44 @@ build_kueue() {
   rm -rf "$dest"; mv "$work/out" "$dest"
 }
 
+# The Prometheus Operator, with its CRDs (monitoring.coreos.com) beside it. Its go.mod replaces its API and
+# client modules with nested directories the module zip leaves out: built from a copy that takes both
+# modules, same version, from the proxy instead.
+build_prometheus_operator() {
+  local work="$tmp_root/prometheus-operator" src mod=github.com/prometheus-operator/prometheus-operator
+  local v="$PROMETHEUS_OPERATOR_VERSION"
+  mkdir -p "$work/out"
+  src=$(go mod download -json "$mod@$v" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [ -d "$src" ] || { echo "build-control-plane: cannot download prometheus-operator@$v" >&2; return 1; }
+  cp -r "$src" "$work/src" && chmod -R u+w "$work/src"
+  (cd "$work/src" && go mod edit -dropreplace="$mod/pkg/apis/monitoring" -dropreplace="$mod/pkg/client" && \
+   go build -mod=mod -ldflags "-X github.com/prometheus/common/version.Version=${v#v}" \
+     -o "$work/out/prometheus-operator" ./cmd/operator >&2)
+  cp -r "$src/example/prometheus-operator-crd" "$work/out/crds"
+  chmod -R u+w "$work/out"
+  local dest; dest="$(dirname "$(binary_of prometheus-operator)")"
+  rm -rf "$dest"; mv "$work/out" "$dest"
+}
+
+# Prometheus with one service-discovery plugin, Kubernetes (what the Prometheus Operator's configuration
+# uses), the way its plugins.yml / `make plugins` selects plugins for a custom build: the full set compiles
+# every cloud SDK. Its module versions are v0.<major*100+minor>.<patch>: v3.5.0 is v0.305.0. No web UI assets:
+# the tests use the HTTP API.
+build_prometheus() {
+  local work="$tmp_root/prometheus" src v="$PROMETHEUS_VERSION" major minor patch
+  IFS=. read -r major minor patch <<<"${v#v}"
+  mkdir -p "$work/out"
+  src=$(go mod download -json "github.com/prometheus/prometheus@v0.$((major * 100 + minor)).$patch" \
+        | sed -n 's/.*"Dir": "\(.*\)".*/\1/p') || true
+  [ -d "$src" ] || { echo "build-control-plane: cannot download prometheus $v" >&2; return 1; }
+  cp -r "$src" "$work/src" && chmod -R u+w "$work/src"
+  printf 'package plugins\n\nimport _ "github.com/prometheus/prometheus/discovery/kubernetes"\n' \
+    > "$work/src/plugins/plugins.go"
+  (cd "$work/src" && go build -ldflags "-X github.com/prometheus/common/version.Version=${v#v}" \
+     -o "$work/out/prometheus" ./cmd/prometheus >&2)
+  install_component "$work/out" prometheus
+}
+
 # Helm's Makefile stamps its version and the Kubernetes version its lint/template defaults assume.
 build_helm() {
   local work="$tmp_root/helm" gomod k8s_minor
@@ -243,6 +287,8 @@ case " $todo " in *" helm "*) timed "helm $HELM_VERSION" build_helm ;; esac
 case " $todo " in *" coredns "*) timed "coredns $COREDNS_VERSION" build_coredns ;; esac
 case " $todo " in *" training-operator "*) timed "training-operator $KUBEFLOW_VERSION" build_training_operator ;; esac
 case " $todo " in *" kueue "*) timed "kueue $KUEUE_VERSION" build_kueue ;; esac
+case " $todo " in *" prometheus "*) timed "prometheus $PROMETHEUS_VERSION" build_prometheus ;; esac
+case " $todo " in *" prometheus-operator "*) timed "prometheus-operator $PROMETHEUS_OPERATOR_VERSION" build_prometheus_operator ;; esac
 
 [ -z "$(missing)" ] || { echo "build-control-plane: still missing: $(missing | xargs)" >&2; exit 1; }
 print_paths

@@ -3,8 +3,9 @@ node (in-cluster config, the chart's ServiceAccount and security context), and a
 FineTuneJob of the bundled model runs in two pods of the CPU trainer image under the restricted
 security context: they find each other through the headless Service (cluster DNS), triage, train,
 evaluate, write report.json and the best model to the output PVC (a hostPath PV), rank 0 patches
-status.training with the job's own token, and a Prometheus scrapes the trainer by pod IP. Then the
-failure path: a worker's container is killed mid-training, the operator restarts the group and the new
+status.training with the job's own token. The chart's ServiceMonitor, PodMonitor and PrometheusRule go
+through the real Prometheus Operator, and a Prometheus run from the configuration it generated scrapes the
+operator pods and the trainer by pod IP and loads the alert rules. Then the failure path: a worker's container is killed mid-training, the operator restarts the group and the new
 pods resume from the checkpoint on the PVC. Last, a planOnly job: triage and advice, nothing trained.
 
 Both images come from scripts/build-images.sh (content-keyed, cached) and are imported into the node's
@@ -25,8 +26,10 @@ import yaml
 
 from tests.cluster.real_node import NODE_LABEL, NODE_NAME, POD_SUBNET, TAINT_KEY, VOLUMES_DIR, build_images
 from tests.chart_tools import CHART
+from tests.cluster.prometheus_operator import PrometheusOperator, local_config
 from tests.e2e.harness import wait_for
 from tests.prometheus.harness import Prometheus
+from tuneguard import alerts
 
 pytestmark = [pytest.mark.cluster, pytest.mark.real_node, pytest.mark.timeout(2400, func_only=True)]
 
@@ -43,6 +46,8 @@ FACTS = Path(__file__).resolve().parents[2] / "trainer_image" / "tuneguard_train
 TOLERATION = {"key": TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
 SELECTOR = {NODE_LABEL: "true"}
 RUN_AS = 1000  # tuneguard_operator.render.RUN_AS_USER
+PROMETHEUS = "platform"  # the Prometheus object the Prometheus Operator generates a configuration for
+MONITOR_LABELS = {"release": "kube-prometheus-stack"}  # what kube-prometheus-stack's Prometheus selects on
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +71,25 @@ def ns(cluster, crd_installed):
 
 
 @pytest.fixture(scope="module")
-def operator_release(cluster, ns, images, tmp_path_factory):
-    """`helm install` of the chart with the built operator image, watching `ns`, on the real node."""
+def prometheus_operator(cluster, tmp_path_factory):
+    po = PrometheusOperator(cluster, tmp_path_factory.mktemp("prometheus-operator")).start()
+    try:
+        yield po
+    finally:
+        po.stop()
+
+
+@pytest.fixture(scope="module")
+def operator_release(cluster, ns, images, prometheus_operator, tmp_path_factory):
+    """`helm install` of the chart with the built operator image, watching `ns`, on the real node; its monitors
+    labelled for the platform's Prometheus."""
     repo, tag = images["operator"].rsplit(":", 1)
     values = {
         "image": {"repository": repo, "tag": tag, "pullPolicy": "IfNotPresent"},
         "watch": {"clusterWide": False, "namespaces": [ns]},
         "operator": {"nodeSelector": SELECTOR, "tolerations": [TOLERATION], "logFormat": "plain"},
-        "monitoring": {"enabled": False},
+        "monitoring": {"enabled": True, "labels": MONITOR_LABELS,
+                       "serviceMonitor": {"interval": "2s"}, "podMonitor": {"interval": "2s"}},
     }
     path = tmp_path_factory.mktemp("helm") / "values.yaml"
     path.write_text(yaml.safe_dump(values))
@@ -85,6 +101,23 @@ def operator_release(cluster, ns, images, tmp_path_factory):
         logs = cluster.kubectl("logs", "-n", ns, "-l", "app.kubernetes.io/name=tuneguard", "--tail=60", check=False)
         print(f"\n--- operator pod log (last lines) ---\n{logs.stdout}{logs.stderr}")
         cluster.helm("uninstall", RELEASE, "--namespace", ns, check=False)
+
+
+@pytest.fixture(scope="module")
+def generated_prometheus(cluster, ns, operator_release, prometheus_operator, tmp_path_factory) -> dict:
+    """The configuration the Prometheus Operator generated from the chart's monitors for a Prometheus that
+    selects them as kube-prometheus-stack's does, ready to run on the host (see local_config)."""
+    selector = {"matchLabels": MONITOR_LABELS}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "Prometheus", "metadata": {"name": PROMETHEUS, "namespace": ns},
+        "spec": {"version": prometheus_operator.prometheus_version(),  # the config is made for the one that runs it
+                 "scrapeInterval": "2s", "evaluationInterval": "2s", "serviceMonitorSelector": selector,
+                 "podMonitorSelector": selector, "ruleSelector": selector}}))
+    config, rules = prometheus_operator.generated(
+        ns, PROMETHEUS, want=(f"serviceMonitor/{ns}/", f"podMonitor/{ns}/"))
+    assert rules, f"no rule files generated from the chart's PrometheusRule:\n{prometheus_operator.log_tail()}"
+    print(f"\ngenerated scrape jobs: {[j['job_name'] for j in config['scrape_configs']]}; rule files: {sorted(rules)}")
+    return local_config(config, PROMETHEUS, cluster.kubeconfig, tmp_path_factory.mktemp("rules"), rules)
 
 
 def host_path_volume(cluster, ns: str, name: str, files: dict[str, str] | None = None) -> Path:
@@ -185,7 +218,8 @@ def test_operator_runs_in_cluster_on_the_real_node(cluster, ns, operator_release
         assert float(leads) == (1.0 if pod is leader else 0.0), pod["metadata"]["name"]
 
 
-def test_two_worker_job_trains_on_real_pods(cluster, ns, operator_release, images, volumes, tmp_path):
+def test_two_worker_job_trains_on_real_pods(cluster, ns, operator_release, images, volumes, prometheus_operator,
+                                            generated_prometheus, tmp_path):
     name = "real-sft"
     started = time.monotonic()
     cluster.kubectl("apply", "-f", "-", input=json.dumps(job_manifest(name, ns, images["trainer-cpu"], "sft", 4)))
@@ -199,12 +233,26 @@ def test_two_worker_job_trains_on_real_pods(cluster, ns, operator_release, image
     ip = rank0["status"]["podIP"]
     assert ip.startswith(POD_SUBNET.rsplit(".", 2)[0] + ".") and rank0["spec"]["nodeName"] == NODE_NAME
 
-    # Prometheus scrapes rank 0's /metrics by pod IP, as the chart's PodMonitor would.
-    with Prometheus(tmp_path / "prometheus", {"tuneguard-trainer": [(f"{ip}:9400", {})]}) as prom:
+    # The platform's Prometheus, from the generated configuration: it finds rank 0 through the PodMonitor and
+    # the operator pods through the ServiceMonitor, by the API server's pods and endpoints, and scrapes them.
+    with Prometheus(tmp_path / "prometheus", config=generated_prometheus, exe=prometheus_operator.prometheus) as prom:
         series = prom.wait_for(f'tuneguard_train_step{{job="{name}",namespace="{ns}"}} >= 1', timeout=900,
                                what="rank 0's training step, scraped from the pod")
-        up = prom.query('up{job="tuneguard-trainer"}')
-    print(f"\nscraped: {json.dumps(series)}\nup: {json.dumps(up)}")
+        phase = prom.wait_for(f'tuneguard_job_phase{{job="{name}",namespace="{ns}"}} == 1', timeout=120,
+                              what="the job's phase, scraped from the leading operator pod")
+        targets = prom.targets()
+        groups = prom.api("rules")["groups"]
+    print(f"\nscraped: {json.dumps(series)}\nphase: {json.dumps(phase)}\nscrape targets the Prometheus Operator produced:")
+    for t in targets:
+        print(f"  {t['scrapePool']:<48} {t['scrapeUrl']:<36} {t['labels'].get('pod', ''):<34} {t['health']}")
+    assert all(t["health"] == "up" for t in targets), targets  # rank 1 serves no metrics: the PodMonitor skips it
+    up = {(t["scrapePool"].split("/")[0], t["labels"].get("pod")) for t in targets}
+    assert ("podMonitor", rank0["metadata"]["name"]) in up and len(up) == 3, targets  # rank 0, two operator pods
+    operator_pods = cluster.kubectl("get", "pods", "-n", ns, "-l", "app.kubernetes.io/name=tuneguard", "-o", "name").stdout
+    assert {("serviceMonitor", p.split("/", 1)[1]) for p in operator_pods.split()} <= up, targets
+    loaded = {r["name"]: r for g in groups for r in g["rules"] if r["type"] == "alerting"}
+    assert set(loaded) == {a.name for a in alerts.alerts()}, sorted(loaded)
+    assert all(r["health"] == "ok" for r in loaded.values()), [(n, r.get("lastError")) for n, r in loaded.items()]
 
     final = wait_for("the job to succeed", lambda: (lambda j: j if j.get("status", {}).get("phase") in
                                                     ("Succeeded", "Failed") else None)(ftj(cluster, ns, name)),

@@ -35,22 +35,28 @@ def scrape_config(jobs: dict[str, list[tuple[str, dict]]], interval: str = "1s")
 
 
 class Prometheus:
-    def __init__(self, workdir: Path, jobs: dict[str, list[tuple[str, dict]]], interval: str = "1s"):
+    """Scrapes `jobs` (static targets, see scrape_config), or runs a whole `config` as given (the one the
+    Prometheus Operator generated; Kubernetes service discovery needs a Prometheus built with it, `exe`)."""
+
+    def __init__(self, workdir: Path, jobs: dict[str, list[tuple[str, dict]]] | None = None, interval: str = "1s",
+                 config: dict | None = None, exe: str | Path | None = None):
+        assert (jobs is None) != (config is None), "static jobs or a whole config"
         self.workdir = Path(workdir)
-        self.jobs, self.interval = jobs, interval
+        self.exe = exe
+        self.config = config if config is not None else scrape_config(jobs, interval)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.log = self.workdir / "prometheus.log"
 
     def start(self, timeout: float = 60) -> "Prometheus":
-        exe = find_prometheus()
+        exe = self.exe or find_prometheus()
         assert exe, "prometheus not found: run scripts/ensure-prometheus.sh"
         self.workdir.mkdir(parents=True, exist_ok=True)
         cfg = self.workdir / "prometheus.yml"
-        cfg.write_text(yaml.safe_dump(scrape_config(self.jobs, self.interval), sort_keys=False))
+        cfg.write_text(yaml.safe_dump(self.config, sort_keys=False))
         self.proc = subprocess.Popen(
-            [exe, f"--config.file={cfg}", f"--storage.tsdb.path={self.workdir / 'data'}",
+            [str(exe), f"--config.file={cfg}", f"--storage.tsdb.path={self.workdir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
              "--storage.tsdb.retention.time=1d"],
             stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)

@@ -312,7 +312,8 @@ def test_monitoring_objects_only_with_the_prometheus_operator_api():
     assert not kinds & {o["kind"] for o in objs}
     objs = template("--set", "monitoring.force=true", "--set", "monitoring.labels.release=kps")
     (pm,) = by_kind(objs, "PodMonitor")
-    assert pm["spec"]["selector"]["matchLabels"] == {contract.LABEL_ROLE: "worker"}
+    assert pm["spec"]["selector"]["matchLabels"] == {contract.LABEL_ROLE: "worker",  # rank 0 serves them
+                                                     "batch.kubernetes.io/job-completion-index": "0"}
     assert pm["spec"]["podMetricsEndpoints"][0]["port"] == contract.METRICS_PORT_NAME
     assert pm["spec"]["podMetricsEndpoints"][0]["honorLabels"] is True
     assert pm["spec"]["namespaceSelector"] == {"any": True}
