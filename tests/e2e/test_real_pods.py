@@ -5,8 +5,9 @@ security context: they find each other through the headless Service (cluster DNS
 evaluate, write report.json and the best model to the output PVC (a hostPath PV), rank 0 patches
 status.training with the job's own token. The chart's ServiceMonitor, PodMonitor and PrometheusRule go
 through the real Prometheus Operator, and a Prometheus run from the configuration it generated scrapes the
-operator pods and the trainer by pod IP and loads the alert rules. Then the failure path: a worker's container is killed mid-training, the operator restarts the group and the new
-pods resume from the checkpoint on the PVC. Last, a planOnly job: triage and advice, nothing trained.
+operator pods and the trainer by pod IP and loads the alert rules. Then the failure path: a worker's
+container is killed mid-training, the operator restarts the group and the new pods resume from the
+checkpoint on the PVC. Last, a planOnly job: triage and advice, nothing trained.
 
 Both images come from scripts/build-images.sh (content-keyed, cached) and are imported into the node's
 containerd once. The node's processes inherit this process's CPU priority.
