@@ -100,7 +100,7 @@ class Reconciler:
         self.own_writes: dict[tuple[str, str], str] = {}
         # FineTuneJobs and worker Jobs as last seen (the watches feed it, handlers.Controller); None: always GET
         self.cache = cache
-        self._warned: set[str] = set()  # the missing grants already logged (_forbidden)
+        self._warned: set[str] = set()  # what _warn_once has logged
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------- entry point
@@ -225,10 +225,8 @@ class Reconciler:
                                    f"kueue.x-k8s.io/job-uid={job['metadata']['uid']}")
         except ApiError as e:
             if e.status == 404:  # no Workload kind: Kueue is not installed
-                if "kueue" not in self._warned:
-                    self._warned.add("kueue")
-                    log.warning("spec.resources.queueName is set but this cluster has no Kueue (no Workload kind): "
-                                "the job waits in Queued until Kueue is installed")
+                self._warn_once("kueue", "spec.resources.queueName is set but this cluster has no Kueue (no Workload "
+                                         "kind): the job waits in Queued until Kueue is installed")
                 return None
             self._forbidden(e, "list workloads.kueue.x-k8s.io", "queued jobs do not say why, and suspending one "
                                                                  "cannot deactivate its Workload")
@@ -240,9 +238,13 @@ class Reconciler:
         still runs); anything else is raised."""
         if e.status != 403:
             raise e
-        if what not in self._warned:
-            self._warned.add(what)
-            log.warning("cannot %s (%s): %s; grant `%s` to the operator", what, e, without, what)
+        self._warn_once(what, f"cannot {what} ({e}): {without}; grant `{what}` to the operator")
+
+    def _warn_once(self, key: str, message: str) -> None:
+        """A cluster-wide lack (a grant, an API) logged once per operator process, not once per reconcile."""
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message)
 
     def _node_ready(self, name: str) -> str | None:
         """The node's Ready condition status; None when the node is gone; "unknowable" without `get nodes`."""

@@ -73,10 +73,6 @@ def check(figures: dict, base: dict, spec: api.GuardrailSpec, shifts: dict | Non
     return out
 
 
-def within_budget(figures: dict, base: dict, spec: api.GuardrailSpec) -> bool:
-    return not check(figures, base, spec)
-
-
 class GuardrailSource:
     """The current budgets, re-read from the job file on each call to `current()`."""
 
