@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 import time
+
+import pytest
 
 from .harness import Kubectl, OperatorProcess, wait_for
 
@@ -28,9 +28,9 @@ def operator(cluster, crd_installed, tmp_path_factory, request):
 
 @pytest.fixture
 def gpus_free(kc):
-    """For a test that needs whole GPU nodes: waits until no pod holds a GPU. Earlier tests delete their
-    namespaces without waiting, and the kwok pods in them can stay Terminating (Job finalizers) for a
-    while under load; the holders are named if they never go."""
+    """For a test that needs whole GPU nodes: waits until no pod holds a GPU. A namespace's teardown waits
+    for its Job pods only so long (tests/conftest.py), and fixtures with namespaces of their own do not;
+    the holders are named if they never go."""
     t0, first = time.monotonic(), kc.gpu_holders()
     wait_for("no pod to hold GPUs", lambda: not kc.gpu_holders(), 180, interval=1.0,
              describe=lambda: "; ".join(kc.gpu_holders()))
