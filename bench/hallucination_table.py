@@ -340,6 +340,32 @@ def _publish_snapshot(snapshot: Path, shared: Path) -> None:
         pass
 
 
+# settings that choose which rows run and how fast, not what a run computes
+_RUN_CHOICE = ("seeds", "seeds_planned", "methods", "sweep_rows", "sweep_seeds", "budget_seconds", "jobs")
+
+
+def reused_runs(path: Path, s: dict, mix: dict) -> dict:
+    """reports[method][seed] of an earlier result file, for the rows and seeds this run plans, if it ran the
+    same settings on the same mix (same counts); a mismatch is an error, never a silent mix of two tables."""
+    old = json.loads(path.read_text())
+    mine = {k: v for k, v in s.items() if k not in _RUN_CHOICE}
+    theirs = {k: v for k, v in old["settings"].items() if k not in _RUN_CHOICE}
+    if mine != theirs:
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        raise SystemExit(f"--reuse {path}: its runs used other settings ({', '.join(diff)}); drop --reuse")
+    same_mix = {k: v for k, v in mix.items() if k != "files"} == {k: v for k, v in old["mix"].items() if k != "files"}
+    if not same_mix:
+        raise SystemExit(f"--reuse {path}: its training mix differs from this run's (another triage?); drop --reuse")
+    out: dict = {}
+    for m, by in old["runs"].items():
+        for sd, rec in by.items():
+            if m in s["methods"] and int(sd) in s["seeds"]:
+                rep = {k: v for k, v in rec.items() if k != "triage_counts"}
+                rep["triage"] = {"counts": rec.get("triage_counts")}
+                out.setdefault(m, {})[int(sd)] = rep
+    return out
+
+
 def finished_report(method: str, seed: int, s: dict, mix: dict, device: str, runs: Path):
     """The report of a finished run of exactly this manifest (cleaned up: no weights left), or None."""
     run_dir = runs / f"{method}-s{seed}"
@@ -779,6 +805,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep-seeds", type=int, default=1, help="seeds of the sweep's extra rows (default 1)")
     ap.add_argument("--finished-only", action="store_true",
                     help="train nothing: tabulate the runs under --work that have finished (rows may have fewer seeds)")
+    ap.add_argument("--reuse", metavar="RESULT.json",
+                    help="take the finished runs of an earlier result file of the same settings (e.g. to add "
+                    "seeds to some rows); only the rest run")
     ap.add_argument("--facts", default="bundled://facts", help="the fact set (a bundled:// name or a JSONL path)")
     ap.add_argument("--ds-optimizer", choices=("torch", "fused"), default="torch",
                     help="CUDA only: DeepSpeed's AdamW as torch.optim.AdamW (torch_adam, no JIT build; default) or "
@@ -823,7 +852,7 @@ def main(argv=None) -> int:
         result = {
             "quick": args.quick, "command": cmd,
             "complete": final and done_seeds == planned and all(
-                len(reports.get(m, {})) == sum(1 for x, _ in tasks if x == m) for m in s["methods"]),
+                len(reports.get(m, {})) == sum(1 for x, _ in all_tasks if x == m) for m in s["methods"]),
             "settings": s2,
             "machine": machine_info(args.device),
             "triage": {"counts": triage_result.counts(), "seconds": tinfo["seconds"], "facts": len(examples)},
@@ -847,7 +876,12 @@ def main(argv=None) -> int:
         print(f"wrote {out / (name + '.json')}, {out / (name + '.md')} (seeds {done_seeds}) at "
               f"{result['wall_seconds']} s", flush=True)
 
-    tasks = task_order(s, planned)
+    all_tasks = tasks = task_order(s, planned)
+    if args.reuse:
+        reports.update(reused_runs(Path(args.reuse), s, mix))
+        tasks = [(m, sd) for m, sd in tasks if sd not in reports.get(m, {})]
+        done_seeds[:] = sorted({sd for by in reports.values() for sd in by})
+        print(f"reusing {sum(map(len, reports.values()))} runs of {args.reuse}; {len(tasks)} to run", flush=True)
     deadline = t0 + args.budget_seconds if args.budget_seconds else None
     if args.finished_only:  # tabulate what ran elsewhere (e.g. an earlier, cut-short run)
         for m, seed in tasks:
