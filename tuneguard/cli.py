@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from tuneguard import contract
+
 
 def _cmd_crd(args: argparse.Namespace) -> int:
     from tuneguard.crd import render_crd
@@ -107,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_plan)
 
     s = sub.add_parser("worker", help="pod entrypoint: one DeepSpeed worker (rank/world from the environment)")
-    s.add_argument("--config", default="/etc/tuneguard/job.yaml", help="mounted FineTuneJob")
+    s.add_argument("--config", default=contract.CONFIG_PATH, help="mounted FineTuneJob")
     s.add_argument("--out", default=None, help="output directory (default: from spec.output)")
     s.set_defaults(func=_cmd_worker)
 

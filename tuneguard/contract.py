@@ -12,6 +12,7 @@ CONFIG_FILE = "job.yaml"  # the validated FineTuneJob manifest (metadata + spec)
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
 OUTPUT_DIR = "/output"  # checkpoints, report.json, plots; a PVC subPath or an emptyDir
 PVC_MOUNT_ROOT = "/mnt/pvc"  # pvc://claim/path is mounted at /mnt/pvc/claim, read as /mnt/pvc/claim/path
+PVC_SCHEME = "pvc://"
 SHM_DIR = "/dev/shm"
 METRICS_PORT = 9400
 METRICS_PORT_NAME = "metrics"
@@ -22,20 +23,35 @@ ENV_JOB_NAMESPACE = "TUNEGUARD_JOB_NAMESPACE"
 ENV_OUTPUT_DIR = "TUNEGUARD_OUTPUT_DIR"
 ENV_METRICS_PORT = "TUNEGUARD_METRICS_PORT"
 ENV_STATUS_PATCH = "TUNEGUARD_STATUS_PATCH"  # "1": rank 0 patches FineTuneJob status.training
-# The launch environment (Kubeflow's names), from which torch.distributed / DeepSpeed start:
+# The job's topology (Kubeflow's names). The operator decides it; the worker alone turns it into
+# torch.distributed's RANK / WORLD_SIZE / LOCAL_RANK (tuneguard_trainer.worker.Topology).
 ENV_MASTER_ADDR = "MASTER_ADDR"
 ENV_MASTER_PORT = "MASTER_PORT"
 ENV_NNODES = "NNODES"
 ENV_NPROC_PER_NODE = "NPROC_PER_NODE"
 ENV_NODE_RANK = "NODE_RANK"  # from the Indexed Job's completion index
-ENV_WORLD_SIZE = "WORLD_SIZE"
 
 WORKER_COMMAND = ["tuneguard", "worker", "--config", CONFIG_PATH]
+
+
+def pvc_claim(uri: str | None) -> tuple[str, str] | None:
+    """pvc://claim/path -> (claim, path without surrounding slashes); any other URI -> None."""
+    if not uri or not uri.startswith(PVC_SCHEME):
+        return None
+    claim, _, path = uri[len(PVC_SCHEME):].partition("/")
+    return claim, path.strip("/")
+
+
+def pvc_mount_path(uri: str) -> str | None:
+    """Where a worker reads pvc://claim/path (the operator mounts the claim at PVC_MOUNT_ROOT/claim)."""
+    ref = pvc_claim(uri)
+    return None if ref is None else "/".join(x for x in (PVC_MOUNT_ROOT, *ref) if x)
 
 # --------------------------------------------------------------------------------------- labels
 LABEL_JOB = "tuneguard.io/job"
 LABEL_ROLE = "tuneguard.io/role"  # "worker" on trainer pods: the PodMonitor selects on it
 LABEL_METHOD = "tuneguard.io/method"
+LABEL_ATTEMPT = "tuneguard.io/restart-attempt"  # on the worker Job and its pods: which group restart made them
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "tuneguard-operator"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"

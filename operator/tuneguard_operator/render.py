@@ -23,7 +23,6 @@ from tuneguard import api, contract
 
 CONTAINER = "trainer"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-LABEL_ATTEMPT = "tuneguard.io/restart-attempt"
 CACHE_DIR = "/var/cache/tuneguard"
 TMP_DIR = "/tmp"
 RUN_AS_USER = 1000
@@ -104,10 +103,6 @@ def _meta(ftj: api.FineTuneJob, uid: str, name: str, labels: dict | None = None)
 def nprocs(ftj: api.FineTuneJob) -> int:
     """Processes per worker pod: one per GPU, one on CPU."""
     return max(ftj.spec.resources.gpus_per_worker, 1)
-
-
-def world_size(ftj: api.FineTuneJob) -> int:
-    return ftj.spec.resources.workers * nprocs(ftj)
 
 
 # ------------------------------------------------------------------------------------ config map
@@ -218,17 +213,9 @@ def role_binding(ftj: api.FineTuneJob, uid: str) -> dict:
 # ----------------------------------------------------------------------------------------- volumes
 
 
-def pvc_claim(uri: str | None) -> tuple[str, str] | None:
-    """pvc://claim/path -> (claim, path); anything else -> None."""
-    if not uri or not uri.startswith("pvc://"):
-        return None
-    claim, _, path = uri[len("pvc://"):].partition("/")
-    return claim, path.strip("/")
-
-
 def output_dir(ftj: api.FineTuneJob) -> str:
     """Where the trainer writes: OUTPUT_DIR, or OUTPUT_DIR/<path> for pvc://claim/<path>."""
-    out = pvc_claim(ftj.spec.output.uri)
+    out = contract.pvc_claim(ftj.spec.output.uri)
     return f"{contract.OUTPUT_DIR}/{out[1]}" if out and out[1] else contract.OUTPUT_DIR
 
 
@@ -239,7 +226,7 @@ def input_claims(ftj: api.FineTuneJob) -> list[str]:
             spec.evaluation.drift_prompts]
     claims: list[str] = []
     for uri in uris:
-        ref = pvc_claim(uri)
+        ref = contract.pvc_claim(uri)
         if ref and ref[0] not in claims:
             claims.append(ref[0])
     return claims
@@ -261,7 +248,7 @@ def _volumes(ftj: api.FineTuneJob) -> tuple[list[dict], list[dict]]:
         {"name": "cache", "mountPath": CACHE_DIR},
         {"name": "tmp", "mountPath": TMP_DIR},
     ]
-    out = pvc_claim(ftj.spec.output.uri)
+    out = contract.pvc_claim(ftj.spec.output.uri)
     if out:
         # The claim's root, not a subPath: the kubelet creates a missing subPath directory as root, which
         # the non-root trainer then cannot write. The trainer creates output_dir(ftj) itself, as its uid.
@@ -290,7 +277,6 @@ def _env(ftj: api.FineTuneJob) -> list[dict]:
     env = [
         v(contract.ENV_MASTER_ADDR, master_addr(name)),
         v(contract.ENV_MASTER_PORT, contract.MASTER_PORT),
-        v(contract.ENV_WORLD_SIZE, world_size(ftj)),
         v(contract.ENV_NNODES, res.workers),
         v(contract.ENV_NPROC_PER_NODE, nprocs(ftj)),
         {"name": contract.ENV_NODE_RANK, "valueFrom": {"fieldRef": {
@@ -344,7 +330,7 @@ def pod_template(ftj: api.FineTuneJob, restart_attempt: int) -> dict:
         resources["limits"]["nvidia.com/gpu"] = res.gpus_per_worker
         resources["requests"]["nvidia.com/gpu"] = res.gpus_per_worker
     labels = worker_labels(ftj)
-    labels[LABEL_ATTEMPT] = str(restart_attempt)
+    labels[contract.LABEL_ATTEMPT] = str(restart_attempt)
     if res.queue_name:
         labels[contract.KUEUE_QUEUE_LABEL] = res.queue_name
     spec: dict[str, Any] = {
@@ -406,7 +392,7 @@ def worker_job(ftj: api.FineTuneJob, uid: str, restart_attempt: int, suspend: bo
     res = ftj.spec.resources
     labels = base_labels(ftj)
     labels[contract.LABEL_ROLE] = "worker"
-    labels[LABEL_ATTEMPT] = str(restart_attempt)
+    labels[contract.LABEL_ATTEMPT] = str(restart_attempt)
     if res.queue_name:
         labels[contract.KUEUE_QUEUE_LABEL] = res.queue_name
     meta = _meta(ftj, uid, worker_job_name(name), labels)

@@ -74,18 +74,15 @@ def resolve_data_path(uri: str) -> Path:
             raise DatasetError(f"{uri}: unknown bundled dataset; choose one of "
                                + ", ".join(f"bundled://{n}" for n in BUNDLED_DATASETS))
         return Path(str(resources.files("tuneguard_trainer").joinpath("data", BUNDLED_DATASETS[name])))
-    if uri.startswith("pvc://"):
-        rest = uri[len("pvc://"):]
-        claim, _, sub = rest.partition("/")
-        return Path(contract.PVC_MOUNT_ROOT) / claim / sub
-    return Path(uri).expanduser()
+    mounted = contract.pvc_mount_path(uri)
+    return Path(mounted) if mounted else Path(uri).expanduser()
 
 
 def _read_lines(uri: str) -> tuple[str, list[tuple[int, dict]]]:
     path = resolve_data_path(uri)
     label = path.name
     if not path.exists():
-        hint = " (is the claim mounted?)" if uri.startswith("pvc://") else ""
+        hint = " (is the claim mounted?)" if contract.pvc_claim(uri) else ""
         raise DatasetError(f"{uri}: file not found at {path}{hint}")
     if path.is_dir():
         raise DatasetError(f"{uri}: {path} is a directory, expected a JSONL file")

@@ -46,6 +46,13 @@ class DistInfo:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @classmethod
+    def from_env(cls) -> "DistInfo":
+        """This process's place in the world, from torch.distributed's launch variables (set by torchrun or
+        the worker's Topology); a process without them is a world of one."""
+        env = os.environ
+        return cls(int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0")))
+
 
 def resolve_device(device: str) -> str:
     if device == "auto":
@@ -78,7 +85,7 @@ def init_distributed(device: str) -> DistInfo:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ["MASTER_PORT"] = str(free_port())
     os.environ.setdefault("LOCAL_RANK", "0")
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+    info = DistInfo.from_env()
     import deepspeed
     import torch.distributed as dist
 

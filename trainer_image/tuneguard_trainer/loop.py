@@ -34,7 +34,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -42,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from tuneguard import api, contract
+from tuneguard import api
 from tuneguard.validation import load_job
 
 log = logging.getLogger("tuneguard.trainer")
@@ -474,14 +473,13 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
     from . import engine as eng
 
     wall0 = time.perf_counter()
-    # Rank and world are known from the environment before the process group exists.
-    rank = int(os.environ.get("RANK", "0"))
-    setup_logging(rank == 0)
+    world = eng.DistInfo.from_env()  # known before the process group exists
+    setup_logging(world.is_main)
     p = prepare(config_path, device, job)  # may raise JobFailed / InvalidManifest: nothing written
     job, spec, device, timer = p.job, p.job.spec, p.device, p.timings
     eng.prepare_accelerator(device)
     try:
-        eng.build_config(spec, device, int(os.environ.get("WORLD_SIZE", "1")))
+        eng.build_config(spec, device, world.world_size)
     except eng.EngineConfigError as e:
         raise JobFailed(str(e)) from None
 

@@ -279,7 +279,7 @@ def bundled_model_dir(name: str, cache_dir: Path | None = None) -> Path:
 
 def _check_dir(path: Path, uri: str) -> Path:
     if not path.exists():
-        hint = " (is the PersistentVolumeClaim mounted on the worker?)" if uri.startswith("pvc://") else ""
+        hint = " (is the PersistentVolumeClaim mounted on the worker?)" if contract.pvc_claim(uri) else ""
         raise ModelError(f"model {uri}: directory {path} does not exist{hint}")
     if not path.is_dir():
         raise ModelError(f"model {uri}: {path} is not a directory")
@@ -318,9 +318,8 @@ def resolve_model(spec: api.ModelSpec | str, cache_dir: Path | None = None) -> P
         return bundled_model_dir(uri[len("bundled://"):], cache_dir)
     if uri.startswith("hf://"):
         return _hf_snapshot(uri, cache_dir)
-    if uri.startswith("pvc://"):
-        claim, _, sub = uri[len("pvc://"):].partition("/")
-        return _check_dir(Path(contract.PVC_MOUNT_ROOT) / claim / sub, uri)
+    if contract.pvc_claim(uri):
+        return _check_dir(Path(contract.pvc_mount_path(uri)), uri)
     if uri.startswith("/"):
         return _check_dir(Path(uri), uri)
     raise ModelError(f"model {uri}: unsupported URI; write hf://org/name[@rev], pvc://claim/path, /dir or "

@@ -2,8 +2,9 @@
 
 The operator runs one pod per node (an Indexed Job) with the launch environment of
 tuneguard.contract: MASTER_ADDR, MASTER_PORT, NNODES, NPROC_PER_NODE, NODE_RANK (the completion
-index), WORLD_SIZE (= NNODES * NPROC_PER_NODE), TUNEGUARD_OUTPUT_DIR, TUNEGUARD_METRICS_PORT,
-TUNEGUARD_STATUS_PATCH, TUNEGUARD_JOB_NAME/NAMESPACE.
+index), TUNEGUARD_OUTPUT_DIR, TUNEGUARD_METRICS_PORT, TUNEGUARD_STATUS_PATCH, TUNEGUARD_JOB_NAME/NAMESPACE.
+This module is the one place that turns that topology into torch.distributed's RANK / WORLD_SIZE /
+LOCAL_RANK (torchrun does it for NPROC_PER_NODE > 1, ``Topology.torch_env`` for one process per node).
 
 - NPROC_PER_NODE > 1: this process becomes the node's launcher: it runs torch.distributed.run
   (torchrun, static rendezvous at MASTER_ADDR:MASTER_PORT) with NPROC_PER_NODE copies of
@@ -23,7 +24,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from tuneguard import contract
 
@@ -36,11 +37,33 @@ def output_dir(job, out: Optional[Path]) -> Path:
         return Path(env)
     uri = job.spec.output.uri
     if uri:
-        if uri.startswith("pvc://"):
-            claim, _, sub = uri[len("pvc://"):].partition("/")
-            return Path(contract.PVC_MOUNT_ROOT) / claim / sub
-        return Path(uri)
+        return Path(contract.pvc_mount_path(uri) or uri)
     return Path(contract.OUTPUT_DIR)
+
+
+class Topology(NamedTuple):
+    """The job's shape as the operator put it in the pod's environment."""
+    nnodes: int
+    nproc_per_node: int
+    node_rank: int
+    master_addr: str
+    master_port: str
+
+    @classmethod
+    def from_env(cls, env) -> "Topology":
+        return cls(int(env.get(contract.ENV_NNODES, "1") or 1), int(env.get(contract.ENV_NPROC_PER_NODE, "1") or 1),
+                   int(env.get(contract.ENV_NODE_RANK, "0") or 0), env.get(contract.ENV_MASTER_ADDR, "127.0.0.1"),
+                   env.get(contract.ENV_MASTER_PORT, str(contract.MASTER_PORT)))
+
+    def torchrun_args(self) -> list[str]:
+        return [f"--nnodes={self.nnodes}", f"--nproc-per-node={self.nproc_per_node}", f"--node-rank={self.node_rank}",
+                f"--master-addr={self.master_addr}", f"--master-port={self.master_port}"]
+
+    def torch_env(self) -> dict[str, str]:
+        """torch.distributed's launch variables for one process per node: rank node_rank of nnodes."""
+        assert self.nproc_per_node == 1, "torchrun sets them for several processes per node"
+        return {"RANK": str(self.node_rank), "WORLD_SIZE": str(self.nnodes), "LOCAL_RANK": "0",
+                "MASTER_ADDR": self.master_addr, "MASTER_PORT": self.master_port}
 
 
 def _device(job) -> str:
@@ -59,25 +82,15 @@ def main(config: Path, out: Optional[Path] = None) -> int:
         return 2
     out_dir = output_dir(job, out)
     env = os.environ
-    nnodes = int(env.get(contract.ENV_NNODES, "1") or 1)
-    nproc = int(env.get(contract.ENV_NPROC_PER_NODE, "1") or 1)
-    node_rank = int(env.get(contract.ENV_NODE_RANK, "0") or 0)
-    master_addr = env.get(contract.ENV_MASTER_ADDR, "127.0.0.1")
-    master_port = env.get(contract.ENV_MASTER_PORT, str(contract.MASTER_PORT))
-
     under_launcher = "RANK" in env and "LOCAL_RANK" in env
-    if not under_launcher and nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc-per-node={nproc}",
-               f"--node-rank={node_rank}", f"--master-addr={master_addr}", f"--master-port={master_port}",
-               "-m", "tuneguard_trainer.worker", "--config", str(config), "--out", str(out_dir)]
-        print("launching: " + " ".join(cmd), file=sys.stderr, flush=True)
-        return subprocess.call(cmd)
     if not under_launcher:
-        env["RANK"] = str(node_rank)
-        env["WORLD_SIZE"] = str(nnodes)
-        env["LOCAL_RANK"] = "0"
-        env.setdefault("MASTER_ADDR", master_addr)
-        env.setdefault("MASTER_PORT", master_port)
+        topo = Topology.from_env(env)
+        if topo.nproc_per_node > 1:
+            cmd = [sys.executable, "-m", "torch.distributed.run", *topo.torchrun_args(),
+                   "-m", "tuneguard_trainer.worker", "--config", str(config), "--out", str(out_dir)]
+            print("launching: " + " ".join(cmd), file=sys.stderr, flush=True)
+            return subprocess.call(cmd)
+        env.update(topo.torch_env())
 
     from .loop import JobFailed, run
 

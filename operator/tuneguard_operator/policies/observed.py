@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Optional
 
-from tuneguard import api
+from tuneguard import api, contract
 
-from ..render import LABEL_ATTEMPT
 
 if TYPE_CHECKING:
     from .lost_node import TerminatingPod
@@ -40,7 +39,7 @@ def job_condition(job: dict, type_: str) -> dict | None:
 
 def job_attempt(job: dict) -> int:
     try:
-        return int(((job.get("metadata") or {}).get("labels") or {}).get(LABEL_ATTEMPT, "0"))
+        return int(((job.get("metadata") or {}).get("labels") or {}).get(contract.LABEL_ATTEMPT, "0"))
     except ValueError:
         return 0
 

@@ -4,9 +4,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tuneguard import api
-from tuneguard_operator import render
-from tuneguard_operator.policies import deadline, group, kueue, lost_node, success, suspend, terminal, ttl, workers
+from tuneguard import api, contract
+from tuneguard_operator.policies import deadline, group, lost_node, success, suspend, terminal, ttl, workers
 from tuneguard_operator.policies.lost_node import TerminatingPod
 from tuneguard_operator.policies.observed import POLL_SECONDS, STUCK_POLL_SECONDS, Observed, Verdict, rfc3339
 
@@ -25,7 +24,7 @@ def worker_job(attempt=0, suspended=False, active=2, ready=2, conditions=(), del
                              for c in conditions]}
     if finished is not None:
         status["completionTime"] = finished
-    metadata = {"name": "facts-sft-worker", "labels": {render.LABEL_ATTEMPT: str(attempt)}}
+    metadata = {"name": "facts-sft-worker", "labels": {contract.LABEL_ATTEMPT: str(attempt)}}
     if deleting:
         metadata["deletionTimestamp"] = at(0)
     return {"metadata": metadata, "spec": {"suspend": suspended}, "status": status}

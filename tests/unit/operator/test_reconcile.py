@@ -7,7 +7,6 @@ import yaml
 from prometheus_client import generate_latest
 
 from tuneguard import contract
-from tuneguard_operator import render
 from tuneguard_operator.kube import path
 from tuneguard_operator.metrics import Metrics
 from tuneguard_operator.reconcile import Reconciler
@@ -67,8 +66,8 @@ def test_group_restart_recreates_the_job_with_the_next_attempt():
     assert JOB not in kube.objects
     rec.reconcile("ml-team", "facts-sft")  # recreates it
     job = kube.objects[JOB]
-    assert job["metadata"]["labels"][render.LABEL_ATTEMPT] == "1"
-    assert job["spec"]["template"]["metadata"]["labels"][render.LABEL_ATTEMPT] == "1"
+    assert job["metadata"]["labels"][contract.LABEL_ATTEMPT] == "1"
+    assert job["spec"]["template"]["metadata"]["labels"][contract.LABEL_ATTEMPT] == "1"
     text = generate_latest(metrics.registry).decode()
     assert f'{contract.OP_GROUP_RESTARTS}_total{{job="facts-sft",namespace="ml-team"}} 1.0' in text
 

@@ -51,7 +51,7 @@ def test_indexed_job_shape():
     assert disruption == {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     assert exit_code["action"] == "FailJob" and exit_code["onExitCodes"]["operator"] == "NotIn"
     assert spec["suspend"] is False
-    assert job["metadata"]["labels"][render.LABEL_ATTEMPT] == "2"
+    assert job["metadata"]["labels"][contract.LABEL_ATTEMPT] == "2"
     pod = spec["template"]
     assert pod["spec"]["subdomain"] == render.service_name("facts-sft") == "facts-sft-worker"
     assert pod["spec"]["restartPolicy"] == "Never"
@@ -66,7 +66,7 @@ def test_worker_pod_env():
     env = env_of(render.pod_template(ftj, 3))
     assert env["MASTER_ADDR"]["value"] == "facts-sft-worker-0.facts-sft-worker"
     assert env["MASTER_PORT"]["value"] == str(contract.MASTER_PORT)
-    assert env["WORLD_SIZE"]["value"] == "16"
+    assert "WORLD_SIZE" not in env  # the worker derives it from NNODES x NPROC_PER_NODE
     assert env["NNODES"]["value"] == "2"
     assert env["NPROC_PER_NODE"]["value"] == "8"
     assert env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == \
@@ -124,7 +124,7 @@ def test_cpu_job_has_no_gpu_limit_and_an_emptydir_output():
     c = pod["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in c["resources"]["limits"]
     assert env_of(pod)["DS_ACCELERATOR"]["value"] == "cpu"
-    assert env_of(pod)["WORLD_SIZE"]["value"] == "1"
+    assert env_of(pod)["NNODES"]["value"] == "1" and env_of(pod)["NPROC_PER_NODE"]["value"] == "1"
     vols = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert vols["output"] == {"name": "output", "emptyDir": {}}
     assert "HF_TOKEN" not in env_of(pod)

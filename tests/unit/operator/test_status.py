@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 
 from tuneguard.validation import parse_job
-from tuneguard_operator import render
+from tuneguard import contract
 from tuneguard_operator.status import decide, rfc3339
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -28,7 +28,7 @@ def parsed(b):
 
 
 def job(attempt=0, suspend=False, active=2, ready=2, succeeded=0, failed=0, conditions=(), deleting=False):
-    j = {"metadata": {"name": "facts-sft-worker", "uid": "j1", "labels": {render.LABEL_ATTEMPT: str(attempt)}},
+    j = {"metadata": {"name": "facts-sft-worker", "uid": "j1", "labels": {contract.LABEL_ATTEMPT: str(attempt)}},
          "spec": {"suspend": suspend},
          "status": {"active": active, "ready": ready, "succeeded": succeeded, "failed": failed,
                     "conditions": [{"type": t, "status": "True", "message": m} for t, m in conditions]}}

@@ -32,7 +32,7 @@ def test_worker_two_processes_zero2(tmp_path):
         env.pop(v, None)
     env.update({contract.ENV_NNODES: "1", contract.ENV_NPROC_PER_NODE: "2", contract.ENV_NODE_RANK: "0",
                 contract.ENV_MASTER_ADDR: "127.0.0.1", contract.ENV_MASTER_PORT: str(free_port()),
-                contract.ENV_WORLD_SIZE: "2", contract.ENV_OUTPUT_DIR: str(out),
+                contract.ENV_OUTPUT_DIR: str(out),
                 contract.ENV_JOB_NAME: "tiny", contract.ENV_JOB_NAMESPACE: "default"})
     res = subprocess.run([sys.executable, "-m", "tuneguard.cli", "worker", "--config", str(job)], env=env,
                          capture_output=True, text=True, timeout=900, cwd=ROOT)
