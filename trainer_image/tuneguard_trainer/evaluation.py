@@ -35,8 +35,8 @@ shared by a relation's questions and computed once. Training may use the same fo
   ``decoding`` records the settings every evaluation uses (greedy, stop tokens, prompt), the same for every
   model.
 
-What is exact (``mode``); all modes but tf-only give generation-based normalised exact match (up to
-floating-point ties between batched passes):
+How answers are read (``mode``); both give generation-based normalised exact match (up to floating-point
+ties between batched passes):
 
 * ``"decode"`` (default): greedy decoding of every example (short, batched, the few-shot prefix
   KV-cached), each row stopped as soon as its text can be neither an accepted answer nor (where it
@@ -45,16 +45,8 @@ floating-point ties between batched passes):
   mode on CPU, and on an H100 the decoder beat teacher forcing even without the early stop
   (docs/results/): the answers are a few tokens after a few-shot prompt of hundreds, so the prompt pass
   dominates, and decoding runs it once per example.
-* ``"exact"``: one teacher-forced pass per batch over every (question, surface form) row, plus rows for
-  the abstention text. Greedy decoding emits an accepted answer iff the argmax chain of one of
-  :func:`prompts.answer_variants` (optionally + '.') matches and the next argmax is a stop token; it emits
-  the abstention text iff that chain matches. Examples resolved by neither are settled as wrong when
-  their first greedy token rules out every accepted answer and abstention, else decoded as in "decode".
-  It runs the prompt once per row (two or three rows per example), which is why it lost to "decode".
-* ``"tf-only"``: the teacher-forced pass alone; unresolved examples count as wrong (a lower bound on
-  correct and abstained, an upper bound on wrong).
 * ``"generate"``: greedy decoding of every example to its stop token (the reference the tests compare
-  with).
+  ``decode``'s early stop with).
 """
 
 from __future__ import annotations
@@ -70,13 +62,13 @@ import torch
 from tuneguard import contract
 
 from .data import QAExample
-from .prompts import FewShotExemplars, PromptFormat, answer_variants, classify, could_abstain, could_become
-from .scoring import decode, eval_mode, greedy_emits, model_device, teacher_forced
+from .prompts import FewShotExemplars, PromptFormat, classify, could_abstain, could_become
+from .scoring import decode, eval_mode, teacher_forced
 from .shifts import gap, shifted
 
 log = logging.getLogger(__name__)
 
-MODES = ("decode", "exact", "tf-only", "generate")
+MODES = ("decode", "generate")
 
 
 @dataclass
@@ -116,7 +108,6 @@ class Evaluator:
         self.exemplars = FewShotExemplars(splits.train, shots, seed)
 
         # Candidate ids of the abstention text (teacher-forced like an answer).
-        self._abst_cands = [self.fmt.candidate_ids(v) for v in answer_variants([abstention_text])]
 
         # --- probes, filtered by the base model's closed-book answers
         known_c = [self._item(e) for e in list(splits.known_probe)[: 2 * n]]
@@ -229,84 +220,36 @@ class Evaluator:
         """'correct' | 'abstain' | 'wrong' per item (see the module docstring for exactness).
 
         ``need_abstention``: a bool, or one per item (False: only correctness matters, abstentions count
-        as wrong). All items go through one pass of each kind the mode uses (teacher-forced, decoding), so
-        a relation's exemplar prefix is computed once per batch. ``loss_rows`` ((prompt ids, target ids), ...)
-        ride along in the same pass; their summed cross-entropy and token count land in
-        ``stats['loss_sum']`` and ``stats['loss_tokens']``."""
+        as wrong). Items are decoded in batches, a relation's exemplar prefix computed once per batch.
+        ``loss_rows`` ((prompt ids, target ids), ...) go through one teacher-forced pass; their summed
+        cross-entropy and token count land in ``stats['loss_sum']`` and ``stats['loss_tokens']``."""
         mode = mode or self.mode
         stats = stats if stats is not None else {}
         need = list(need_abstention) if isinstance(need_abstention, (list, tuple)) else \
             [bool(need_abstention)] * len(items)
-        result: list[Optional[str]] = [None] * len(items)
-        first_tok: list[Optional[int]] = [None] * len(items)
-        rows_p, rows_c, meta = [], [], []
-        if mode in ("exact", "tf-only"):
-            for i, it in enumerate(items):
-                for v in answer_variants(it.ex.answers):
-                    cand, hp = self.fmt.candidate_ids(v)
-                    rows_p.append(it.prompt); rows_c.append(cand); meta.append((i, "correct", hp))
-                if need[i]:
-                    for cand, hp in self._abst_cands:
-                        rows_p.append(it.prompt); rows_c.append(cand); meta.append((i, "abstain", hp))
-        n_class_rows = len(rows_p)
-        for prompt, target in loss_rows:
-            rows_p.append(prompt); rows_c.append(target); meta.append((None, "loss", False))
         loss = [0.0, 0]
-
-        def consume(r, logits):
-            i, kind, hp = meta[r]
-            if kind == "loss":
-                tgt = torch.tensor(rows_c[r], device=logits.device)
+        if loss_rows:
+            def consume(r, logits):
+                tgt = torch.tensor(loss_rows[r][1], device=logits.device)
                 loss[0] += float(torch.nn.functional.cross_entropy(logits, tgt, reduction="sum"))
-                loss[1] += len(rows_c[r])
-                return
-            if first_tok[i] is None:
-                first_tok[i] = int(logits[0].argmax())
-            n_ans = len(rows_c[r]) - (2 if hp else 1)
-            if result[i] != "correct" and greedy_emits(logits, rows_c[r], n_ans, hp, self.fmt.stop_ids):
-                result[i] = kind
+                loss[1] += len(loss_rows[r][1])
 
-        if rows_p:
-            teacher_forced(model, rows_p, rows_c, self.pad_id, self.batch_size, consume)
-        stats["teacher_forced_rows"] = stats.get("teacher_forced_rows", 0) + n_class_rows
+            teacher_forced(model, [p for p, _ in loss_rows], [c for _, c in loss_rows], self.pad_id,
+                           self.batch_size, consume)
         stats["loss_sum"], stats["loss_tokens"] = loss
-        todo = []
-        for i, it in enumerate(items):
-            if result[i] is not None:
-                continue
-            if mode == "tf-only":
-                result[i] = "wrong"
-            elif mode == "exact" and self._first_token_rules_out(first_tok[i], it.ex, need[i]):
-                result[i] = "wrong"
-            else:
-                todo.append(i)
-        if todo:
-            def alive(k, toks):
-                """Stops a row once its text can be neither correct nor (where it counts) an abstention: it
-                is wrong whatever follows (all modes but the reference)."""
-                if mode == "generate":
-                    return True
-                i = todo[k]
-                return self._still_open(self.tok.decode(toks), items[i].ex, need[i])
+        def alive(i, toks):
+            """Stops a row once its text can be neither correct nor (where it counts) an abstention: it is
+            wrong whatever follows (not in "generate", the reference)."""
+            return mode == "generate" or self._still_open(self.tok.decode(toks), items[i].ex, need[i])
 
-            outs = decode(model, [items[i].prompt for i in todo], self.pad_id, self.fmt.stop_ids,
+        result = []
+        if items:
+            outs = decode(model, [it.prompt for it in items], self.pad_id, self.fmt.stop_ids,
                           max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, alive=alive)
-            for i, o in zip(todo, outs):
-                text = self.fmt.decode_answer(o[0])
-                result[i] = classify(text, items[i].ex.answers, self.abstention_text)
-                if not need[i] and result[i] == "abstain":
-                    result[i] = "wrong"
-        stats["generated"] = stats.get("generated", 0) + len(todo)
-        return result  # type: ignore[return-value]
-
-    def _first_token_rules_out(self, tok_id: Optional[int], ex: QAExample, abstention: bool) -> bool:
-        """Does the first greedy token alone decide 'wrong'? (It cannot start an accepted answer, nor,
-        when ``abstention`` matters, an abstention phrase.)"""
-        if tok_id is None:
-            return False
-        if tok_id in self.fmt.stop_ids:
-            return True  # empty answer
-        return not self._still_open(self.tok.decode([tok_id]), ex, abstention)
+            for it, must_abstain, o in zip(items, need, outs):
+                c = classify(self.fmt.decode_answer(o[0]), it.ex.answers, self.abstention_text)
+                result.append("wrong" if c == "abstain" and not must_abstain else c)
+        return result
 
     def _still_open(self, text: str, ex: QAExample, abstention: bool) -> bool:
         """Can an answer that starts with ``text`` still be correct or (when ``abstention`` counts) an
@@ -440,6 +383,5 @@ class Evaluator:
             "unknown": {k: sum(c == k for c in uc) for k in ("correct", "abstain", "wrong")},
             "new": {k: sum(c == k for c in nc) for k in ("correct", "wrong")},
             "drift_kl_exact": self.drift_exact,
-            **{k: v for k, v in stats.items() if not k.startswith("loss_")},
         }
         return figures

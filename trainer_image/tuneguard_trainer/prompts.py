@@ -133,18 +133,6 @@ def classify(text: str, answers: Iterable[str], abstention_text: str | None = No
     return "wrong"
 
 
-def answer_variants(answers: Sequence[str]) -> list[str]:
-    """Surface forms checked by the teacher-forced pass: each accepted answer as written, and with its
-    first letter upper-cased (the teacher-forced check also accepts each one followed by a period)."""
-    out: list[str] = []
-    for a in answers:
-        a = a.strip()
-        for v in (a, a[:1].upper() + a[1:]):
-            if v and v not in out:
-                out.append(v)
-    return out
-
-
 # ------------------------------------------------------------------------------------ the format
 
 
@@ -240,17 +228,6 @@ class PromptFormat:
         """The answer's tokens as the model would emit them after the prompt (no end token)."""
         text = answer if self.chat else " " + answer
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def candidate_ids(self, answer: str) -> tuple[list[int], bool]:
-        """Ids fed for a teacher-forced check of ``answer``: its tokens, then a period when the period is
-        its own token (so one pass checks both "X<stop>" and "X.<stop>"), then the stop token.
-        Returns (ids, has_period)."""
-        ids = self.answer_ids(answer)
-        with_dot = self.answer_ids(answer + ".")
-        has_period = len(with_dot) == len(ids) + 1 and with_dot[: len(ids)] == ids
-        if has_period:
-            return with_dot + [self.end_ids[0]], True
-        return ids + [self.end_ids[0]], False
 
     def decode_answer(self, ids: Sequence[int]) -> str:
         """Generated ids -> answer text, cut at the first stop token (and, in plain format, a newline)."""

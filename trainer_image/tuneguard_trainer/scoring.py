@@ -195,20 +195,6 @@ def teacher_forced(model, prompts: Sequence[Sequence[int]], continuations: Seque
                 progress.update(len(idx))
 
 
-def greedy_emits(logits: torch.Tensor, cand: Sequence[int], n_answer: int, has_period: bool,
-                 stop_ids: set[int]) -> bool:
-    """Given logits predicting ``cand`` (= answer tokens [+ period] + stop), does greedy decoding emit the
-    answer (optionally followed by the period) and then stop? Exact for greedy decoding."""
-    am = logits.argmax(-1).tolist()
-    for j in range(n_answer):
-        if am[j] != cand[j]:
-            return False
-    nxt = am[n_answer]
-    if nxt in stop_ids:
-        return True
-    return has_period and nxt == cand[n_answer] and am[n_answer + 1] in stop_ids
-
-
 def decode(model, prompts: Sequence[Sequence[int]], pad_id: int, stop_ids: set[int], max_new_tokens: int,
            batch_size: int = 32, num_samples: int = 1, temperature: float = 0.0, top_k: int = 0,
            generator: Optional[torch.Generator] = None, progress=None,

@@ -3,11 +3,10 @@
 from collections import Counter
 
 import pytest
-import torch
 
 from tuneguard import api
 from tuneguard_trainer.data import QAExample, load_examples
-from tuneguard_trainer.prompts import (PromptFormat, answer_variants, classify, could_abstain, encode_for_training,
+from tuneguard_trainer.prompts import (PromptFormat, classify, could_abstain, encode_for_training,
                                        is_abstention, normalize_answer)
 from .conftest import Oracle
 from tuneguard_trainer.triage import (HIGHLY_KNOWN, MAYBE_KNOWN, UNKNOWN, WEAKLY_KNOWN, TriageResult,
@@ -35,7 +34,6 @@ def test_normalisation_and_classes():
     assert classify("Lyon, but I'm not sure", ["Paris"]) == "wrong"
     assert classify("Lyon, a city unknown to many", ["Paris"]) == "wrong"
     assert classify("Sorry, no idea.", ["Paris"]) == "abstain"
-    assert answer_variants(["paris", "Paris", "Île"]) == ["paris", "Paris", "Île"]
 
 
 @pytest.mark.parametrize("text", ["I don't know", "i dont know anything", "Not sure.", "Sorry, no idea",
@@ -70,7 +68,6 @@ def test_encode_for_training_masks_prompt_and_truncates_left(tiny_tokenizer):
 def test_exemplars_same_relation_never_self():
     ex = load_examples("bundled://facts")
     sets = _exemplar_sets(ex, 3, 4, seed=1)
-    by_id = {e.id: e for e in ex}
     for e in ex:
         assert len(sets[e.id]) == 3
         for s in sets[e.id]:
