@@ -40,7 +40,7 @@ if __package__ in (None, ""):
 
 import yaml
 
-from bench.common import (REPO, cpu_threads, fmt_pm, machine_info, markdown_table, mean_std, model_bench_parser,
+from bench.common import (REPO, cpu_threads, machine_info, markdown_table, mean_std, model_bench_parser,
                           out_dir, write_json, write_result, yes_no)
 
 METHODS = {

@@ -41,7 +41,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, machine_info, markdown_table, median, out_dir, percentile, write_result
+from bench.common import machine_info, markdown_table, median, out_dir, percentile, write_result
 from bench.operator_scale import install_crd, new_namespace, proc_cpu_seconds
 from tests.cluster.processes import free_port, http_ok
 

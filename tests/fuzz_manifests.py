@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import annotated_types as at
 import yaml
 from hypothesis import strategies as st
 from pydantic import BaseModel

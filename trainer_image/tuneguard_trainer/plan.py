@@ -159,7 +159,7 @@ def describe(plan: dict) -> str:
     if leak["refusal"]:
         lines.append("  a run would fail here (policy refuse)")
     m, g = plan["expected_known_loss"]["measured"], plan["expected_known_loss"]["gekhman_fit"]
-    lines += [f"Known-fact loss to expect, by method:",
+    lines += ["Known-fact loss to expect, by method:",
               f"  (a) Tuneguard's table ({m['source']}), {m['scope']}, {m['steps']} steps; drop at the last step:",
               f"      {'row':<26} seeds  known drop (points) [95 %]  new facts learned  fabrication"]
     for r in m["rows"]:
