@@ -22,6 +22,7 @@ from .binaries import COMPONENTS, NODE_COMPONENTS, control_plane_binaries
 from .handle import SIMULATE_EXIT_ANNOTATION, SIMULATION_MARKER, Cluster
 from .nodes import KWOK_NODE_ANNOTATION, gpu_node
 from .pki import APISERVER_SANS, KeyPair, Pki, write_kubeconfig
+from .polling import WaitTimeout, wait_for
 from .processes import PortTaken, ProcessGroup, free_port
 
 STAGES = Path(__file__).with_name("kwok-stages.yaml")
@@ -186,7 +187,7 @@ class LocalControlPlane:
         if self.node is not None:
             node_deadline = time.monotonic() + 600  # includes the pause image's first build
             self.node.start(g, api_port, self.kubeconfig,
-                            lambda what, ready: self._wait(what, node_deadline, ready))
+                            lambda what, ready: self._wait(what, node_deadline, ready, interval=0.5))
         return Cluster(kubeconfig=self.kubeconfig, binaries=bins, simulated=True, real_node=self.node,
                        control_plane=self)
 
@@ -207,20 +208,17 @@ class LocalControlPlane:
             self.group.restart(name, down_seconds=down_seconds)
         self._wait("kube-apiserver /readyz after the restart", time.monotonic() + timeout, self._api_ready)
 
-    def _wait(self, what: str, deadline: float, ready: Callable[[], bool]) -> None:
-        """Polls `ready` until true; fails fast, with the log tail, if one of our processes died."""
-        delay = 0.05
-        while True:
+    def _wait(self, what: str, deadline: float, ready: Callable[[], bool], interval: float = 0.1) -> None:
+        """Polls `ready` until true (an OSError: not listening yet); fails fast, with the log tail, if one of
+        our processes died."""
+        def check() -> bool:
             self.group.check_alive()
-            try:
-                if ready():
-                    return
-            except OSError:
-                pass  # not listening yet
-            if time.monotonic() > deadline:
-                raise StartupError(f"timed out waiting for {what}; logs in {self.group.log_dir}")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
+            return ready()
+
+        try:
+            wait_for(what, check, deadline - time.monotonic(), interval, retry=OSError)
+        except WaitTimeout as e:
+            raise StartupError(f"{e}; logs in {self.group.log_dir}") from None
 
     # ------------------------------------------------------------------------------------- stop
     def stop(self, keep_state: bool = False) -> None:

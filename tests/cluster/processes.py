@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .polling import WaitTimeout, wait_for
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -158,12 +160,11 @@ class ProcessGroup:
 
 
 def _wait_gone(processes: list[Process], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while any(p.alive() for p in processes):  # alive() also reaps our own children
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    try:  # alive() also reaps our own children
+        return wait_for(f"{[p.name for p in processes]} to exit", lambda: not any(p.alive() for p in processes),
+                        timeout, interval=0.05)
+    except WaitTimeout:
+        return False
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -4,26 +4,18 @@ through kwok), and the garbage collector deletes what names a deleted owner."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import yaml
 
 from tests.bad_manifests import valid_job
+from tests.cluster.polling import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180, func_only=True)]
 
 
 def get_json(cluster, *args: str) -> dict:
     return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
-
-
-def wait_until(what: str, check, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
-    return result
 
 
 def test_indexed_job_pods_run_and_succeed(cluster, namespace):
@@ -46,7 +38,7 @@ def test_indexed_job_pods_run_and_succeed(cluster, namespace):
         pods = get_json(cluster, "pods", "-n", namespace, "-l", "job-name=workers")["items"]
         return pods if len(pods) == 2 and all(p["status"].get("phase") == "Running" for p in pods) else None
 
-    pods = wait_until("both workers Running", running_pods)
+    pods = wait_for("both workers Running", running_pods)
     indexes = sorted(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods)
     assert indexes == ["0", "1"]
     assert all(p["metadata"]["ownerReferences"][0]["kind"] == "Job" for p in pods)
@@ -70,7 +62,7 @@ def test_failed_pod_fails_the_job(cluster, namespace):
                                        "containers": [{"name": "trainer", "image": "tuneguard/trainer:test"}]}}},
     }
     cluster.kubectl("create", "-n", namespace, "-f", "-", input=yaml.safe_dump(job))
-    pod = wait_until("the worker Running", lambda: next(
+    pod = wait_for("the worker Running", lambda: next(
         (p for p in get_json(cluster, "pods", "-n", namespace, "-l", "job-name=doomed")["items"]
          if p["status"].get("phase") == "Running"), None))
     cluster.finish_pod(namespace, pod["metadata"]["name"], 1)
@@ -93,7 +85,7 @@ def test_garbage_collector_deletes_what_a_finetunejob_owns(cluster, crd_installe
     ]
     for doc in dependents:
         cluster.kubectl("create", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
-    wait_until("the Job's pod", lambda: get_json(cluster, "pods", "-n", namespace, "-l", "job-name=owner-workers")["items"])
+    wait_for("the Job's pod", lambda: get_json(cluster, "pods", "-n", namespace, "-l", "job-name=owner-workers")["items"])
 
     cluster.kubectl("delete", "finetunejob", "owner", "-n", namespace)
 
@@ -105,5 +97,5 @@ def test_garbage_collector_deletes_what_a_finetunejob_owns(cluster, crd_installe
     # The garbage collector learns of a kind installed after it started on its next discovery pass
     # (every 30 s); until then it retries the dependents with back-off. Right after the CRD is
     # installed this takes up to ~45 s here; an operator installed long after its CRD sees none of it.
-    wait_until("the FineTuneJob's dependents (and the Job's pod) to be garbage-collected",
-               lambda: left() == {"ConfigMap/bystander"}, timeout=120)
+    wait_for("the FineTuneJob's dependents (and the Job's pod) to be garbage-collected",
+             lambda: left() == {"ConfigMap/bystander"}, timeout=120)

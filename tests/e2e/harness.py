@@ -1,7 +1,7 @@
 """End-to-end helpers: the operator as a real `tuneguard operator` process, and small kubectl wrappers.
 
-Waits are polling loops with a deadline and a message that says what was awaited and what was seen
-last, never bare sleeps.
+Waits go through tests.cluster.polling.wait_for: a deadline and a message that says what was awaited and
+what was seen last, never bare sleeps.
 """
 
 from __future__ import annotations
@@ -11,31 +11,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
 
 import yaml
 
 from tests.bad_manifests import valid_job
+from tests.cluster.polling import wait_for  # the e2e tests import it from here, with the helpers below
 from tests.cluster.processes import free_port, terminate
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, interval: float = 0.3,
-             describe: Callable[[], str] | None = None) -> Any:
-    """Polls check() until it returns something truthy; fails with `what` and the last state."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            seen = describe() if describe else repr(result)
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {seen}")
-        time.sleep(interval)
 
 
 class OperatorProcess:

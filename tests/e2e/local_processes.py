@@ -10,14 +10,13 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import yaml
 
-from tests.cluster.processes import terminate
-from tests.cluster.processes import free_port
+from tests.cluster.polling import wait_for
+from tests.cluster.processes import free_port, http_ok, terminate
 from tests.prometheus.harness import env_with_repo_paths
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,18 +63,12 @@ class LocalOperator:
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def wait_healthy(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def healthy() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"operator exited {self.proc.returncode}:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"operator not healthy after {timeout}s:\n{self.tail()}")
+            return http_ok(f"http://127.0.0.1:{self.health_port}/healthz")
+
+        wait_for("the operator's /healthz", healthy, timeout, interval=0.5, describe=self.tail)
 
     def metrics(self) -> str:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
@@ -86,20 +79,6 @@ class LocalOperator:
 
     def stop(self) -> None:
         terminate(self.proc)
-
-
-def wait_until(fn, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-            if last:
-                return last
-        except Exception as e:  # noqa: BLE001 - retried until the deadline
-            last = e
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def get_json(cluster, *args: str) -> dict:

@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from tests.chart_tools import CHART, ROOT
+from tests.cluster.polling import wait_for
 from tests.conftest import fresh_namespace
-from tests.e2e.local_processes import LocalOperator, get_json, token_kubeconfig, wait_until
+from tests.e2e.local_processes import LocalOperator, get_json, token_kubeconfig
 
 pytestmark = pytest.mark.cluster
 
@@ -99,12 +100,12 @@ def test_operator_with_the_chart_service_account_reconciles_a_job(cluster, names
             return all(cluster.kubectl("get", kind, "-n", ns, name, "--ignore-not-found", "-o", "name").stdout.strip()
                        for kind, name in names.items())
 
-        wait_until(children, 120, f"the children of {ns}/{job} ({op.tail(3000)})")
+        wait_for(f"the children of {ns}/{job}", children, 120, 0.5, retry=Exception, describe=lambda: op.tail(3000))
 
         def running():
             return get_json(cluster, "ftj", "-n", ns, job).get("status", {}).get("phase") == "Running"
 
-        wait_until(running, 180, f"{ns}/{job} phase Running ({op.tail(3000)})")
+        wait_for(f"{ns}/{job} phase Running", running, 180, 0.5, retry=Exception, describe=lambda: op.tail(3000))
         ftj = get_json(cluster, "ftj", "-n", ns, job)
         assert ftj["status"]["workers"]["desired"] == 1
         # the trainer's Role (which the operator could only create holding the same verbs itself)

@@ -30,9 +30,9 @@ import pytest
 import yaml
 
 from tests.chart_tools import ROOT, find_prometheus
-from tests.e2e.local_processes import (LocalOperator, get_json, token_kubeconfig, wait_until,
-                                       worker_process)
+from tests.cluster.polling import wait_for
 from tests.cluster.processes import free_port
+from tests.e2e.local_processes import LocalOperator, get_json, token_kubeconfig, worker_process
 from tests.prometheus.harness import Prometheus
 from tuneguard import alerts, dashboard
 
@@ -127,16 +127,18 @@ def test_every_dashboard_query_and_alert_expression_returns_real_data(cluster, c
         train = facts_slice(tmp_path / "facts-slice.jsonl")
         for name, backoff in (("facts", 3), ("idle", 3), ("broken", 0)):
             cluster.kubectl("apply", "-f", "-", input=json.dumps(job_manifest(name, ns, train, backoff)))
+        # kubectl failing meanwhile counts as "not yet"; on a timeout the operator's log tail is shown
+        polling = dict(interval=0.5, retry=Exception, describe=lambda: op.tail(2000))
         for name in ("facts", "idle", "broken"):
-            wait_until(lambda: phase(cluster, ns, name) == "Running", 180, f"{ns}/{name} Running\n{op.tail(2000)}")
+            wait_for(f"{ns}/{name} Running", lambda: phase(cluster, ns, name) == "Running", 180, **polling)
 
         # A worker failure: the operator restarts the whole group (restarts 0 -> 1).
-        cluster.finish_pod(ns, wait_until(lambda: worker_pod(cluster, ns, "facts", 0), 60, "facts pod"), 1)
-        wait_until(lambda: get_json(cluster, "ftj", "-n", ns, "facts")["status"].get("restarts") == 1
-                   and phase(cluster, ns, "facts") == "Running", 180, f"facts restarted\n{op.tail(2000)}")
+        cluster.finish_pod(ns, wait_for("facts pod", lambda: worker_pod(cluster, ns, "facts", 0), 60, **polling), 1)
+        wait_for("facts restarted", lambda: get_json(cluster, "ftj", "-n", ns, "facts")["status"].get("restarts") == 1
+                 and phase(cluster, ns, "facts") == "Running", 180, **polling)
         # No restarts left for 'broken': Failed.
-        cluster.finish_pod(ns, wait_until(lambda: worker_pod(cluster, ns, "broken", 0), 60, "broken pod"), 1)
-        wait_until(lambda: phase(cluster, ns, "broken") == "Failed", 180, f"broken Failed\n{op.tail(2000)}")
+        cluster.finish_pod(ns, wait_for("broken pod", lambda: worker_pod(cluster, ns, "broken", 0), 60, **polling), 1)
+        wait_for("broken Failed", lambda: phase(cluster, ns, "broken") == "Failed", 180, **polling)
 
         # The real trainer, as the operator's pod spec says, with the job's trainer ServiceAccount.
         workdir = tmp_path / "worker"

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -19,7 +17,8 @@ from pathlib import Path
 import yaml
 
 from tests.chart_tools import find_prometheus
-from tests.cluster.processes import free_port, terminate
+from tests.cluster.polling import wait_for
+from tests.cluster.processes import free_port, http_ok, terminate
 
 
 def scrape_config(jobs: dict[str, list[tuple[str, dict]]], interval: str = "1s") -> dict:
@@ -60,17 +59,17 @@ class Prometheus:
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
              "--storage.tsdb.retention.time=1d"],
             stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus did not become ready:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.3)
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited with {self.proc.returncode}:\n{self.log_tail()}")
+            return http_ok(f"{self.url}/-/ready")
+
+        wait_for("prometheus /-/ready", ready, timeout, describe=self.log_tail)
+        return self
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
 
     def stop(self) -> None:
         if self.proc:
@@ -100,15 +99,12 @@ class Prometheus:
         return self.api("targets")["activeTargets"]
 
     def wait_for(self, expr: str, timeout: float = 60, what: str = "") -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while True:
-            res = self.query(expr)
-            if res:
-                return res
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no series for {expr} after {timeout}s {what}; targets: "
-                                     f"{[(t['scrapeUrl'], t['health'], t.get('lastError')) for t in self.targets()]}")
-            time.sleep(1)
+        """The first non-empty result of query(expr), polled every second; on timeout the error lists the targets."""
+        def targets() -> str:
+            return f"targets: {[(t['scrapeUrl'], t['health'], t.get('lastError')) for t in self.targets()]}"
+
+        return wait_for(f"series for {expr} {what}".rstrip(), lambda: self.query(expr), timeout, interval=1,
+                        describe=targets)
 
 
 def env_with_repo_paths(root: Path) -> dict[str, str]:
