@@ -10,11 +10,12 @@ import contextlib
 import os
 import signal
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.cluster.polling import WaitTimeout, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 CRD_PATH = REPO / "crds" / "tuneguard.io_finetunejobs.yaml"
@@ -76,11 +77,9 @@ def fresh_namespace(cluster):
     """A new namespace with its default ServiceAccount (pods need it); deleted afterwards."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", name)
-    deadline = time.monotonic() + 30
-    while not cluster.kubectl("get", "serviceaccount", "default", "-n", name, "--ignore-not-found",
-                              "-o", "name").stdout.strip():
-        assert time.monotonic() < deadline, f"no default ServiceAccount in {name} after 30 s"
-        time.sleep(0.2)
+    wait_for(f"the default ServiceAccount in {name}", lambda: cluster.kubectl(
+        "get", "serviceaccount", "default", "-n", name, "--ignore-not-found", "-o", "name").stdout.strip(),
+        30, interval=0.2)
     try:
         yield name
     finally:
@@ -100,9 +99,8 @@ def _delete_workloads(cluster, ns: str, timeout: float = 90) -> None:
         return
     for kind in ("finetunejobs", "jobs"):
         cluster.kubectl("delete", kind, "--all", "-n", ns, "--wait=false", check=False)
-    deadline = time.monotonic() + timeout
-    while pods() and time.monotonic() < deadline:
-        time.sleep(0.5)
+    with contextlib.suppress(WaitTimeout):  # bounded: the namespace's deletion takes what is left
+        wait_for(f"the pods of {ns}'s Jobs to go", lambda: not pods(), timeout, interval=0.5)
 
 
 @pytest.fixture
@@ -126,15 +124,14 @@ def crd_installed(cluster):
     # Poll rather than `kubectl wait --for=condition=Established`: that fails at once, instead of
     # waiting, while a just-created CRD has no status.conditions yet.
     jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
-    deadline = time.monotonic() + 60
-    while True:
-        got = cluster.kubectl("get", "crd", "finetunejobs.tuneguard.io", "-o", f"jsonpath={jsonpath}",
-                              check=False).stdout.strip()
-        if got == "True":
-            return "finetunejobs.tuneguard.io"
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the FineTuneJob CRD is not Established after 60 s (Established={got!r})")
-        time.sleep(0.2)
+
+    def established() -> str:
+        return cluster.kubectl("get", "crd", "finetunejobs.tuneguard.io", "-o", f"jsonpath={jsonpath}",
+                               check=False).stdout.strip()
+
+    wait_for("the FineTuneJob CRD to be Established", lambda: established() == "True", 60, interval=0.2,
+             describe=lambda: f"Established={established()!r}")
+    return "finetunejobs.tuneguard.io"
 
 
 @pytest.fixture(scope="session")

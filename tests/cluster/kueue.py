@@ -11,13 +11,13 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import time
 from pathlib import Path
 
 import yaml
 
 from .binaries import control_plane_binaries
 from .pki import Pki
+from .polling import wait_for
 from .processes import ProcessGroup, free_port, http_ok
 
 GROUPS = {"batch", "kueue.x-k8s.io"}  # the webhooks of the batch/job integration and of Kueue's own kinds
@@ -74,12 +74,12 @@ class Kueue:
         self._register_webhooks(root / "webhooks.yaml", pki.ca.cert)
         self.group.start("kueue", self.binary, [f"--config={config}", f"--kubeconfig={self.cluster.kubeconfig}",
                                                 "--feature-gates=VisibilityOnDemand=false"])
-        deadline = time.monotonic() + timeout
-        while not self._ready():
+
+        def ready() -> bool:
             self.group.check_alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"Kueue not ready in {timeout:.0f}s:\n{self.group.processes[0].log_tail()}")
-            time.sleep(0.5)
+            return self._ready()
+
+        wait_for("Kueue to be ready", ready, timeout, interval=0.5, describe=self.group.processes[0].log_tail)
         return self
 
     def _register_webhooks(self, manifests: Path, ca: Path) -> None:

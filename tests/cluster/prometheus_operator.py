@@ -18,12 +18,12 @@ import json
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import yaml
 
 from .binaries import control_plane_binaries
+from .polling import wait_for
 from .processes import ProcessGroup, free_port, http_ok
 
 # What the rule-file ConfigMaps are labelled with (pkg/prometheus/server/rules.go).
@@ -49,12 +49,12 @@ class PrometheusOperator:
             self.group.start("prometheus-operator", self.binary, [
                 f"--web.listen-address=127.0.0.1:{self.port}", "--log-format=logfmt", "--log-level=info"],
                 env={**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)})  # out of cluster: no flag for it
-            deadline = time.monotonic() + timeout
-            while not http_ok(f"http://127.0.0.1:{self.port}/healthz"):
+
+            def healthy() -> bool:
                 self.group.check_alive()
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"Prometheus Operator not healthy in {timeout:.0f}s:\n{self.log_tail()}")
-                time.sleep(0.5)
+                return http_ok(f"http://127.0.0.1:{self.port}/healthz")
+
+            wait_for("the Prometheus Operator's /healthz", healthy, timeout, interval=0.5, describe=self.log_tail)
             return self
         except BaseException:
             self.stop()
@@ -81,21 +81,20 @@ class PrometheusOperator:
     def generated(self, ns: str, name: str, timeout: float = 60.0, want: tuple[str, ...] = ()) -> tuple[dict, dict]:
         """(scrape configuration, {rule file name: text}) the operator generated for Prometheus ns/name, once its
         configuration has a scrape job whose name contains each of `want`."""
-        deadline = time.monotonic() + timeout
-        while True:
+        jobs: list[str] = []  # those of the configuration seen last
+
+        def configuration() -> dict | None:
             out = self.cluster.kubectl("get", "secret", f"prometheus-{name}", "-n", ns, "-o", "json",
                                        "--ignore-not-found", check=False).stdout
             config = {}
             if out.strip():
                 raw = base64.b64decode(json.loads(out)["data"]["prometheus.yaml.gz"])
                 config = yaml.safe_load(gzip.decompress(raw)) or {}
-            jobs = [j["job_name"] for j in config.get("scrape_configs") or []]
-            if config and all(any(w in j for j in jobs) for w in want):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no generated configuration with scrape jobs {want} for {ns}/{name} in "
-                                   f"{timeout:.0f}s (jobs: {jobs}):\n{self.log_tail()}")
-            time.sleep(1)
+            jobs[:] = [j["job_name"] for j in config.get("scrape_configs") or []]
+            return config if config and all(any(w in j for j in jobs) for w in want) else None
+
+        config = wait_for(f"a generated configuration with scrape jobs {want} for {ns}/{name}", configuration,
+                          timeout, interval=1, describe=lambda: f"jobs: {jobs}\n{self.log_tail()}")
         maps = json.loads(self.cluster.kubectl("get", "configmaps", "-n", ns, "-l", RULEFILE_LABELS.format(name=name),
                                                "-o", "json").stdout)["items"]
         rules = {file: text for m in maps for file, text in (m.get("data") or {}).items()}

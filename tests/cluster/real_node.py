@@ -22,6 +22,7 @@ warm run imports nothing.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -35,6 +36,7 @@ from pathlib import Path
 import yaml
 
 from .pki import Pki, write_kubeconfig
+from .polling import WaitTimeout, wait_for
 from .processes import free_port
 
 NODE_NAME = "tuneguard-node"
@@ -100,17 +102,14 @@ def acquire_lock(timeout: float) -> int:
         raise NodeUnavailable("the real node needs root (kubelet, containerd, CNI)")
     LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.set_inheritable(fd, True)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                raise NodeUnavailable(f"another real node holds {LOCK_PATH} (one per machine) after {timeout:.0f} s")
-            time.sleep(1)
+    try:  # flock returns None once it holds the lock
+        wait_for(f"the lock {LOCK_PATH}", lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB) is None, timeout,
+                 interval=1, retry=BlockingIOError)
+    except WaitTimeout:
+        os.close(fd)
+        raise NodeUnavailable(f"another real node holds {LOCK_PATH} (one per machine) after {timeout:.0f} s") from None
+    os.set_inheritable(fd, True)
+    return fd
 
 
 def lock_free() -> bool:
@@ -239,9 +238,9 @@ def cleanup_machine() -> list[str]:
         _kill(pids)
         _kill(node)
         did.append(f"killed {len(pids)} container processes, {len(node)} node processes")
-        deadline = time.monotonic() + 10
-        while (_pids_in_cgroups(dirs) or _node_processes()) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        with contextlib.suppress(WaitTimeout):  # bounded; the clean-up goes on either way
+            wait_for("the killed processes to exit", lambda: not (_pids_in_cgroups(dirs) or _node_processes()), 10,
+                     interval=0.2)
     # 2. Mounts: pod volumes, container root file systems, network namespaces.
     points = _mounts_under((str(NODE_ROOT) + "/", str(RUN_ROOT) + "/", "/run/netns/cni-", "/var/run/netns/cni-"))
     for point in points:
@@ -535,12 +534,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         kubectl = [str(kubectl_binary()), "--kubeconfig", str(admin_kubeconfig)]
         _run(*kubectl, "delete", "pods", "-A", "--field-selector", f"spec.nodeName={NODE_NAME}",
              "--grace-period=0", "--force", "--wait=false", check=False, timeout=30)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def stopped() -> bool:
             tasks = self.ctr("tasks", "ls", "-q", check=False, timeout=10)
-            if tasks.returncode != 0 or not tasks.stdout.strip():
-                return
-            time.sleep(0.5)
+            return tasks.returncode != 0 or not tasks.stdout.strip()
+
+        with contextlib.suppress(WaitTimeout):  # bounded: stopping the processes and cleanup_machine take the rest
+            wait_for("the node's containers to stop", stopped, timeout, interval=0.5)
 
     def stop(self) -> None:
         """After the node's processes are stopped: undo the machine-wide changes, release the lock."""

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.cluster.polling import wait_for
 from tuneguard_operator.kube import Kube, path
 from tuneguard_operator.leader import ElectionSettings, LeaderElector
 
@@ -35,8 +36,7 @@ def test_one_leader_and_takeover_only_after_the_lease_duration(kube, module_name
         assert a.try_acquire_or_renew() and not b.try_acquire_or_renew()
     assert b.holder == "a"
     t0 = time.monotonic()  # a stops renewing: b takes over once it has seen no renewal for 3 s
-    while not b.try_acquire_or_renew():
-        time.sleep(0.1)
+    wait_for("b to take the lease over", b.try_acquire_or_renew, 30, interval=0.1)
     waited = time.monotonic() - t0
     assert FAST["lease_duration"] - 0.6 <= waited <= FAST["lease_duration"] + 1.0, waited
     lease = kube.get(path("Lease", module_namespace, "lease-takeover"))["spec"]
@@ -87,8 +87,7 @@ def test_a_leader_cut_off_from_the_api_server_stops_before_its_lease_runs_out(cl
     a.keep_leading(threading.Event(), on_lost=lost.set)
     assert lost.wait(10)
     stopped = time.monotonic() - t0
-    while not b.try_acquire_or_renew():
-        time.sleep(0.1)
+    wait_for("b to take the lease over", b.try_acquire_or_renew, 30, interval=0.1)
     taken = time.monotonic() - t0
     assert stopped < FAST["lease_duration"] <= taken + 0.6, (stopped, taken)  # a stopped before b could lead
 

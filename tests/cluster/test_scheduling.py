@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import yaml
 
 from tests.cluster import GPU_PRODUCT, GPU_RESOURCE, GPUS_PER_NODE
+from tests.cluster.polling import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180, func_only=True)]
 
@@ -58,14 +58,14 @@ def test_gpu_pod_is_scheduled_and_runs(cluster, namespace):
 
 def test_pod_asking_more_gpus_than_any_node_stays_pending(cluster, namespace):
     create(cluster, namespace, gpu_pod("too-big", GPUS_PER_NODE + 1))
-    deadline = time.monotonic() + 60
-    while True:
+
+    def verdict() -> tuple[dict, dict] | None:
         pod = get(cluster, namespace, "pod", "too-big")
         scheduled = {c["type"]: c for c in pod["status"].get("conditions", [])}.get("PodScheduled")
-        if scheduled and scheduled["status"] == "False":
-            break
-        assert time.monotonic() < deadline, f"no scheduling verdict: {pod['status']}"
-        time.sleep(0.3)
+        return (pod, scheduled) if scheduled and scheduled["status"] == "False" else None
+
+    pod, scheduled = wait_for("a scheduling verdict", verdict,
+                              describe=lambda: str(get(cluster, namespace, "pod", "too-big")["status"]))
     assert pod["status"]["phase"] == "Pending" and "nodeName" not in pod["spec"]
     assert scheduled["reason"] == "Unschedulable"
     assert f"Insufficient {GPU_RESOURCE}" in scheduled["message"], scheduled["message"]
