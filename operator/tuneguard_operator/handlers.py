@@ -119,7 +119,7 @@ class Controller:
 
 
 def _is_api_error(e: Exception) -> bool:
-    from .kube import ApiError
+    from tuneguard.kube import ApiError
 
     return isinstance(e, ApiError)
 

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from .kube import ApiError, Kube, path
+from tuneguard.kube import ApiError, Kube, path
 
 log = logging.getLogger("tuneguard.operator.leader")
 

@@ -84,7 +84,7 @@ def run_operator(namespaces: list[str], all_namespaces: bool, metrics_port: int,
 
     from .handlers import Controller, register
     from .cache import ObjectCache
-    from .kube import Kube, load_client
+    from tuneguard.kube import Kube, load_client
     from .metrics import Metrics
     from .reconcile import Reconciler
 

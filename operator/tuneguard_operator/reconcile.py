@@ -17,11 +17,11 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 from tuneguard import api, contract
+from tuneguard.kube import ApiError, path
 from tuneguard.validation import InvalidManifest, parse_job
 
 from . import render
 from .cache import ObjectCache
-from .kube import ApiError, path
 from .metrics import Metrics
 from .policies.lost_node import TerminatingPod
 from .policies.observed import parse_time

@@ -186,7 +186,8 @@ def test_rbac_lets_the_operator_create_the_trainer_role():
 
 
 def test_rbac_covers_every_kind_the_operator_writes_and_nothing_cluster_scoped():
-    kube = pytest.importorskip("tuneguard_operator.kube", reason="the operator is not merged yet")
+    from tuneguard import kube
+
     rules = _helper_rules()
     for kind, (prefix, plural) in kube.KINDS.items():
         if kind in ("Lease", "Node"):  # leader election's Role, the node reader's ClusterRole: their own objects

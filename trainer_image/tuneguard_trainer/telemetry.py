@@ -29,6 +29,7 @@ from tuneguard import api, contract
 log = logging.getLogger("tuneguard.trainer")
 
 PATCH_MIN_INTERVAL_S = 10.0
+USER_AGENT = "tuneguard-trainer"  # in the API server's audit log
 
 TRIAGE_CATEGORIES = ("highly_known", "maybe_known", "weakly_known", "unknown", "dropped", "relabelled")
 LEAKAGE_KINDS = ("exact", "near", "train_duplicates", "dropped")  # api.LeakageCounts
@@ -53,7 +54,7 @@ class Telemetry:
         self.status_patch = status_patch and enabled
         self._last_patch = 0.0
         self._patch_failures = 0
-        self._api = None
+        self._kube = None
         self._lock = threading.Lock()
         self.registry = None
         self.port: Optional[int] = None
@@ -247,23 +248,11 @@ class Telemetry:
                 log.warning("status patch of %s/%s failed (%d so far): %s", self.namespace, self.job,
                             self._patch_failures, e)
 
-    def _client(self):
-        if self._api is None:
-            from kubernetes import client, config
-
-            try:
-                config.load_incluster_config()
-            except Exception:
-                config.load_kube_config()
-            self._api = client.CustomObjectsApi()
-        return self._api
-
     def _patch(self, body: dict) -> None:
+        """A merge patch of the job's status subresource, with the pod's token (the job's own Role)."""
+        from tuneguard.kube import Kube, load_client, path
+
         with self._lock:
-            capi = self._client()
-            kwargs = dict(group=api.GROUP, version=api.VERSION, namespace=self.namespace, plural=api.PLURAL,
-                          name=self.job, body=body, _request_timeout=5)
-            try:
-                capi.patch_namespaced_custom_object_status(**kwargs, _content_type="application/merge-patch+json")
-            except TypeError:  # older clients without _content_type pick merge-patch for dict bodies
-                capi.patch_namespaced_custom_object_status(**kwargs)
+            if self._kube is None:
+                self._kube = Kube(load_client(connections=1, user_agent=USER_AGENT), timeout=5)
+            self._kube.patch(path(api.KIND, self.namespace, self.job, "status"), body)

@@ -1,4 +1,4 @@
-"""An in-memory stand-in for the REST calls of tuneguard_operator.kube.Kube (unit tests only).
+"""An in-memory stand-in for the REST calls of tuneguard.kube.Kube (unit tests only).
 
 It keeps objects by path, assigns uids and resourceVersions, answers 404/409 like the API server,
 applies JSON merge patches, and records every call so tests can assert what the reconciler did.
@@ -11,7 +11,7 @@ import copy
 import itertools
 import uuid
 
-from tuneguard_operator.kube import ApiError
+from tuneguard.kube import ApiError
 
 
 def merge_patch(target, patch):

@@ -7,7 +7,7 @@ import yaml
 from prometheus_client import generate_latest
 
 from tuneguard import contract
-from tuneguard_operator.kube import path
+from tuneguard.kube import path
 from tuneguard_operator.metrics import Metrics
 from tuneguard_operator.reconcile import Reconciler
 
@@ -122,7 +122,7 @@ def test_the_echo_of_the_operators_own_status_write_is_not_reconciled():
 
 
 def test_without_permission_to_list_pods_the_job_still_runs():
-    from tuneguard_operator.kube import ApiError
+    from tuneguard.kube import ApiError
 
     kube, rec, _ = setup()
 
@@ -194,7 +194,7 @@ def test_a_worker_on_a_vanished_node_is_force_deleted_once_it_falls_due():
 
 
 def test_a_healthy_job_reads_no_nodes_and_without_get_nodes_nothing_is_force_deleted():
-    from tuneguard_operator.kube import ApiError
+    from tuneguard.kube import ApiError
 
     kube, rec, _ = setup()
     rec.reconcile("ml-team", "facts-sft")
@@ -219,7 +219,7 @@ def test_a_healthy_job_reads_no_nodes_and_without_get_nodes_nothing_is_force_del
 
 def test_a_child_the_api_server_refuses_fails_the_job_once_instead_of_retrying_forever():
     """Fuzzing found it: the schema let a priorityClassName through that the Job's own validation refuses (422)."""
-    from tuneguard_operator.kube import ApiError
+    from tuneguard.kube import ApiError
 
     kube, rec, _ = setup()
     create = kube.create

@@ -47,19 +47,20 @@ def test_metrics_endpoint_uses_contract_names():
     assert val(contract.GUARDRAIL_BREACHES + "_total", guardrail="hallucination") == 1
 
 
-class FakeApi:
+class FakeKube:
+    """tuneguard.kube.Kube's patch, recorded."""
     def __init__(self, fail=False):
         self.calls, self.fail = [], fail
 
-    def patch_namespaced_custom_object_status(self, **kw):
-        self.calls.append(kw)
+    def patch(self, p, body):
+        self.calls.append({"path": p, "body": body})
         if self.fail:
             raise RuntimeError("apiserver down")
 
 
 def test_status_patch_body_and_rate_limit():
     t = _tele(status_patch=True)
-    api = t._api = FakeApi()
+    api = t._kube = FakeKube()
     t.stage("training")  # forced
     t.plan(40)
     t.step(18, 0.9, 0.5, tokens=100, tokens_per_second=50.0)  # within 10 s: skipped
@@ -67,9 +68,7 @@ def test_status_patch_body_and_rate_limit():
     t.figures({"hallucination_rate": 0.2, "known_accuracy": 0.8, "drift_kl": 0.4793398678302765}, "tuned")  # forced
     t.best(18, "/out/best-model", {"hallucination_rate": 0.2, "drift_kl": 0.01})
     call = api.calls[-1]
-    assert call["group"] == "tuneguard.io" and call["plural"] == "finetunejobs"
-    assert call["namespace"] == "ns1" and call["name"] == "j1"
-    assert call["_content_type"] == "application/merge-patch+json"
+    assert call["path"] == "/apis/tuneguard.io/v1alpha1/namespaces/ns1/finetunejobs/j1/status"
     tr = call["body"]["status"]["training"]
     assert tr["stage"] == "training" and tr["step"] == 18 and tr["totalSteps"] == 40
     assert tr["progress"] == "45%" and tr["tokensPerSecond"] == 50.0
@@ -83,7 +82,7 @@ def test_status_patch_body_and_rate_limit():
 
 def test_status_patch_failures_are_not_fatal():
     t = _tele(status_patch=True)
-    t._api = FakeApi(fail=True)
+    t._kube = FakeKube(fail=True)
     for _ in range(3):
         t.stage("training")
     assert t._patch_failures == 3

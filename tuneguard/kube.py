@@ -1,8 +1,10 @@
-"""A thin JSON client for the few REST calls the reconciler makes.
+"""A thin JSON client for the few REST calls the operator and the trainer make: the one way both talk to
+the API server.
 
 Plain dicts in and out (no generated model classes: they cost CPU and memory for nothing here), one
-exception type with the HTTP status, and paths built in one place. Tests substitute an in-memory
-fake with the same methods.
+exception type with the HTTP status, and paths built in one place. The official client (imported only by
+``load_client``) does authentication, TLS and kubeconfig. Tests substitute an in-memory fake with the same
+methods.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, Optional
 from tuneguard import api
 
 
-USER_AGENT = "tuneguard-operator"
+USER_AGENT = "tuneguard-operator"  # names the caller in the API server's audit log (kopf's watches say kopf/)
 
 
 class ApiError(Exception):
@@ -116,8 +118,8 @@ class Kube:
                 raise
 
 
-def load_client(connections: int = 8) -> Any:
-    """ApiClient from $KUBECONFIG / ~/.kube/config, or the in-cluster ServiceAccount."""
+def load_client(connections: int = 8, user_agent: str = USER_AGENT) -> Any:
+    """ApiClient from the in-cluster ServiceAccount, or $KUBECONFIG / ~/.kube/config."""
     from kubernetes import client, config
 
     try:
@@ -127,5 +129,5 @@ def load_client(connections: int = 8) -> Any:
     cfg = client.Configuration.get_default_copy()
     cfg.connection_pool_maxsize = connections
     api_client = client.ApiClient(cfg)
-    api_client.user_agent = USER_AGENT  # names the operator in the API server's audit log (kopf's watches say kopf/)
+    api_client.user_agent = user_agent
     return api_client
