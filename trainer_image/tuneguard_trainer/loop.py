@@ -272,7 +272,7 @@ def _discard_output(out: Path, created_out: bool, info) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def run_triage(p: Prepared, out: Path, info, tele, timer: Timer, created_out: bool):
+def run_triage(prepared: Prepared, out: Path, info, tele, timer: Timer, created_out: bool):
     """(counts, Splits, LeakageReport): SliCK triage on rank 0, broadcast to every rank, cached in
     DIR/triage.pt (keyed by spec_digest) so a resumed run skips it; then the leakage check of the splits,
     before the cache is written. A triage that leaves nothing to train, or a leak under policy refuse,
@@ -281,7 +281,7 @@ def run_triage(p: Prepared, out: Path, info, tele, timer: Timer, created_out: bo
 
     from .checkpoints import TRIAGE_FILE, atomic_torch_save
 
-    spec = p.job.spec
+    spec = prepared.job.spec
     t0 = time.perf_counter()
     digest = spec_digest(spec)
     cached = None
@@ -296,10 +296,10 @@ def run_triage(p: Prepared, out: Path, info, tele, timer: Timer, created_out: bo
         tele.stage("triage")
         payload = None
         if info.is_main:
-            log.info("triage: %d examples, %d prompts x (1 greedy + %d samples) each", len(p.examples),
+            log.info("triage: %d examples, %d prompts x (1 greedy + %d samples) each", len(prepared.examples),
                      spec.triage.prompts, spec.triage.samples)
             try:
-                counts, splits = triage_and_split(p)
+                counts, splits = triage_and_split(prepared)
                 t1 = time.perf_counter()
                 leak, refusal = check_leakage(splits, spec)
                 timer.add("leakage", time.perf_counter() - t1)
@@ -475,8 +475,8 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
     wall0 = time.perf_counter()
     world = eng.DistInfo.from_env()  # known before the process group exists
     setup_logging(world.is_main)
-    p = prepare(config_path, device, job)  # may raise JobFailed / InvalidManifest: nothing written
-    job, spec, device, timer = p.job, p.job.spec, p.device, p.timings
+    prepared = prepare(config_path, device, job)  # may raise JobFailed / InvalidManifest: nothing written
+    job, spec, device, timer = prepared.job, prepared.job.spec, prepared.device, prepared.timings
     eng.prepare_accelerator(device)
     try:
         eng.build_config(spec, device, world.world_size)
@@ -503,14 +503,14 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
     tele = Telemetry.from_env(job, is_main=is_main)
     tele.stage("loading")
 
-    model, tok = p.model.to(dev), p.tokenizer
+    model, tok = prepared.model.to(dev), prepared.tokenizer
     adapter = spec.method.adapter
     # The frozen base: the format stage's starting weights, the reference when that stage does not run. An
     # adapter without a format stage never changes the model's own weights: the model is its own base.
     base = model if adapter is not None and not spec.format_stage.enabled else _frozen_copy(model)
 
     # ---------------------------------------------------------------- triage (rank 0, broadcast)
-    counts, splits, leak = run_triage(p, out, info, tele, timer, created_out)
+    counts, splits, leak = run_triage(prepared, out, info, tele, timer, created_out)
     leak_dropped = 0
     if leak.pairs and spec.leakage.policy == "drop":
         from .leakage import drop_leaked
@@ -519,7 +519,7 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
         log.warning("leakage: dropped %d leaked probe example(s)", leak_dropped)
     tele.leakage(leak.counts(leak_dropped))
     try:
-        eval_sets, set_leakage = check_eval_sets(p.eval_sets, splits.train, spec)
+        eval_sets, set_leakage = check_eval_sets(prepared.eval_sets, splits.train, spec)
     except JobFailed:  # refused before training: like a leaked probe, leaves no output behind
         _discard_output(out, created_out, info)
         raise
@@ -530,11 +530,11 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
     if is_main:
         from . import plan as plan_mod
 
-        plan = plan_mod.build(p, splits, leak, dropped=leak_dropped)
+        plan = plan_mod.build(prepared, splits, leak, dropped=leak_dropped)
         log.info("plan before training:\n%s", plan_mod.describe(plan))
         tele.plan_summary(plan_mod.status(plan))
     if spec.plan_only:
-        return _finish_plan_only(job, p, counts, splits, leak, leak_dropped, plan, out, tele, timer, wall0)
+        return _finish_plan_only(job, prepared, counts, splits, leak, leak_dropped, plan, out, tele, timer, wall0)
 
     # ------------------------------------------------------- format stage (every rank trains it)
     fmt_res = None
@@ -576,16 +576,16 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
 
     model.train()
     initial_adapter = adapter_info = None
-    if p.freeze_plan is not None:
-        freezing.apply(model, p.freeze_plan)
+    if prepared.freeze_plan is not None:
+        freezing.apply(model, prepared.freeze_plan)
     elif adapter is not None:
         from . import adapters
 
         # peft injects the adapter into the model's own modules: from here on `reference` (when it is the
         # model) would include it, so the reference is the adapter's initial state instead.
-        model = adapters.wrap(model, adapter, p.adapter_targets)
+        model = adapters.wrap(model, adapter, prepared.adapter_targets)
         initial_adapter = adapters.adapter_state(model)
-        adapter_info = adapters.summary(model, adapter, p.adapter_targets)
+        adapter_info = adapters.summary(model, adapter, prepared.adapter_targets)
         log.info("adapter: LoRA rank %d on %d modules, %d trainable parameters (%.2f%% of the model's)",
                  adapter.rank, adapter_info["modules"], adapter_info["trainable_parameters"],
                  100 * adapter_info["trainable_share"])
@@ -640,8 +640,8 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
         teacher = source if train_dtype == torch.float32 else copy.deepcopy(source).to(train_dtype)
     objective = Objective.from_spec(spec.method, teacher=teacher, adapter_teacher=adapter_teacher)
     frozen_before = None
-    if p.freeze_plan is not None:
-        frozen_before = freezing.digests(engine.module, p.freeze_plan.frozen)
+    if prepared.freeze_plan is not None:
+        frozen_before = freezing.digests(engine.module, prepared.freeze_plan.frozen)
 
     # ------------------------------------------------------------------------------------ resume
     st = TrainState()
@@ -657,7 +657,7 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
 
     from .guardrails import GuardrailSource, check
 
-    guard = GuardrailSource(spec.guardrails, p.config_path)
+    guard = GuardrailSource(spec.guardrails, prepared.config_path)
     es = spec.training.early_stopping
     tele.plan(total_steps)
     if resumed_from:
@@ -853,7 +853,7 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
     frozen_check = None
     if frozen_before is not None:
         frozen_check = freezing.verify_frozen(engine.module, frozen_before)
-        frozen_check.update(p.freeze_plan.summary(engine.module))
+        frozen_check.update(prepared.freeze_plan.summary(engine.module))
         if not frozen_check["identical"]:
             log.error("frozen tensors changed: %s", frozen_check["changed"])
 
@@ -865,7 +865,7 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
             final = ({"step": st.best["step"], "figures": st.best["figures"], "rolled_back_from": st.step}
                      if st.best else {"step": 0, "figures": ref_figures, "rolled_back_from": st.step})
         timer.add("total", time.perf_counter() - wall0)
-        report = build_report(job, p, counts, splits, base_figures, final, st, total_steps, step_times,
+        report = build_report(job, prepared, counts, splits, base_figures, final, st, total_steps, step_times,
                               ds_cfg, world, frozen_check, resumed_from, timer, objective, guard.spec, out,
                               fmt_res=fmt_res, ref_figures=ref_figures, eval_info=eval_info,
                               leakage={**spec.leakage.wire(), **leak.to_dict(leak_dropped),
@@ -891,7 +891,7 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
     return RunResult(report=report or {}, out=out)
 
 
-def _finish_plan_only(job, p: Prepared, counts, splits, leak, leak_dropped: int, plan: Optional[dict], out: Path,
+def _finish_plan_only(job, prepared: Prepared, counts, splits, leak, leak_dropped: int, plan: Optional[dict], out: Path,
                       tele, timer: Timer, wall0: float) -> RunResult:
     """spec.planOnly: report.json with the plan and what it was made from; no model, no checkpoint."""
     report = None
@@ -902,7 +902,7 @@ def _finish_plan_only(job, p: Prepared, counts, splits, leak, leak_dropped: int,
         report = {"job": {"name": job.metadata.name, "namespace": job.metadata.namespace}, "plan_only": True,
                   "plan": plan, "triage": {"counts": counts, "settings": job.spec.triage.wire()},
                   "splits": _split_sizes(splits), "leakage": {**job.spec.leakage.wire(), **leak.to_dict(leak_dropped)},
-                  "device": p.device, "timings": timer.phases, "outputs": {"report": str(out / "report.json")},
+                  "device": prepared.device, "timings": timer.phases, "outputs": {"report": str(out / "report.json")},
                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         rep.write_report(out, report)
         tele.stage("done")
@@ -980,7 +980,7 @@ def _split_sizes(splits) -> dict:
     return out
 
 
-def build_report(job, p: Prepared, counts, splits, base_figures, final, st: TrainState, total_steps, step_times,
+def build_report(job, prepared: Prepared, counts, splits, base_figures, final, st: TrainState, total_steps, step_times,
                  ds_cfg, world, frozen_check, resumed_from, timer: Timer, objective, gspec, out: Path,
                  fmt_res=None, ref_figures: Optional[dict] = None, eval_info: Optional[dict] = None,
                  leakage: Optional[dict] = None, plan: Optional[dict] = None,
@@ -1005,7 +1005,7 @@ def build_report(job, p: Prepared, counts, splits, base_figures, final, st: Trai
     if adapter_info is not None:
         method["adapter"] = adapter_info
         method["teacher_is_adapter_off"] = objective.adapter_teacher
-    n_params = sum(x.numel() for n, x in p.model.named_parameters() if ".lora_" not in n)  # without an adapter
+    n_params = sum(x.numel() for n, x in prepared.model.named_parameters() if ".lora_" not in n)  # without an adapter
     breaches = st.breaches
     if not breaches:
         outcome = "within budget"
@@ -1016,10 +1016,10 @@ def build_report(job, p: Prepared, counts, splits, base_figures, final, st: Trai
     return {
         "job": {"name": job.metadata.name, "namespace": job.metadata.namespace},
         "method": method,
-        "model": {"uri": spec.model.uri, "path": str(p.model_path), "parameters": n_params,
-                  "architecture": type(p.model).__name__},
-        "dataset": {"train": spec.datasets.train, "format": spec.datasets.format, "examples": len(p.examples),
-                    "duplicates_dropped": getattr(p.examples, "duplicates", 0)},
+        "model": {"uri": spec.model.uri, "path": str(prepared.model_path), "parameters": n_params,
+                  "architecture": type(prepared.model).__name__},
+        "dataset": {"train": spec.datasets.train, "format": spec.datasets.format, "examples": len(prepared.examples),
+                    "duplicates_dropped": getattr(prepared.examples, "duplicates", 0)},
         "triage": {"counts": counts, "settings": spec.triage.wire()},
         "splits": _split_sizes(splits),
         # probes that duplicate training questions (policy, threshold, counts, the first pairs)
@@ -1065,7 +1065,7 @@ def build_report(job, p: Prepared, counts, splits, base_figures, final, st: Trai
                       "precision": eng.config_precision(ds_cfg), "world_size": world,
                       "micro_batch": ds_cfg.get("train_micro_batch_size_per_gpu"),
                       "gradient_accumulation": ds_cfg.get("gradient_accumulation_steps")},
-        "device": p.device,
+        "device": prepared.device,
         "timings": timer.phases,
         "resumed_from": resumed_from,
         # best_model is always a full Hugging Face model (with an adapter: merged); best_adapter the adapter alone
