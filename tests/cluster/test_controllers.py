@@ -1,5 +1,6 @@
-"""The real kube-controller-manager at work: the Job controller runs an Indexed Job's pods (finished
-through kwok), and the garbage collector deletes what names a deleted owner."""
+"""Our kwok stages with the real kube-controller-manager: the Job controller runs an Indexed Job's pods,
+and a pod finished through kwok succeeds or fails the Job. (That deleting a FineTuneJob removes its
+children is tests/e2e/test_operator.py::test_delete_removes_children, with the operator's real children.)"""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import pytest
 import yaml
 
-from tests.bad_manifests import valid_job
 from tests.cluster.polling import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180, func_only=True)]
@@ -67,35 +67,3 @@ def test_failed_pod_fails_the_job(cluster, namespace):
          if p["status"].get("phase") == "Running"), None))
     cluster.finish_pod(namespace, pod["metadata"]["name"], 1)
     cluster.kubectl("wait", "-n", namespace, "job/doomed", "--for=condition=Failed", "--timeout=60s")
-
-
-def test_garbage_collector_deletes_what_a_finetunejob_owns(cluster, crd_installed, namespace):
-    """The operator's cleanup relies on this: its Job and ConfigMap name the FineTuneJob as owner."""
-    owner = valid_job("owner")
-    cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=yaml.safe_dump(owner))
-    uid = get_json(cluster, "finetunejob", "owner", "-n", namespace)["metadata"]["uid"]
-    ref = {"apiVersion": "tuneguard.io/v1alpha1", "kind": "FineTuneJob", "name": "owner", "uid": uid,
-           "controller": True, "blockOwnerDeletion": True}
-    dependents = [
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owner-config", "ownerReferences": [ref]}},
-        {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "owner-workers", "ownerReferences": [ref]},
-         "spec": {"template": {"spec": {"restartPolicy": "Never",
-                                        "containers": [{"name": "trainer", "image": "tuneguard/trainer:test"}]}}}},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bystander"}},
-    ]
-    for doc in dependents:
-        cluster.kubectl("create", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
-    wait_for("the Job's pod", lambda: get_json(cluster, "pods", "-n", namespace, "-l", "job-name=owner-workers")["items"])
-
-    cluster.kubectl("delete", "finetunejob", "owner", "-n", namespace)
-
-    def left() -> set[str]:
-        return {f"{o['kind']}/{o['metadata']['name']}"
-                for o in get_json(cluster, "configmaps,jobs,pods", "-n", namespace)["items"]
-                if o["metadata"]["name"] != "kube-root-ca.crt"}
-
-    # The garbage collector learns of a kind installed after it started on its next discovery pass
-    # (every 30 s); until then it retries the dependents with back-off. Right after the CRD is
-    # installed this takes up to ~45 s here; an operator installed long after its CRD sees none of it.
-    wait_for("the FineTuneJob's dependents (and the Job's pod) to be garbage-collected",
-             lambda: left() == {"ConfigMap/bystander"}, timeout=120)

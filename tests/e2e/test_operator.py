@@ -274,7 +274,7 @@ def test_delete_removes_children(operator, kc, namespace):
     wait_for("children and pods to be garbage-collected",
              lambda: not children(kc, "gone", ns) and not kc.pods("gone", ns), 60,
              describe=lambda: str(children(kc, "gone", ns)))
-    assert f'job="gone"' not in operator.metrics()
+    assert 'job="gone"' not in operator.metrics()
 
 
 def test_recreated_under_the_same_name_gets_fresh_children(operator, kc, namespace):

@@ -27,7 +27,6 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.chart_tools import ROOT, find_prometheus
 from tests.cluster.polling import wait_for
