@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.cluster.polling import wait_for
-from tuneguard_operator.kube import Kube, path
+from tuneguard.kube import Kube, path
 from tuneguard_operator.leader import ElectionSettings, LeaderElector
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120, func_only=True)]
