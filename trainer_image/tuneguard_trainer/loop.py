@@ -446,6 +446,33 @@ def _monitor(es: api.EarlyStoppingSpec, figures: dict) -> Optional[float]:
     return -float(v) if es.metric == "eval_loss" else float(v)
 
 
+def decide_evaluation(st: TrainState, figures: dict, breaches: list, es: api.EarlyStoppingSpec, action: str) -> dict:
+    """What one evaluation decides (pure; rank 0 calls it and broadcasts the answer): whether it is the new
+    best model, whether training stops (early stopping, or a guardrail's stop or rollback) and why, and the
+    early-stopping counters after it."""
+    within = not breaches
+    monitored = _monitor(es, figures)
+    # Candidates for the delivered model: evaluations within budget; under action warn (breaches accepted)
+    # every evaluation, the report saying whether the best one was within budget.
+    candidate = within or action == "warn"
+    new_best = candidate and monitored is not None and (
+        st.best is None or st.best.get("monitored") is None or monitored > st.best["monitored"])
+    best_monitored, no_improve = st.best_monitored, st.no_improve
+    if monitored is not None:
+        if best_monitored is None or monitored > best_monitored:
+            best_monitored, no_improve = monitored, 0
+        else:
+            no_improve += 1
+    stop, why, rollback = False, None, False
+    if es.enabled and no_improve >= es.patience:
+        stop, why = True, f"early stopping: {es.metric} did not improve for {es.patience} evaluations"
+    if breaches and action in ("stop", "rollback"):
+        stop, why = True, f"guardrail {action}: " + "; ".join(str(b) for b in breaches)
+        rollback = action == "rollback"
+    return {"new_best": new_best, "within": within, "monitored": monitored, "stop": stop, "why": why,
+            "rollback": rollback, "no_improve": no_improve, "best_monitored": best_monitored}
+
+
 def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Optional[api.FineTuneJob] = None,
         print_table: bool = True, progress: bool = True) -> RunResult:
     """Run one job end to end on this process (one rank of the world in the environment). A full output volume
@@ -719,22 +746,6 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
                 rec["sets"] = dict(set_figures)
             if shift_figures:
                 rec["shifts"] = dict(shift_figures)
-            within = not breaches
-            mon = _monitor(es, figs)
-            # Candidates for the delivered model: evaluations within budget; under action warn (breaches
-            # accepted) every evaluation, the report saying whether the best one was within budget.
-            candidate = within or gspec.action == "warn"
-            new_best = candidate and mon is not None and (st.best is None or st.best.get("monitored") is None
-                                                          or mon > st.best["monitored"])
-            stop, why = False, None
-            if mon is not None:
-                if st.best_monitored is None or mon > st.best_monitored:
-                    st.best_monitored, st.no_improve = mon, 0
-                else:
-                    st.no_improve += 1
-            if es.enabled and st.no_improve >= es.patience:
-                stop, why = True, f"early stopping: {es.metric} did not improve for {es.patience} evaluations"
-            rollback = False
             if breaches:
                 for b in breaches:
                     tele.breach(b.guardrail)
@@ -742,11 +753,7 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
                 st.breaches.append({"step": st.step, "action": gspec.action, "breaches": [str(b) for b in breaches]})
                 log.warning("guardrail breached at step %d: %s (action: %s)", st.step, msg, gspec.action)
                 tele.guardrail(f"breached: {gspec.action} at step {st.step} ({msg})")
-                if gspec.action in ("stop", "rollback"):
-                    stop, why = True, f"guardrail {gspec.action}: {msg}"
-                    rollback = gspec.action == "rollback"
-            decision = {"rec": rec, "new_best": new_best, "within": within, "monitored": mon, "stop": stop, "why": why,
-                        "rollback": rollback, "no_improve": st.no_improve, "best_monitored": st.best_monitored}
+            decision = {"rec": rec, **decide_evaluation(st, figs, breaches, es, gspec.action)}
         decision = broadcast_object(decision)
         st.history.append(decision["rec"])
         st.no_improve, st.best_monitored = decision["no_improve"], decision["best_monitored"]
