@@ -14,18 +14,18 @@ Stages, in order (each a function of this module, or of its own module, called b
    (DIR/format-stage.pt) is the fact stage's start, the self-distill teacher and the reference;
 4. evaluate_references -- the evaluator built on the reference, figures of the reference and of the base
    model (rank 0; under ZeRO-3, where parameters are sharded, every rank evaluates);
-5. the fact stage (the method: sft | self-distill | freeze; with method.adapter, sft or self-distill trains a
-   LoRA adapter on the stage's starting model, adapters.py) under DeepSpeed with a DistributedSampler,
-   evaluation every evaluation.intervalSteps and at the end, guardrails (re-read from the config file at
-   each evaluation), early stopping, resumable checkpoints (kill -9 safe) and the best model as a Hugging
-   Face directory;
+5. FactStage (fact_stage.py) -- the method (sft | self-distill | freeze; with method.adapter, sft or
+   self-distill trains a LoRA adapter on the stage's starting model, adapters.py) under DeepSpeed with a
+   DistributedSampler, evaluation every evaluation.intervalSteps and at the end, guardrails (re-read from
+   the config file at each evaluation), early stopping, resumable checkpoints (kill -9 safe) and the best
+   model as a Hugging Face directory;
 6. build_report -- report.json (every stage with its figures), plots, and the final table.
 
 Between 2 and 3, rank 0 makes the plan (plan.py: shares, expected losses, the recommended method), logs it
 and puts it in the status and the report; with spec.planOnly the run writes report.json and ends there.
 
-Decisions taken from evaluations (best, early stop, guardrail action) are made on rank 0 and
-broadcast, so every rank leaves the loop at the same step.
+Decisions taken from evaluations (best, early stop, guardrail action: fact_stage.decide_evaluation) are
+made on rank 0 and broadcast, so every rank leaves the loop at the same step.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import random
 import sys
 import time
@@ -412,67 +411,6 @@ def evaluate_references(tok, splits, base, reference, spec: api.FineTuneJobSpec,
 # ------------------------------------------------------------------------------------- training
 
 
-class TrainState:
-    """Everything a resumed run needs besides the engine's own state."""
-
-    def __init__(self):
-        self.step = 0
-        self.micro = 0
-        self.tokens = 0
-        self.train_seconds = 0.0
-        self.history: list[dict] = []
-        self.train_loss: list[dict] = []
-        self.best: Optional[dict] = None  # {step, figures, metric}
-        self.no_improve = 0
-        self.best_monitored: Optional[float] = None
-        self.breaches: list[dict] = []
-        self.stopped: Optional[str] = None  # why training ended early
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainState":
-        st = cls()
-        st.__dict__.update({k: v for k, v in d.items() if k in st.__dict__})
-        return st
-
-
-def _monitor(es: api.EarlyStoppingSpec, figures: dict) -> Optional[float]:
-    """The early-stopping figure as 'higher is better' (eval_loss negated)."""
-    v = figures.get(es.metric)
-    if v is None:
-        return None
-    return -float(v) if es.metric == "eval_loss" else float(v)
-
-
-def decide_evaluation(st: TrainState, figures: dict, breaches: list, es: api.EarlyStoppingSpec, action: str) -> dict:
-    """What one evaluation decides (pure; rank 0 calls it and broadcasts the answer): whether it is the new
-    best model, whether training stops (early stopping, or a guardrail's stop or rollback) and why, and the
-    early-stopping counters after it."""
-    within = not breaches
-    monitored = _monitor(es, figures)
-    # Candidates for the delivered model: evaluations within budget; under action warn (breaches accepted)
-    # every evaluation, the report saying whether the best one was within budget.
-    candidate = within or action == "warn"
-    new_best = candidate and monitored is not None and (
-        st.best is None or st.best.get("monitored") is None or monitored > st.best["monitored"])
-    best_monitored, no_improve = st.best_monitored, st.no_improve
-    if monitored is not None:
-        if best_monitored is None or monitored > best_monitored:
-            best_monitored, no_improve = monitored, 0
-        else:
-            no_improve += 1
-    stop, why, rollback = False, None, False
-    if es.enabled and no_improve >= es.patience:
-        stop, why = True, f"early stopping: {es.metric} did not improve for {es.patience} evaluations"
-    if breaches and action in ("stop", "rollback"):
-        stop, why = True, f"guardrail {action}: " + "; ".join(str(b) for b in breaches)
-        rollback = action == "rollback"
-    return {"new_best": new_best, "within": within, "monitored": monitored, "stop": stop, "why": why,
-            "rollback": rollback, "no_improve": no_improve, "best_monitored": best_monitored}
-
-
 def run(config_path: Optional[Path], out: Path, device: str = "auto", *, job: Optional[api.FineTuneJob] = None,
         print_table: bool = True, progress: bool = True) -> RunResult:
     """Run one job end to end on this process (one rank of the world in the environment). A full output volume
@@ -517,7 +455,7 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
     seed_everything(spec.training.seed)
     dev = torch.device("cuda", info.local_rank) if device == "cuda" else torch.device("cpu")
 
-    from .checkpoints import BEST_ADAPTER, CheckpointManager, debug_kill
+    from .checkpoints import CheckpointManager
     from .telemetry import Telemetry
 
     ckpt = CheckpointManager(out, info.rank, info.local_rank)
@@ -589,299 +527,32 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
         if is_main:
             log.info("format stage: %s", _eval_line(fmt_res.steps, ref_figures, base_figures))
     timer.add("base_evaluation", time.perf_counter() - t0)
-    distill = spec.method.type == "self-distill" and spec.method.distill().lambda_ > 0
-    teacher_is_base = spec.method.type == "self-distill" and spec.method.distill().teacher == "base"
-    # With an adapter on the teacher's own weights, the teacher is the student with its adapter off.
-    adapter_teacher = distill and reference is model and (not teacher_is_base or base is model)
-    if reference is not base and not (teacher_is_base and not adapter_teacher):
-        base = None  # frees it: the teacher, the rollback target and the fallback are the reference
 
-    # -------------------------------------------------------------------------------- objective
-    from . import freezing
-    from .methods import TEACHER_VIEW, Objective, collate
-    from .prompts import encode_for_training
+    # ------------------------------------------------------- fact stage (the method's own training)
+    from .fact_stage import FactStage, teacher_plan
 
-    model.train()
-    initial_adapter = adapter_info = None
-    if prepared.freeze_plan is not None:
-        freezing.apply(model, prepared.freeze_plan)
-    elif adapter is not None:
-        from . import adapters
-
-        # peft injects the adapter into the model's own modules: from here on `reference` (when it is the
-        # model) would include it, so the reference is the adapter's initial state instead.
-        model = adapters.wrap(model, adapter, prepared.adapter_targets)
-        initial_adapter = adapters.adapter_state(model)
-        adapter_info = adapters.summary(model, adapter, prepared.adapter_targets)
-        log.info("adapter: LoRA rank %d on %d modules, %d trainable parameters (%.2f%% of the model's)",
-                 adapter.rank, adapter_info["modules"], adapter_info["trainable_parameters"],
-                 100 * adapter_info["trainable_share"])
-        if evaluator is not None:
-            evaluator.release_parameter_copy()
-        reference = None if reference is model.get_base_model() else reference
-        base = None if base is model.get_base_model() else base
-    else:
-        for prm in model.parameters():
-            prm.requires_grad_(True)
-
-    def restore_reference(module) -> None:
-        """Rollback target when no evaluation stayed within budget: the reference's function."""
-        import torch
-
-        with torch.no_grad():
-            if initial_adapter is not None:
-                adapters.load_adapter_state(module, initial_adapter)
-            else:
-                module.load_state_dict(reference.state_dict())
-    encoded = encode_for_training(tok, splits.train, spec.training.max_seq_length)
-    teacher_encoded = None  # the self-distill teacher's own view of each example (teacherPrompt few-shot)
-    if spec.method.type == "self-distill" and spec.method.distill().teacher_prompt == "few-shot":
-        from .prompts import FewShotExemplars
-
-        exemplars = FewShotExemplars(splits.train, spec.triage.shots, spec.training.seed)  # the evaluator's
-        # the teacher does no backward pass: its view may exceed maxSeqLength (truncation keeps the answer)
-        teacher_encoded = encode_for_training(tok, splits.train, max(4 * spec.training.max_seq_length, 1024),
-                                              shots=exemplars.for_example)
-    world = info.world_size
-    bs, ga = spec.training.batch_size, spec.training.gradient_accumulation
-    from torch.utils.data import DistributedSampler
-
-    sampler = DistributedSampler(range(len(encoded)), num_replicas=world, rank=info.rank, shuffle=True,
-                                 seed=spec.training.seed, drop_last=False)
-    micro_per_epoch = math.ceil(len(sampler) / bs)
-    if spec.training.max_steps:
-        total_steps = int(spec.training.max_steps)
-    else:
-        total_steps = max(1, math.ceil(spec.training.epochs * micro_per_epoch / ga))
-
-    t0 = time.perf_counter()
-    engine, ds_cfg = eng.create_engine(model, spec, device, world, total_steps)
-    timer.add("engine_init", time.perf_counter() - t0)
-    precision = eng.config_precision(ds_cfg)
-    train_dtype = eng.dtype_of(precision)
-    teacher = None
-    if distill and not adapter_teacher:
-        import copy
-
-        source = base if teacher_is_base else reference
-        teacher = source if train_dtype == torch.float32 else copy.deepcopy(source).to(train_dtype)
-    objective = Objective.from_spec(spec.method, teacher=teacher, adapter_teacher=adapter_teacher)
-    frozen_before = None
-    if prepared.freeze_plan is not None:
-        frozen_before = freezing.digests(engine.module, prepared.freeze_plan.frozen)
-
-    # ------------------------------------------------------------------------------------ resume
-    st = TrainState()
-    resumed_from = None
-    latest = broadcast_object(ckpt.resume_point() if is_main else None)  # rank 0 decides: the same on all
-    if latest is not None:
-        t0 = time.perf_counter()
-        cs = ckpt.load(engine, latest, trainable_only=adapter is not None)
-        st = TrainState.from_dict(cs.get("train_state", {}))
-        resumed_from = {"checkpoint": str(latest), "step": st.step}
-        log.info("resumed from %s at step %d", latest, st.step)
-        timer.add("resume", time.perf_counter() - t0)
-
-    from .guardrails import GuardrailSource, check
-
-    guard = GuardrailSource(spec.guardrails, prepared.config_path)
-    es = spec.training.early_stopping
-    tele.plan(total_steps)
-    if resumed_from:
-        tele.position(st.step, st.micro / max(micro_per_epoch, 1))
-    tele.stage("training")
-
-    set_figures: dict = {}  # the latest evaluation's figures on spec.evaluation.sets
-    shift_figures: dict = {}  # and on spec.evaluation.shifts
-    ref_shifts = (eval_info or {}).get("shifts", {}).get("reference") or {}
-
-    def evaluate_now() -> dict:
-        tq = time.perf_counter()
-        engine.module.eval()
-        figs, sets, shifts = None, None, None
-        if evaluator is not None:
-            with torch.no_grad():
-                figs = {k: (None if v is None else float(v)) for k, v in evaluator.evaluate(engine.module).items()}
-            sets, shifts = dict(evaluator.last_sets), dict(evaluator.last_shifts)
-        engine.module.train()
-        figs, sets, shifts = (figs, sets, shifts) if all_eval else broadcast_object((figs, sets, shifts))
-        set_figures.clear()
-        set_figures.update(sets or {})
-        shift_figures.clear()
-        shift_figures.update(shifts or {})
-        tele.sets(set_figures, "tuned")
-        tele.shifts(shift_figures, "tuned")
-        timer.add("evaluation", time.perf_counter() - tq)
-        return figs
-
-    def checkpoint_now(keep_best: bool) -> None:
-        tq = time.perf_counter()
-        tele.stage("saving")
-        meta = {"step": st.step, "micro": st.micro, "epoch": st.micro / max(micro_per_epoch, 1),
-                "history": st.history, "best": st.best, "job": job.metadata.name}
-        ckpt.save(engine, st.step, {"train_state": st.to_dict()}, meta, keep_best=keep_best,
-                  trainable_only=adapter is not None)
-        tele.stage("training")
-        timer.add("checkpoint", time.perf_counter() - tq)
-
-    def save_best() -> None:
-        tq = time.perf_counter()
-        if is_main:
-            path = ckpt.save_best_model(engine.module, tok)
-            tele.best(st.best["step"], str(path), st.best["figures"],
-                      adapter_path=str(out / BEST_ADAPTER) if adapter is not None else None)
-        barrier()
-        timer.add("save_best_model", time.perf_counter() - tq)
-
-    def after_eval(figs: dict) -> tuple[bool, bool, bool]:
-        """Record an evaluation; returns (is_new_best, stop, rollback). Decided on rank 0, broadcast."""
-        decision = None
-        if is_main:
-            gspec = guard.current()
-            breaches = check(figs, ref_figures, gspec, shift_figures, ref_shifts)
-            rec = {"step": st.step, "epoch": round(st.micro / max(micro_per_epoch, 1), 4), "figures": figs,
-                   "train_loss": st.train_loss[-1]["loss"] if st.train_loss else None,
-                   "guardrail_breaches": [str(b) for b in breaches]}
-            if set_figures:
-                rec["sets"] = dict(set_figures)
-            if shift_figures:
-                rec["shifts"] = dict(shift_figures)
-            if breaches:
-                for b in breaches:
-                    tele.breach(b.guardrail)
-                msg = "; ".join(str(b) for b in breaches)
-                st.breaches.append({"step": st.step, "action": gspec.action, "breaches": [str(b) for b in breaches]})
-                log.warning("guardrail breached at step %d: %s (action: %s)", st.step, msg, gspec.action)
-                tele.guardrail(f"breached: {gspec.action} at step {st.step} ({msg})")
-            decision = {"rec": rec, **decide_evaluation(st, figs, breaches, es, gspec.action)}
-        decision = broadcast_object(decision)
-        st.history.append(decision["rec"])
-        st.no_improve, st.best_monitored = decision["no_improve"], decision["best_monitored"]
-        if decision["new_best"]:
-            st.best = {"step": st.step, "figures": figs, "monitored": decision["monitored"], "metric": es.metric,
-                       "within_budget": decision["within"]}
-        if decision["stop"]:
-            st.stopped = decision["why"]
-        return decision["new_best"], decision["stop"], decision["rollback"]
-
-    # ------------------------------------------------------------------------------- the loop
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total_steps, initial=st.step, disable=not (is_main and progress), unit="step",
-               dynamic_ncols=True, desc=f"{spec.method.type}", file=sys.stderr)
-    interval = spec.evaluation.interval_steps
-    ck_interval = spec.training.checkpoint_interval
-    rollback_done = False
-    window = {"loss": 0.0, "n": 0, "tokens": 0, "t": time.perf_counter()}
-    step_times: list[float] = []
-    stop = st.stopped is not None or st.step >= total_steps
-    t_train0 = time.perf_counter()
-    while not stop:
-        epoch, offset = divmod(st.micro, micro_per_epoch)
-        sampler.set_epoch(epoch)
-        order = list(iter(sampler))
-        batches = [order[i:i + bs] for i in range(0, len(order), bs)]
-        for b in batches[offset:]:
-            feats = [encoded[i] for i in b]
-            batch = collate(feats, tok.pad_token_id)
-            batch["index"] = torch.tensor(b, dtype=torch.long)
-            if teacher_encoded is not None:
-                view = collate([teacher_encoded[i] for i in b], tok.pad_token_id)
-                batch.update({TEACHER_VIEW + k: v for k, v in view.items()})
-            batch = {k: v.to(engine.device) for k, v in batch.items()}
-            res = objective(engine, batch)
-            engine.backward(res.loss)
-            engine.step()
-            st.micro += 1
-            window["loss"] += float(res.loss.detach())
-            window["n"] += 1
-            window["tokens"] += int(batch["attention_mask"].sum())
-            if st.micro % ga:
-                continue
-            # ------------------------------------------------------- one optimizer step done
-            st.step += 1
-            stats = torch.tensor([window["loss"], window["n"], window["tokens"]], dtype=torch.float64)
-            dist = _dist()
-            if dist is not None and world > 1:
-                dist.all_reduce(stats)
-            now = time.perf_counter()
-            dt = now - window["t"]
-            step_times.append(dt)
-            st.train_seconds += dt
-            loss = float(stats[0] / max(stats[1], 1))
-            toks = int(stats[2])
-            st.tokens += toks
-            tps = toks / dt if dt > 0 else 0.0
-            st.train_loss.append({"step": st.step, "loss": round(loss, 6), "lr": eng.current_lr(engine)})
-            tele.step(st.step, st.micro / micro_per_epoch, loss, toks, tps)
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
-            bar.update(1)
-            last = st.step >= total_steps
-            evaluated = new_best = False
-            if st.step % interval == 0 or last:
-                tele.stage("evaluating")
-                figs = evaluate_now()
-                new_best, stop_now, rollback = after_eval(figs)
-                evaluated = True
-                tele.figures(figs, "tuned")
-                if is_main:
-                    bar.write(_eval_line(st.step, figs, ref_figures))
-                if new_best:
-                    save_best()
-                if rollback:
-                    _rollback(ckpt, engine.module, restore_reference, st)
-                    rollback_done = True
-                stop = stop_now or last
-                tele.stage("training")
-            if (ck_interval and st.step % ck_interval == 0) or (not ck_interval and evaluated) or (stop and not last):
-                checkpoint_now(keep_best=evaluated and new_best)
-            elif evaluated and new_best:
-                ckpt.mark_best(st.step)
-            window = {"loss": 0.0, "n": 0, "tokens": 0, "t": time.perf_counter()}
-            debug_kill("TUNEGUARD_DEBUG_KILL_AT_STEP", st.step)
-            if stop:
-                break
-    bar.close()
-    timer.add("train_loop", time.perf_counter() - t_train0)
-
-    # ---------------------------------------------------------------------------------- the end
-    if not st.history:  # resumed at the last step: evaluate the restored model
-        figs = evaluate_now()
-        after_eval(figs)
-    if st.best is None and is_main and not (out / "best-model").exists():
-        # no evaluation within budget: the delivered model is the reference (format-stage snapshot or base)
-        log.warning("no evaluation stayed within the guardrail budgets; best-model is the %s model",
-                    "format-stage" if fmt_res and fmt_res.ran else "base")
-        if adapter is not None:  # the end of training: the live adapter may be reset
-            restore_reference(engine.module)
-        ckpt.save_best_model(engine.module if adapter is not None else reference, tok)
-    barrier()
-
-    frozen_check = None
-    if frozen_before is not None:
-        frozen_check = freezing.verify_frozen(engine.module, frozen_before)
-        frozen_check.update(prepared.freeze_plan.summary(engine.module))
-        if not frozen_check["identical"]:
-            log.error("frozen tensors changed: %s", frozen_check["changed"])
+    base, adapter_teacher = teacher_plan(spec, model, base, reference)
+    stage = FactStage(prepared=prepared, model=model, base=base, reference=reference,
+                      adapter_teacher=adapter_teacher, tok=tok, splits=splits, evaluator=evaluator,
+                      ref_figures=ref_figures, eval_info=eval_info, device=device, info=info, out=out, tele=tele,
+                      timer=timer, ckpt=ckpt, all_eval=all_eval)
+    del model, base, reference  # the stage holds what it still needs
+    stage.train(progress)
+    frozen_check = stage.deliver("format-stage" if fmt_res and fmt_res.ran else "base")
 
     report = None
     if is_main:
         tele.stage("done")
-        final = dict(st.history[-1])
-        if rollback_done:  # the live model is the best one within budget, or the reference
-            final = ({"step": st.best["step"], "figures": st.best["figures"], "rolled_back_from": st.step}
-                     if st.best else {"step": 0, "figures": ref_figures, "rolled_back_from": st.step})
+        final = stage.final()
         timer.add("total", time.perf_counter() - wall0)
-        report = build_report(job, prepared, counts, splits, base_figures, final, st, total_steps, step_times,
-                              ds_cfg, world, frozen_check, resumed_from, timer, objective, guard.spec, out,
+        report = build_report(prepared, counts, splits, base_figures, stage, frozen_check, timer, out,
                               fmt_res=fmt_res, ref_figures=ref_figures, eval_info=eval_info,
                               leakage={**spec.leakage.wire(), **leak.to_dict(leak_dropped),
-                                       **({"sets": set_leakage} if set_leakage else {})}, plan=plan,
-                              adapter_info=adapter_info)
+                                       **({"sets": set_leakage} if set_leakage else {})}, plan=plan)
         from . import report as rep
 
         try:
-            plots = rep.plot(out, base_figures, st.history, st.train_loss,
+            plots = rep.plot(out, base_figures, stage.st.history, stage.st.train_loss,
                              reference=ref_figures if fmt_res and fmt_res.ran else None,
                              format_loss=fmt_res.train_loss if fmt_res else None)
         except Exception as e:  # plots are a convenience: never fail a finished run on them
@@ -916,16 +587,6 @@ def _finish_plan_only(job, prepared: Prepared, counts, splits, leak, leak_droppe
         log.info("planOnly: nothing trained; plan in %s", out / "report.json")
     barrier()
     return RunResult(report=report or {}, out=out)
-
-
-def _rollback(ckpt, module, restore_reference, st: TrainState) -> None:
-    barrier()
-    if st.best is not None and ckpt.load_best_weights(module):
-        log.warning("rollback: restored the best model of step %d", st.best["step"])
-    else:
-        restore_reference(module)
-        log.warning("rollback: no evaluation was within budget; restored the reference model")
-        st.best = None
 
 
 def _eval_line(step: int, figs: dict, base: dict) -> str:
@@ -987,15 +648,16 @@ def _split_sizes(splits) -> dict:
     return out
 
 
-def build_report(job, prepared: Prepared, counts, splits, base_figures, final, st: TrainState, total_steps, step_times,
-                 ds_cfg, world, frozen_check, resumed_from, timer: Timer, objective, gspec, out: Path,
+def build_report(prepared: Prepared, counts, splits, base_figures, stage, frozen_check, timer: Timer, out: Path,
                  fmt_res=None, ref_figures: Optional[dict] = None, eval_info: Optional[dict] = None,
-                 leakage: Optional[dict] = None, plan: Optional[dict] = None,
-                 adapter_info: Optional[dict] = None) -> dict:
+                 leakage: Optional[dict] = None, plan: Optional[dict] = None) -> dict:
+    """report.json of a finished run; ``stage`` is its fact_stage.FactStage."""
     from . import engine as eng
     from .checkpoints import BEST_ADAPTER, BEST_MODEL, CKPT_DIR
     from .report import forgetting
 
+    job, st, objective, ds_cfg, adapter_info = prepared.job, stage.st, stage.objective, stage.ds_cfg, stage.adapter_info
+    final, step_times = stage.final(), stage.step_times
     ref_figures = ref_figures if ref_figures is not None else base_figures
     formatted = bool(fmt_res and fmt_res.ran)
 
@@ -1059,22 +721,22 @@ def build_report(job, prepared: Prepared, counts, splits, base_figures, final, s
         "history": st.history,
         "train_loss": st.train_loss,
         "throughput": {
-            "steps": st.step, "total_steps": total_steps, "tokens": st.tokens,
+            "steps": st.step, "total_steps": stage.total_steps, "tokens": st.tokens,
             "tokens_per_second": round(st.tokens / st.train_seconds, 1) if st.train_seconds else None,
             "train_seconds": round(st.train_seconds, 2),
             "step_seconds_mean": round(sum(steady) / len(steady), 4) if steady else None,
         },
-        "guardrail": {"budgets": gspec.wire(), "breaches": breaches, "outcome": outcome},
+        "guardrail": {"budgets": stage.guard.spec.wire(), "breaches": breaches, "outcome": outcome},
         "early_stopping": spec.training.early_stopping.wire(),
         "stopped_early": st.stopped,
         "frozen_weights": frozen_check,
         "deepspeed": {"zero_stage": ds_cfg.get("zero_optimization", {}).get("stage"),
-                      "precision": eng.config_precision(ds_cfg), "world_size": world,
+                      "precision": eng.config_precision(ds_cfg), "world_size": stage.world,
                       "micro_batch": ds_cfg.get("train_micro_batch_size_per_gpu"),
                       "gradient_accumulation": ds_cfg.get("gradient_accumulation_steps")},
         "device": prepared.device,
         "timings": timer.phases,
-        "resumed_from": resumed_from,
+        "resumed_from": stage.resumed_from,
         # best_model is always a full Hugging Face model (with an adapter: merged); best_adapter the adapter alone
         "outputs": {"report": str(out / "report.json"), "best_model": str(out / BEST_MODEL),
                     "best_adapter": str(out / BEST_ADAPTER) if adapter_info is not None else None,

@@ -1,11 +1,11 @@
-"""loop.decide_evaluation: what one evaluation decides (new best, stop, rollback), one row per rule."""
+"""fact_stage.decide_evaluation: what one evaluation decides (new best, stop, rollback), one row per rule."""
 
 from __future__ import annotations
 
 import pytest
 
 from tuneguard import api
-from tuneguard_trainer.loop import TrainState, decide_evaluation
+from tuneguard_trainer.fact_stage import TrainState, decide_evaluation
 
 LOSS = api.EarlyStoppingSpec(enabled=True, metric="eval_loss", patience=2)
 NO_EARLY_STOP = api.EarlyStoppingSpec(enabled=False, metric="eval_loss")
