@@ -12,7 +12,7 @@ from pathlib import Path
 from tuneguard import contract
 from tuneguard_trainer.engine import free_port
 from tuneguard_trainer.format_stage import known_examples
-from tuneguard_trainer.worker import output_dir
+from tuneguard_trainer.worker import Topology, output_dir
 
 from ._jobs import seed_known_triage, small_facts, tiny_model_dir, write_job
 
@@ -63,3 +63,17 @@ def test_output_dir_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv(contract.ENV_OUTPUT_DIR, "/output")
     assert output_dir(job, None) == Path("/output")
     assert output_dir(job, tmp_path) == tmp_path
+
+
+def test_topology_from_the_operators_env_to_torchs():
+    """The operator's NNODES / NPROC_PER_NODE / NODE_RANK become torchrun's flags, or for one process per
+    node, torch.distributed's RANK / WORLD_SIZE / LOCAL_RANK; nothing else sets them."""
+    env = {contract.ENV_NNODES: "2", contract.ENV_NPROC_PER_NODE: "8", contract.ENV_NODE_RANK: "1",
+           contract.ENV_MASTER_ADDR: "j-worker-0.j-worker", contract.ENV_MASTER_PORT: "29500"}
+    assert Topology.from_env(env).torchrun_args() == [
+        "--nnodes=2", "--nproc-per-node=8", "--node-rank=1", "--master-addr=j-worker-0.j-worker", "--master-port=29500"]
+    one_per_node = Topology.from_env({**env, contract.ENV_NPROC_PER_NODE: "1"})
+    assert one_per_node.torch_env() == {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+                                        "MASTER_ADDR": "j-worker-0.j-worker", "MASTER_PORT": "29500"}
+    assert Topology.from_env({}).torch_env() == {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+                                                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(contract.MASTER_PORT)}
