@@ -530,7 +530,8 @@ class Toleration(ApiModel):
     toleration_seconds: Optional[int] = None
 
 
-# The launch contract the operator sets on every worker; spec.resources.env may not override it.
+# The launch contract Tuneguard sets on every worker (the operator the topology, the worker torch's names from
+# it); spec.resources.env may not override it.
 RESERVED_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NNODES", "NPROC_PER_NODE", "NODE_RANK", "RANK",
                 "LOCAL_RANK", "HF_TOKEN")
 
@@ -569,7 +570,7 @@ class ResourceSpec(ApiModel):
         Rule(
             cel="!has(self.env) || self.env.all(e, !(e.name in " + str(list(RESERVED_ENV)).replace("'", '"')
             + ") && !e.name.startsWith('TUNEGUARD_'))",
-            message="env may not set the launch variables the operator owns (" + ", ".join(RESERVED_ENV)
+            message="env may not set the launch variables Tuneguard sets (" + ", ".join(RESERVED_ENV)
             + ", TUNEGUARD_*); remove them",
             field=".env",
             check=lambda r: not r.env or all(e.name not in RESERVED_ENV and not e.name.startswith("TUNEGUARD_")
