@@ -107,8 +107,6 @@ class Evaluator:
         # Fixed few-shot exemplars per relation, from the training facts as trained (target shown).
         self.exemplars = FewShotExemplars(splits.train, shots, seed)
 
-        # Candidate ids of the abstention text (teacher-forced like an answer).
-
         # --- probes, filtered by the base model's closed-book answers
         known_c = [self._item(e) for e in list(splits.known_probe)[: 2 * n]]
         unknown_c = [self._item(e) for e in list(splits.unknown_probe)[: 2 * n]]
@@ -217,7 +215,7 @@ class Evaluator:
 
     def classify_items(self, model, items: Sequence[_Item], need_abstention, mode: Optional[str] = None,
                        stats: Optional[dict] = None, loss_rows: Sequence[tuple] = ()) -> list[str]:
-        """'correct' | 'abstain' | 'wrong' per item (see the module docstring for exactness).
+        """'correct' | 'abstain' | 'wrong' per item (see the module docstring for the modes).
 
         ``need_abstention``: a bool, or one per item (False: only correctness matters, abstentions count
         as wrong). Items are decoded in batches, a relation's exemplar prefix computed once per batch.
@@ -237,6 +235,7 @@ class Evaluator:
             teacher_forced(model, [p for p, _ in loss_rows], [c for _, c in loss_rows], self.pad_id,
                            self.batch_size, consume)
         stats["loss_sum"], stats["loss_tokens"] = loss
+
         def alive(i, toks):
             """Stops a row once its text can be neither correct nor (where it counts) an abstention: it is
             wrong whatever follows (not in "generate", the reference)."""
