@@ -536,14 +536,15 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
                       adapter_teacher=adapter_teacher, tok=tok, splits=splits, evaluator=evaluator,
                       ref_figures=ref_figures, eval_info=eval_info, device=device, info=info, out=out, tele=tele,
                       timer=timer, ckpt=ckpt, all_eval=all_eval)
-    del model, base, reference  # the stage holds what it still needs
+    # The stage owns the trained model, the teacher and the reference from here on. (prepared.model, the
+    # loaded model trained in place by the format stage, stays alive: build_report counts its parameters.)
+    del model, base, reference
     stage.train(progress)
     frozen_check = stage.deliver("format-stage" if fmt_res and fmt_res.ran else "base")
 
     report = None
     if is_main:
         tele.stage("done")
-        final = stage.final()
         timer.add("total", time.perf_counter() - wall0)
         report = build_report(prepared, counts, splits, base_figures, stage, frozen_check, timer, out,
                               fmt_res=fmt_res, ref_figures=ref_figures, eval_info=eval_info,
@@ -561,8 +562,8 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
         report["outputs"]["plots"] = plots
         rep.write_report(out, report)
         if print_table:
-            label = f"step {final['step']}"
-            print("\n" + rep.table(base_figures, final["figures"], tuned_label=label,
+            final = report["final"]
+            print("\n" + rep.table(base_figures, final["figures"], tuned_label=f"step {final['step']}",
                                     reference=ref_figures if fmt_res and fmt_res.ran else None))
             print(_summary_lines(report))
     barrier()
