@@ -766,13 +766,19 @@ def run_tasks(tasks, s, mix, triage_result, device: str, runs: Path, jobs: int, 
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                              initargs=(threads,)) as pool:
         futures = [pool.submit(_task, m, seed, s, mix, triage_result, device, runs, deadline) for m, seed in tasks]
-        for f in as_completed(futures):
-            yield f.result()
+        try:
+            for f in as_completed(futures):
+                yield f.result()
+        except BrokenProcessPool:
+            # the kernel's OOM killer is the usual cause: Gemma-3-270M's runs peak near 12 GB each
+            raise SystemExit(f"--jobs {jobs}: a worker process died mid-run (out of memory? see dmesg). Finished "
+                             "runs are kept in their run directories; rerun the same command with --jobs 1 to go on")
 
 
 def calibrate(s: dict, mix: dict, triage_result, args, work: Path, out: Path, t0: float) -> int:
@@ -820,7 +826,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-seconds", type=float, default=0,
                     help="start no new run after this many seconds; the table covers the finished runs")
     ap.add_argument("--jobs", type=int, default=1,
-                    help="runs side by side in worker processes (cores / jobs torch threads each; default 1)")
+                    help="runs side by side in worker processes (cores / jobs torch threads each; default 1). Each holds "
+                         "its own models: a Gemma-3-270M run peaks near 12 GB, so 24 GB fits one")
     args = ap.parse_args(argv)
 
     s = settings(args)
