@@ -776,7 +776,7 @@ def run_tasks(tasks, s, mix, triage_result, device: str, runs: Path, jobs: int, 
             for f in as_completed(futures):
                 yield f.result()
         except BrokenProcessPool:
-            # the kernel's OOM killer is the usual cause: Gemma-3-270M's runs peak near 12 GB each
+            # the kernel's OOM killer is the usual cause: a Gemma-3-270M run peaks at 10.6 GB in fp32
             raise SystemExit(f"--jobs {jobs}: a worker process died mid-run (out of memory? see dmesg). Finished "
                              "runs are kept in their run directories; rerun the same command with --jobs 1 to go on")
 
@@ -827,7 +827,7 @@ def main(argv=None) -> int:
                     help="start no new run after this many seconds; the table covers the finished runs")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs side by side in worker processes (cores / jobs torch threads each; default 1). Each holds "
-                         "its own models: a Gemma-3-270M run peaks near 12 GB, so 24 GB fits one")
+                         "its own models: a Gemma-3-270M run peaks at 10.6 GB in fp32, so 24 GB fits one")
     args = ap.parse_args(argv)
 
     s = settings(args)
