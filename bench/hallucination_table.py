@@ -111,7 +111,7 @@ def settings(args) -> dict:
         "facts": args.facts,
         "triage": scale["triage"],
         "triage_seed": 0,
-        "max_facts": scale["max_facts"],
+        "max_facts": args.max_facts or scale["max_facts"],
         "max_unknown_train": scale["max_unknown_train"],
         "unknown_share": args.unknown_share,
         "known_probe_fraction": scale.get("known_probe_fraction", 0.5),  # of the Known facts (HK and MK)
@@ -823,6 +823,10 @@ def main(argv=None) -> int:
                          "at which it knows >= 80%% of the new facts (use it to choose --steps for the table)")
     ap.add_argument("--tag", help="names the result files hallucination-table-<tag>.* (default quick, cpu or cuda); "
                     "for a side experiment next to a table, with --work pointing at that table's runs")
+    ap.add_argument("--max-facts", type=int, default=0,
+                    help="facts drawn (seeded) and triaged (default: cpu 1200, cuda all); a larger draw keeps the "
+                         "smaller one's facts and triage shards. A model that answers few held-out Known facts in "
+                         "the evaluation prompt needs more to fill its 150-fact known probe")
     ap.add_argument("--budget-seconds", type=float, default=0,
                     help="start no new run after this many seconds; the table covers the finished runs")
     ap.add_argument("--jobs", type=int, default=1,

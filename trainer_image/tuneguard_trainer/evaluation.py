@@ -15,7 +15,8 @@ shared by a relation's questions and computed once. Training may use the same fo
   ``hallucination_rate`` = wrong / n, where *wrong* = neither correct nor an abstention. The probe keeps
   only facts the base model answers correctly in this evaluation prompt (HighlyKnown under random few-shot
   prompts nearly implies it; MaybeKnown facts pass when this prompt's greedy answer is right), so the base
-  model's hallucination rate is 0 by construction.
+  model's hallucination rate is 0 by construction. It holds the first ``max_probe_size`` candidates that
+  pass, classifying further candidates while too few have (``_first_qualifying``).
 * ``new_fact_accuracy``: correct / n on the trained facts the base model did not know (``splits.new_facts``).
 * unknown probe (held-out Unknown facts; any the base answers correctly in this prompt are removed):
   ``abstention_rate`` = abstained / n and ``fabrication_rate`` = wrong / n.
@@ -83,6 +84,35 @@ def _strip_prefix(name: str) -> str:
     return name
 
 
+def _first_qualifying(classify, pools, keeps, n: int):
+    """Per pool, its first ``n`` items (in order) whose class passes its ``keeps`` test, and how many items
+    were classified for each. Classes come from ``classify(items)``, one call per round for all pools
+    together; the first round takes 2n of each, later ones what the pool's pass rate so far says is still
+    needed (x1.25), so a model that answers few candidates still gets a full probe while a well-answered
+    pool costs no more than 2n."""
+    kept: list = [[] for _ in pools]
+    seen = [0] * len(pools)
+    while True:
+        takes = []
+        for k, pool in enumerate(pools):
+            need = n - len(kept[k])
+            if need <= 0 or seen[k] >= len(pool):
+                takes.append([])
+                continue
+            want = 2 * need if not seen[k] else need / max(len(kept[k]) / seen[k], 0.05) * 1.25
+            takes.append(pool[seen[k]: seen[k] + max(1, math.ceil(want))])
+        if not any(takes):
+            return (*kept, seen)
+        classes = classify([it for take in takes for it in take])
+        at = 0
+        for k, take in enumerate(takes):
+            for it, c in zip(take, classes[at: at + len(take)]):
+                if keeps[k](c) and len(kept[k]) < n:
+                    kept[k].append((it, c))
+            at += len(take)
+            seen[k] += len(take)
+
+
 class Evaluator:
     def __init__(self, tokenizer, splits, base_model, device=None, max_probe_size: int = 200,
                  abstention_text: str = "I don't know", *, base_state: Optional[dict] = None,
@@ -108,19 +138,18 @@ class Evaluator:
         self.exemplars = FewShotExemplars(splits.train, shots, seed)
 
         # --- probes, filtered by the base model's closed-book answers
-        known_c = [self._item(e) for e in list(splits.known_probe)[: 2 * n]]
-        unknown_c = [self._item(e) for e in list(splits.unknown_probe)[: 2 * n]]
-        cls = self.classify_items(base_model, known_c + unknown_c, need_abstention=True)
-        kc, uc = cls[:len(known_c)], cls[len(known_c):]
-        self.known = [it for it, c in zip(known_c, kc) if c == "correct"][:n]
-        kept_u = [(it, c) for it, c in zip(unknown_c, uc) if c != "correct"][:n]
-        self.unknown = [it for it, _ in kept_u]
-        base_classes = (["correct"] * len(self.known), [c for _, c in kept_u])
+        known, unknown, seen = _first_qualifying(
+            lambda items: self.classify_items(base_model, items, need_abstention=True),
+            [[self._item(e) for e in splits.known_probe], [self._item(e) for e in splits.unknown_probe]],
+            [lambda c: c == "correct", lambda c: c != "correct"], n)
+        self.known = [it for it, _ in known]
+        self.unknown = [it for it, _ in unknown]
+        base_classes = (["correct"] * len(self.known), [c for _, c in unknown])
         self.new = [self._item(e) for e in list(splits.new_facts)[:n]]
         self.probe_notes = {
-            "known_probe": f"{len(self.known)} of {len(known_c)} held-out Known facts answered correctly "
+            "known_probe": f"{len(self.known)} of {seen[0]} held-out Known facts answered correctly "
                            f"by the reference model in the evaluation prompt",
-            "unknown_probe": f"{len(self.unknown)} of {len(unknown_c)} held-out Unknown facts not answered "
+            "unknown_probe": f"{len(self.unknown)} of {seen[1]} held-out Unknown facts not answered "
                              f"correctly by the reference model in the evaluation prompt",
         }
 

@@ -190,3 +190,46 @@ def test_real_smollm2_decoded_classes_equal_transformers_generate(smollm2):
           f"stopped once decided {t3 - t2:.1f}s; correct {sum(c == 'correct' for c in ref)}, "
           f"abstained {sum(c == 'abstain' for c in ref)}, wrong {sum(c == 'wrong' for c in ref)}")
     assert gen == ref and dec == ref
+
+
+def test_probes_fill_from_later_candidates_when_the_reference_answers_few():
+    """A reference that answers one known candidate in 5 still gets the full probe, the first n it answers
+    in order; a pool answered well costs 2n classifications, as before; calls are rounds over both pools."""
+    from tuneguard_trainer.evaluation import _first_qualifying
+
+    calls = []
+
+    def classify(items):
+        calls.append(len(items))
+        return ["correct" if it % 5 == 0 or it >= 1000 else "wrong" for it in items]
+
+    known_pool = list(range(200))
+    unknown_pool = list(range(1000, 1100)) + list(range(200))  # the reference answers the first 100
+    known, unknown, seen = _first_qualifying(classify, [known_pool, unknown_pool],
+                                             [lambda c: c == "correct", lambda c: c != "correct"], 20)
+    assert [it for it, _ in known] == list(range(0, 100, 5))  # the first 20 answered, in order
+    assert [it for it, _ in unknown] == [i for i in range(200) if i % 5][:20]
+    assert seen[0] >= 100 and seen[0] < 200 and seen[1] >= 125
+    assert calls[0] == 80 and len(calls) <= 6  # 2n of each first, then a few rounds sized by the pass rate
+    few = _first_qualifying(classify, [list(range(0, 500, 5))], [lambda c: c == "correct"], 20)
+    assert few[1] == [40] and len(few[0]) == 20  # every candidate answered: 2n classified, one round
+    short = _first_qualifying(classify, [list(range(12))], [lambda c: c == "correct"], 20)
+    assert [it for it, _ in short[0]] == [0, 5, 10] and short[1] == [12]  # too few: all, then stop
+
+
+def test_known_probe_reaches_its_size_past_the_first_candidates(tiny_tokenizer):
+    """The real Evaluator on an oracle that knows one capital in four: max_probe_size 6 needs 24
+    candidates, more than the first round's 12."""
+    tok = tiny_tokenizer
+    fmt = PromptFormat(tok)
+    caps = [e for e in load_examples("bundled://facts") if e.relation == "capital"]
+    train, known = caps[:10], caps[10:60]
+    ev0 = Evaluator(tok, splits_of(train), Oracle({}, len(tok), 5), max_probe_size=50)
+    say = lambda text: fmt.answer_ids(text) + [fmt.end_ids[0]]
+    answered = known[::4]
+    base = Oracle({_tail(fmt, tok, e, ev0.shots_for(e)): say(e.answers[0]) for e in answered}, len(tok),
+                  tok.convert_tokens_to_ids("Q"))
+    ev = Evaluator(tok, splits_of(train, known), base, max_probe_size=6)
+    assert [it.ex.id for it in ev.known] == [e.id for e in answered[:6]]
+    assert ev.base_figures["known_accuracy"] == 1.0
+    assert ev.probe_notes["known_probe"].startswith("6 of ")
