@@ -899,7 +899,7 @@ def main(argv=None) -> int:
             rep = finished_report(m, seed, s, mix, args.device, work / "runs")
             if rep is not None:
                 reports.setdefault(m, {})[seed] = rep
-        done_seeds.extend(sd for sd in planned if any(sd in by for by in reports.values()))
+        done_seeds[:] = [sd for sd in planned if any(sd in by for by in reports.values())]
     else:
         left = len(tasks)
         for m, seed, rep in run_tasks(tasks, s, mix, triage_result, args.device, work / "runs", args.jobs, deadline):
