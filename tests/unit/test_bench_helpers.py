@@ -144,7 +144,8 @@ def test_every_table_row_is_a_valid_finetunejob():
 
     args = SimpleNamespace(quick=False, device="cpu", methods=",".join(METHODS), sweep=True, seeds=1, steps=0,
                            eval_interval=0, lr=1e-4, unknown_share=0.5, model="bundled://smollm2-135m-instruct",
-                           facts="bundled://facts", sweep_seeds=1, ds_optimizer="torch", budget_seconds=0, jobs=1)
+                           facts="bundled://facts", sweep_seeds=1, ds_optimizer="torch", budget_seconds=0, jobs=1,
+                           max_facts=0)
     s = settings(args)
     mix = {"files": {"train": "/data/train.jsonl", "known": "/data/known.jsonl", "unknown": "/data/unknown.jsonl"}}
     for m in METHODS:
