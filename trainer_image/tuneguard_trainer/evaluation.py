@@ -138,12 +138,12 @@ class Evaluator:
         self.exemplars = FewShotExemplars(splits.train, shots, seed)
 
         # --- probes, filtered by the base model's closed-book answers
-        known, unknown, seen = _first_qualifying(
-            lambda items: self.classify_items(base_model, items, need_abstention=True),
-            [[self._item(e) for e in splits.known_probe], [self._item(e) for e in splits.unknown_probe]],
+        known, unknown, seen = _first_qualifying(  # prompts built only for the candidates it classifies
+            lambda exs: self.classify_items(base_model, [self._item(e) for e in exs], need_abstention=True),
+            [list(splits.known_probe), list(splits.unknown_probe)],
             [lambda c: c == "correct", lambda c: c != "correct"], n)
-        self.known = [it for it, _ in known]
-        self.unknown = [it for it, _ in unknown]
+        self.known = [self._item(e) for e, _ in known]
+        self.unknown = [self._item(e) for e, _ in unknown]
         base_classes = (["correct"] * len(self.known), [c for _, c in unknown])
         self.new = [self._item(e) for e in list(splits.new_facts)[:n]]
         self.probe_notes = {
