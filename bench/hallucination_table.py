@@ -19,7 +19,7 @@
 4. docs/results/hallucination-table-<cpu|cuda|quick>.{json,md} and hallucination-<cpu|cuda|quick>-<figure>.png
    (one panel per figure, one line per method, mean over seeds with a min-max band).
 
-A run whose directory already holds a report.json for the identical manifest is reused (rerun-safe).
+A run whose directory already holds a report.json for the identical manifest and code is reused (rerun-safe).
 """
 
 from __future__ import annotations
@@ -366,12 +366,27 @@ def reused_runs(path: Path, s: dict, mix: dict) -> dict:
     return out
 
 
+CODE_FILE = "code.sha"  # beside a run's manifest: the code that ran it
+
+
+def code_digest() -> str:
+    """The trainer's and the shared core's source. A run directory is reused only for the same code; across
+    a code change, --reuse RESULT.json takes finished runs on purpose (after a rerun has checked them)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    sources = [*(root / "trainer_image" / "tuneguard_trainer").rglob("*.py"), *(root / "tuneguard").glob("*.py")]
+    for f in sorted(sources):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def finished_report(method: str, seed: int, s: dict, mix: dict, device: str, runs: Path):
-    """The report of a finished run of exactly this manifest (cleaned up: no weights left), or None."""
+    """The report of a finished run of exactly this manifest and code (cleaned up: no weights left), or None."""
     run_dir = runs / f"{method}-s{seed}"
-    mpath, rpath = run_dir / "manifest.yaml", run_dir / "report.json"
+    mpath, rpath, cpath = run_dir / "manifest.yaml", run_dir / "report.json", run_dir / CODE_FILE
     text = yaml.safe_dump(manifest(method, seed, s, mix, device), sort_keys=False)
-    if rpath.exists() and mpath.exists() and mpath.read_text() == text and not (run_dir / "best-model").exists():
+    if (rpath.exists() and mpath.exists() and mpath.read_text() == text and cpath.exists()
+            and cpath.read_text() == code_digest() and not (run_dir / "best-model").exists()):
         return json.loads(rpath.read_text())
     return None
 
@@ -394,6 +409,7 @@ def run_one(method: str, seed: int, s: dict, mix: dict, triage_result, device: s
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     mpath.write_text(text)
+    (run_dir / CODE_FILE).write_text(code_digest())
     job = load_job(mpath)  # the product's validation, as `tuneguard run` does
     seed_triage_cache(job, run_dir, triage_result, *(mix["files"][k] for k in ("train", "known", "unknown")))
     shared = share_format_stage(runs, seed, run_dir)

@@ -135,19 +135,45 @@ def test_table_task_order_cuts_the_least_needed_runs_last():
     assert set(tasks[16:]) == {(m, sd) for sd in (1, 2) for m in ("sft-abstain", "sft-rollback")}
 
 
-def test_every_table_row_is_a_valid_finetunejob():
-    """Each row's manifest passes the product's own validation (a λ of 0.3 once made an invalid name)."""
+def _table_settings():
     from types import SimpleNamespace
 
-    from bench.hallucination_table import METHODS, manifest, settings
-    from tuneguard.validation import parse_job
+    from bench.hallucination_table import METHODS, settings
 
     args = SimpleNamespace(quick=False, device="cpu", methods=",".join(METHODS), sweep=True, seeds=1, steps=0,
                            eval_interval=0, lr=1e-4, unknown_share=0.5, model="bundled://smollm2-135m-instruct",
                            facts="bundled://facts", sweep_seeds=1, ds_optimizer="torch", budget_seconds=0, jobs=1,
                            max_facts=0)
-    s = settings(args)
     mix = {"files": {"train": "/data/train.jsonl", "known": "/data/known.jsonl", "unknown": "/data/unknown.jsonl"}}
+    return settings(args), mix
+
+
+def test_every_table_row_is_a_valid_finetunejob():
+    """Each row's manifest passes the product's own validation (a λ of 0.3 once made an invalid name)."""
+
+    from bench.hallucination_table import METHODS, manifest
+    from tuneguard.validation import parse_job
+
+    s, mix = _table_settings()
     for m in METHODS:
         job = parse_job(manifest(m, 0, s, mix, "cpu"))
         assert job.spec.training.max_steps == s["steps"], m
+
+
+def test_a_finished_run_is_reused_only_for_the_same_manifest_and_code(tmp_path):
+    import yaml
+
+    from bench.hallucination_table import CODE_FILE, code_digest, finished_report, manifest
+
+    s, mix = _table_settings()
+    run = tmp_path / "sft-s0"
+    run.mkdir()
+    (run / "manifest.yaml").write_text(yaml.safe_dump(manifest("sft", 0, s, mix, "cpu"), sort_keys=False))
+    (run / "report.json").write_text('{"final": {}}')
+    assert finished_report("sft", 0, s, mix, "cpu", tmp_path) is None  # no code digest: made by unknown code
+    (run / CODE_FILE).write_text(code_digest())
+    assert finished_report("sft", 0, s, mix, "cpu", tmp_path) == {"final": {}}
+    (run / CODE_FILE).write_text("0" * 16)
+    assert finished_report("sft", 0, s, mix, "cpu", tmp_path) is None  # another code
+    (run / CODE_FILE).write_text(code_digest())
+    assert finished_report("sft", 0, dict(s, steps=s["steps"] + 1), mix, "cpu", tmp_path) is None  # another manifest
