@@ -24,6 +24,7 @@ A run whose directory already holds a report.json for the identical manifest and
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
@@ -369,9 +370,11 @@ def reused_runs(path: Path, s: dict, mix: dict) -> dict:
 CODE_FILE = "code.sha"  # beside a run's manifest: the code that ran it
 
 
+@functools.cache
 def code_digest() -> str:
-    """The trainer's and the shared core's source. A run directory is reused only for the same code; across
-    a code change, --reuse RESULT.json takes finished runs on purpose (after a rerun has checked them)."""
+    """The trainer's and the shared core's source, read once per process (the code this process runs). A run
+    directory is reused only for the same code; across a code change, --reuse RESULT.json takes finished runs
+    on purpose (after a rerun has checked them)."""
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
     sources = [*(root / "trainer_image" / "tuneguard_trainer").rglob("*.py"), *(root / "tuneguard").glob("*.py")]

@@ -150,7 +150,6 @@ def _table_settings():
 
 def test_every_table_row_is_a_valid_finetunejob():
     """Each row's manifest passes the product's own validation (a λ of 0.3 once made an invalid name)."""
-
     from bench.hallucination_table import METHODS, manifest
     from tuneguard.validation import parse_job
 
