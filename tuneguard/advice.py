@@ -2,7 +2,8 @@
 
 The rules are read top to bottom. A caveat rule adds a note and the reading goes on; the first other rule
 that holds decides the recommendation. Where a rule needs a measured figure it takes it from
-tuneguard.evidence (Tuneguard's own table), so new measurements change the advice, not this file.
+tuneguard.evidence (Tuneguard's own table for the job's model, else the default one), so new measurements
+change the advice, not this file.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from tuneguard import evidence
-from tuneguard.evidence import MeasuredRow
+from tuneguard.evidence import MeasuredRow, MeasuredTable
 
 # At most one fact in five is new: the job mostly teaches the answer format, which the format stage
 # already does on the Known facts; by the Gekhman et al. fit the new fifth costs 3 points of their accuracy.
@@ -60,6 +61,7 @@ class Rule:
     reason: Callable[[DataFacts, Sequence[MeasuredRow]], str]
     row: Optional[Callable[[Sequence[MeasuredRow]], MeasuredRow]] = None  # the measured row it recommends
     caveat: bool = False
+    policies: tuple[str, ...] = ("keep",)  # the unknownPolicy rows its reason reads
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Advice:
     reason: str
     row: Optional[MeasuredRow] = None  # None: the plan cannot judge
     notes: list[str] = field(default_factory=list)
+    table: MeasuredTable = evidence.DEFAULT  # the table the reason's figures come from
 
     @property
     def method(self) -> Optional[str]:
@@ -128,10 +131,10 @@ def _learn_reason(f: DataFacts, rows: Sequence[MeasuredRow]) -> str:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("triage-disabled", when=lambda f: not f.slick,
+    Rule("triage-disabled", when=lambda f: not f.slick, policies=(),
          reason=lambda f, rows: "triage is disabled (spec.triage.enabled: false), so nothing says which facts the "
          "model already knows: the plan cannot judge; enable triage for advice"),
-    Rule("too-few-known-for-format-stage", caveat=True,
+    Rule("too-few-known-for-format-stage", caveat=True, policies=(),
          when=lambda f: f.format_stage and f.known_train < MIN_FORMAT_STAGE_KNOWN,
          reason=lambda f, rows: f"only {f.known_train} Known training facts for the format stage (fewer than "
          f"{MIN_FORMAT_STAGE_KNOWN}, two batches of 8; the table's stage had 18): "
@@ -142,20 +145,27 @@ RULES: tuple[Rule, ...] = (
          reason=lambda f, rows: f"{f.known_share:.0%} of the facts are Known: the job mostly teaches a format, "
          f"so keep what the model knows: {least_forgetting(rows).row} lost the fewest known points "
          f"({_drop(least_forgetting(rows))})"),
-    Rule("new-facts-not-needed", when=lambda f: not f.learn_new_facts, row=abstaining, reason=_abstain_reason),
+    Rule("new-facts-not-needed", when=lambda f: not f.learn_new_facts, row=abstaining, reason=_abstain_reason,
+         policies=("keep", "abstain")),
     Rule("new-facts-to-learn", when=lambda f: f.learn_new_facts, row=best_trade, reason=_learn_reason),
 )
 
 
-def advise(facts: DataFacts, rows: Sequence[MeasuredRow] = evidence.ROWS,
-           rules: Sequence[Rule] = RULES) -> Advice:
+def advise(facts: DataFacts, table: MeasuredTable = evidence.DEFAULT, rules: Sequence[Rule] = RULES) -> Advice:
     notes = []
     for rule in rules:
         if not rule.when(facts):
             continue
         if rule.caveat:
-            notes.append(rule.reason(facts, rows))
+            notes.append(rule.reason(facts, table.rows))
             continue
+        cited = table
+        missing = [p for p in rule.policies if not table.has_policy(p)]
+        if missing:  # e.g. no abstain row measured on this model: cite the default table's, and say so
+            cited = evidence.DEFAULT
+            notes.append(f"{table.model}'s table has no unknownPolicy {'/'.join(missing)} row: the figures "
+                         f"cited are {cited.model}'s")
+        rows = cited.rows
         return Advice(rule=rule.name, reason=rule.reason(facts, rows), row=rule.row(rows) if rule.row else None,
-                      notes=notes)
+                      notes=notes, table=cited)
     raise AssertionError("the last rules cover every case")  # new-facts-to-learn / -not-needed

@@ -1,8 +1,9 @@
 """Tuneguard's own measurements that the plan's advice (tuneguard.advice) cites: the headline rows of the
-papers' table at CPU scale.
+papers' table at CPU scale, one table per bundled model that has one.
 
 They live here, not only in docs/results/, because the trainer image has no docs/ and plans every run
-before training; tests/unit/test_advice.py checks every figure against SOURCE, so the two cannot drift.
+before training; tests/unit/test_advice.py checks every figure against its table's source, so the two
+cannot drift.
 Figures are the mean over seeds at the last step, in points (percent), with the table's 95 % bootstrap
 interval (seeds and probe facts resampled).
 """
@@ -10,12 +11,6 @@ interval (seeds and probe facts resampled).
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-SOURCE = "docs/results/hallucination-table-cpu.json"
-# finished runs under runs/bench/hallucination-cpu/ are reused, so later invocations complete the table
-COMMAND = "python bench/hallucination_table.py --device cpu --seeds 3 --sweep --jobs 2"
-SCOPE = "measured on SmolLM2-135M-Instruct, CPU scale, mix half Unknown"
-STEPS = 48  # fact-stage steps of every row, after a format stage on the Known training facts
 
 
 @dataclass(frozen=True)
@@ -36,21 +31,59 @@ class MeasuredRow:
         return {"method": self.method, "triage": {"unknownPolicy": self.unknown_policy}}
 
 
-ROWS: tuple[MeasuredRow, ...] = (
-    MeasuredRow("sft", {"type": "sft"}, "keep", 3, 21.8, (16.9, 26.9), 92.0, (84.8, 97.1), 97.7, 0.0),
-    MeasuredRow("self-distill", {"type": "self-distill", "selfDistill": {"lambda": 1.0, "temperature": 0.5}},
-                "keep", 3, 21.1, (17.3, 24.9), 61.6, (52.2, 70.3), 98.4, 0.0),
-    MeasuredRow("self-distill-base-teacher",
-                {"type": "self-distill", "selfDistill": {"lambda": 1.0, "temperature": 0.5, "teacher": "base"}},
-                "keep", 3, 24.7, (18.9, 30.4), 68.8, (57.2, 79.7), 95.3, 0.0),
-    MeasuredRow("freeze", {"type": "freeze", "freeze": {"preset": "attention-only"}}, "keep", 3, 4.0, (2.2, 6.0),
-                54.3, (44.2, 64.5), 93.0, 0.0),
-    MeasuredRow("sft-abstain", {"type": "sft"}, "abstain", 3, 41.1, (34.2, 48.2), 92.9, (81.0, 100.0), 21.2, 78.0),
-)
+@dataclass(frozen=True)
+class MeasuredTable:
+    """One model's table: its rows and how to reproduce them."""
+
+    model: str  # the spec.model.uri it was measured on
+    source: str  # the results file the rows are copied from
+    command: str  # finished runs under runs/bench/ are reused, so later invocations complete the table
+    scope: str
+    steps: int  # fact-stage steps of every row, after a format stage on the Known training facts
+    rows: tuple[MeasuredRow, ...]
+
+    def row(self, name: str) -> MeasuredRow:
+        return next(r for r in self.rows if r.row == name)
+
+    def has_policy(self, policy: str) -> bool:
+        return any(r.unknown_policy == policy for r in self.rows)
 
 
-def row(name: str) -> MeasuredRow:
-    return next(r for r in ROWS if r.row == name)
+SFT = {"type": "sft"}
+SELF_DISTILL = {"type": "self-distill", "selfDistill": {"lambda": 1.0, "temperature": 0.5}}
+SELF_DISTILL_BASE = {"type": "self-distill", "selfDistill": {"lambda": 1.0, "temperature": 0.5, "teacher": "base"}}
+FREEZE = {"type": "freeze", "freeze": {"preset": "attention-only"}}
+
+SMOLLM2 = MeasuredTable(
+    model="bundled://smollm2-135m-instruct", source="docs/results/hallucination-table-cpu.json",
+    command="python bench/hallucination_table.py --device cpu --seeds 3 --sweep --jobs 2",
+    scope="measured on SmolLM2-135M-Instruct, CPU scale, mix half Unknown", steps=48, rows=(
+        MeasuredRow("sft", SFT, "keep", 3, 21.8, (16.9, 26.9), 92.0, (84.8, 97.1), 97.7, 0.0),
+        MeasuredRow("self-distill", SELF_DISTILL, "keep", 3, 21.1, (17.3, 24.9), 61.6, (52.2, 70.3), 98.4, 0.0),
+        MeasuredRow("self-distill-base-teacher", SELF_DISTILL_BASE, "keep", 3, 24.7, (18.9, 30.4), 68.8, (57.2, 79.7),
+                    95.3, 0.0),
+        MeasuredRow("freeze", FREEZE, "keep", 3, 4.0, (2.2, 6.0), 54.3, (44.2, 64.5), 93.0, 0.0),
+        MeasuredRow("sft-abstain", SFT, "abstain", 3, 41.1, (34.2, 48.2), 92.9, (81.0, 100.0), 21.2, 78.0),
+    ))
+
+GEMMA3 = MeasuredTable(
+    model="bundled://gemma3-270m", source="docs/results/hallucination-table-cpu-gemma.json",
+    command="python bench/hallucination_table.py --device cpu --model bundled://gemma3-270m --tag cpu-gemma",
+    scope="measured on Gemma-3-270M, CPU scale, mix half Unknown", steps=48, rows=(
+        MeasuredRow("sft", SFT, "keep", 3, 59.8, (50.7, 69.5), 55.6, (44.4, 65.9), 96.5, 0.0),
+        MeasuredRow("self-distill", SELF_DISTILL, "keep", 3, 56.8, (46.7, 66.9), 20.6, (11.1, 31.7), 100.0, 0.0),
+        MeasuredRow("freeze", FREEZE, "keep", 3, 32.1, (19.7, 42.8), 64.3, (47.6, 81.0), 97.2, 0.0),
+        MeasuredRow("self-distill-base-teacher", SELF_DISTILL_BASE, "keep", 3, 79.1, (61.2, 92.7), 19.0, (11.1, 27.0),
+                    100.0, 0.0),
+    ))
+
+TABLES = (SMOLLM2, GEMMA3)
+DEFAULT = SMOLLM2  # for a model without a table of its own: the smaller model's, which has every row
+
+
+def table_for(model_uri: str) -> MeasuredTable:
+    """The table measured on this model, else DEFAULT."""
+    return next((t for t in TABLES if t.model == model_uri), DEFAULT)
 
 
 # Gekhman et al. 2024, in-distribution (PaLM 2-M, EntityQuestions, exact match): test accuracy in points as a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -53,39 +54,62 @@ def test_too_few_known_for_the_format_stage_is_a_note(known_train, format_stage,
         assert f"only {known_train} Known training facts" in adv.notes[0]
 
 
+def _table(*rows):
+    return dataclasses.replace(evidence.SMOLLM2, rows=tuple(rows))
+
+
+SMOL = evidence.SMOLLM2
+
+
 def test_the_evidence_decides_the_learning_method():
     """The rule names no method: with other figures it picks another row."""
-    rows = [evidence.row("sft"), evidence.row("freeze"), evidence.row("sft-abstain")]
-    assert advice.advise(_facts(hk=10, unk=90), rows).method == "freeze"
-    import dataclasses
-
-    worse_freeze = dataclasses.replace(evidence.row("freeze"), known_drop=30.0)
-    adv = advice.advise(_facts(hk=10, unk=90), [evidence.row("sft"), worse_freeze, evidence.row("sft-abstain")])
+    assert advice.advise(_facts(hk=10, unk=90), _table(SMOL.row("sft"), SMOL.row("freeze"))).method == "freeze"
+    worse_freeze = dataclasses.replace(SMOL.row("freeze"), known_drop=30.0)
+    adv = advice.advise(_facts(hk=10, unk=90), _table(SMOL.row("sft"), worse_freeze))
     assert adv.method == "sft" and "92 %" in adv.reason
 
 
 def test_reasons_cite_the_measured_figures():
-    f = evidence.row("freeze")
+    f = SMOL.row("freeze")
     adv = advice.advise(_facts(hk=20, unk=80))
     assert f"{f.known_drop:.1f} points [{f.known_drop_ci95[0]:.1f}, {f.known_drop_ci95[1]:.1f}]" in adv.reason
-    a = evidence.row("sft-abstain")
+    a = SMOL.row("sft-abstain")
     adv = advice.advise(_facts(hk=20, unk=80, learn_new_facts=False))
-    assert f"to {a.fabrication_rate:.0f} %" in adv.reason and f"from {evidence.row('sft').fabrication_rate:.0f} %" in adv.reason
+    assert f"to {a.fabrication_rate:.0f} %" in adv.reason and f"from {SMOL.row('sft').fabrication_rate:.0f} %" in adv.reason
 
 
-def test_evidence_matches_the_results_file():
-    results = json.loads((ROOT / evidence.SOURCE).read_text())
-    table = results["aggregate"]["table"]
-    assert results["settings"]["steps"] == evidence.STEPS
-    assert results["settings"]["model"] == "bundled://smollm2-135m-instruct"
+def test_each_model_gets_its_own_table():
+    g = evidence.GEMMA3
+    assert evidence.table_for("bundled://gemma3-270m") is g
+    assert evidence.table_for("hf://someone/other-model") is evidence.DEFAULT
+    adv = advice.advise(_facts(hk=20, unk=80), g)
+    b = adv.row
+    assert adv.table is g and b in g.rows and f"{b.known_drop:.1f} points" in adv.reason and not adv.notes
+
+
+def test_a_row_the_models_table_lacks_is_cited_from_the_default_table_with_a_note():
+    g = evidence.GEMMA3
+    assert not g.has_policy("abstain")  # the four main rows only
+    adv = advice.advise(_facts(hk=20, unk=80, learn_new_facts=False), g)
+    assert adv.table is evidence.DEFAULT and adv.row is evidence.DEFAULT.row("sft-abstain")
+    assert adv.notes == [f"{g.model}'s table has no unknownPolicy abstain row: the figures cited are "
+                         f"{evidence.DEFAULT.model}'s"]
+
+
+@pytest.mark.parametrize("table", evidence.TABLES, ids=lambda t: t.model)
+def test_evidence_matches_the_results_file(table):
+    results = json.loads((ROOT / table.source).read_text())
+    agg = results["aggregate"]["table"]
+    assert results["settings"]["steps"] == table.steps
+    assert results["settings"]["model"] == table.model
     assert results["settings"]["unknown_share"] == 0.5
-    assert results["command"].startswith(evidence.COMMAND)  # the table the rows were copied from
+    assert results["command"].startswith(table.command)  # the table the rows were copied from
 
     def pts(x):
         return round(100 * x, 1)
 
-    for r in evidence.ROWS:
-        t = table[r.row]
+    for r in table.rows:
+        t = agg[r.row]
         assert r.seeds == len(t["known_drop"]["values"]), r.row
         assert r.known_drop == pts(t["known_drop"]["mean"]), r.row
         assert r.known_drop_ci95 == tuple(pts(x) for x in t["known_drop"]["ci95"]), r.row
@@ -95,10 +119,11 @@ def test_evidence_matches_the_results_file():
         assert r.abstention_rate == pts(t["abstention_rate"]["mean"]), r.row
 
 
-def test_evidence_rows_ran_the_settings_they_recommend():
+@pytest.mark.parametrize("table", evidence.TABLES, ids=lambda t: t.model)
+def test_evidence_rows_ran_the_settings_they_recommend(table):
     from bench.hallucination_table import METHODS
 
-    for r in evidence.ROWS:
+    for r in table.rows:
         method, policy, guardrails = METHODS[r.row]
         assert (r.method, r.unknown_policy, guardrails) == (method, policy, None), r.row
 

@@ -83,7 +83,8 @@ def build(p, splits, leak, *, dropped: int = 0, refusal: Optional[str] = None, g
         slick=splits.slick, examples=n, highly_known=overall[HIGHLY_KNOWN], maybe_known=overall[MAYBE_KNOWN],
         weakly_known=overall[WEAKLY_KNOWN], unknown=overall[UNKNOWN], known_train=len(known_examples(splits)),
         format_stage=spec.format_stage.enabled, learn_new_facts=learns_new_facts(spec, goal))
-    adv = advice.advise(facts)
+    adv = advice.advise(facts, evidence.table_for(spec.model.uri))
+    t = adv.table
     return {
         "job": p.job.metadata.name,
         "model": spec.model.uri,
@@ -100,8 +101,8 @@ def build(p, splits, leak, *, dropped: int = 0, refusal: Optional[str] = None, g
         "leakage": {"policy": spec.leakage.policy, "counts": leak.counts(dropped), "examples": _pairs(leak.pairs),
                     "refusal": refusal},
         "expected_known_loss": {
-            "measured": {"source": evidence.SOURCE, "command": evidence.COMMAND, "scope": evidence.SCOPE,
-                         "steps": evidence.STEPS, "rows": [dataclasses.asdict(r) for r in evidence.ROWS]},
+            "measured": {"model": t.model, "source": t.source, "command": t.command, "scope": t.scope,
+                         "steps": t.steps, "rows": [dataclasses.asdict(r) for r in t.rows]},
             "gekhman_fit": _gekhman(train_counts, splits.counts.get("relabelled", 0)),
         },
         "recommendation": {"rule": adv.rule, "method": adv.method, "settings": adv.settings(), "reason": adv.reason,
