@@ -469,6 +469,7 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
     tele.stage("loading")
 
     model, tok = prepared.model.to(dev), prepared.tokenizer
+    loaded = {"parameters": sum(x.numel() for x in model.parameters()), "architecture": type(model).__name__}
     adapter = spec.method.adapter
     # The frozen base: the format stage's starting weights, the reference when that stage does not run. An
     # adapter without a format stage never changes the model's own weights: the model is its own base.
@@ -511,6 +512,9 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
         # an adapter starts at zero, so the model itself is the reference until the adapter is injected
         reference = (model if adapter is not None else _frozen_copy(model)) if fmt_res.ran else base
         timer.add("format_stage", time.perf_counter() - t0)
+    # The loaded model: the fact stage trains `model`, which is it only when no format stage ran. Dropping
+    # this reference frees a whole copy of the weights otherwise (one GB for Gemma-3-270M in fp32).
+    prepared.model = None
 
     # ------------------------------------------------------- reference and base evaluations
     t0 = time.perf_counter()
@@ -536,9 +540,7 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
                       adapter_teacher=adapter_teacher, tok=tok, splits=splits, evaluator=evaluator,
                       ref_figures=ref_figures, eval_info=eval_info, device=device, info=info, out=out, tele=tele,
                       timer=timer, ckpt=ckpt, all_eval=all_eval)
-    # The stage owns the trained model, the teacher and the reference from here on. (prepared.model, the
-    # loaded model trained in place by the format stage, stays alive: build_report counts its parameters.)
-    del model, base, reference
+    del model, base, reference  # the stage owns the trained model, the teacher and the reference from here on
     stage.train(progress)
     frozen_check = stage.deliver("format-stage" if fmt_res and fmt_res.ran else "base")
 
@@ -546,7 +548,7 @@ def _run(config_path: Optional[Path], out: Path, device: str, *, job: Optional[a
     if is_main:
         tele.stage("done")
         timer.add("total", time.perf_counter() - wall0)
-        report = build_report(prepared, counts, splits, base_figures, stage, frozen_check, timer, out,
+        report = build_report(prepared, loaded, counts, splits, base_figures, stage, frozen_check, timer, out,
                               fmt_res=fmt_res, ref_figures=ref_figures, eval_info=eval_info,
                               leakage={**spec.leakage.wire(), **leak.to_dict(leak_dropped),
                                        **({"sets": set_leakage} if set_leakage else {})}, plan=plan)
@@ -649,8 +651,8 @@ def _split_sizes(splits) -> dict:
     return out
 
 
-def build_report(prepared: Prepared, counts, splits, base_figures, stage, frozen_check, timer: Timer, out: Path,
-                 fmt_res=None, ref_figures: Optional[dict] = None, eval_info: Optional[dict] = None,
+def build_report(prepared: Prepared, loaded: dict, counts, splits, base_figures, stage, frozen_check, timer: Timer,
+                 out: Path, fmt_res=None, ref_figures: Optional[dict] = None, eval_info: Optional[dict] = None,
                  leakage: Optional[dict] = None, plan: Optional[dict] = None) -> dict:
     """report.json of a finished run; ``stage`` is its fact_stage.FactStage."""
     from . import engine as eng
@@ -675,7 +677,6 @@ def build_report(prepared: Prepared, counts, splits, base_figures, stage, frozen
     if adapter_info is not None:
         method["adapter"] = adapter_info
         method["teacher_is_adapter_off"] = objective.adapter_teacher
-    n_params = sum(x.numel() for n, x in prepared.model.named_parameters() if ".lora_" not in n)  # without an adapter
     breaches = st.breaches
     if not breaches:
         outcome = "within budget"
@@ -686,8 +687,7 @@ def build_report(prepared: Prepared, counts, splits, base_figures, stage, frozen
     return {
         "job": {"name": job.metadata.name, "namespace": job.metadata.namespace},
         "method": method,
-        "model": {"uri": spec.model.uri, "path": str(prepared.model_path), "parameters": n_params,
-                  "architecture": type(prepared.model).__name__},
+        "model": {"uri": spec.model.uri, "path": str(prepared.model_path), **loaded},  # as loaded: no adapter
         "dataset": {"train": spec.datasets.train, "format": spec.datasets.format, "examples": len(prepared.examples),
                     "duplicates_dropped": getattr(prepared.examples, "duplicates", 0)},
         "triage": {"counts": counts, "settings": spec.triage.wire()},

@@ -150,7 +150,11 @@ def test_lora_rollback_restores_the_reference(tmp_path, assets):
     from transformers import AutoModelForCausalLM
 
     delivered = AutoModelForCausalLM.from_pretrained(out / "best-model").state_dict()
-    base = AutoModelForCausalLM.from_pretrained(assets["model"]).state_dict()
+    loaded = AutoModelForCausalLM.from_pretrained(assets["model"])
+    base = loaded.state_dict()
+    # the report counts the model as loaded, without the adapter the fact stage trained on it
+    assert rep["model"]["parameters"] == sum(p.numel() for p in loaded.parameters())
+    assert rep["model"]["architecture"] == type(loaded).__name__
     assert delivered.keys() == base.keys()
     assert all(torch.equal(delivered[k], base[k]) for k in base)
 
